@@ -1,0 +1,38 @@
+# The two commands of the README. Both create .venv and install the project first.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.coinfer-installed
+EXTRAS ?= llm,dnn,bench,dev
+
+.PHONY: demo test install lint clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# llama-cpp-python compiles llama.cpp from source the first time (about 8 minutes on 2 cores);
+# pip caches the wheel, so later installs take seconds. GGML_NATIVE=OFF builds for x86-64-v3
+# (AVX2/FMA/F16C) instead of -march=native: a native build on a CPU that reports AMX emits
+# AMX tile instructions that a VM may not allow (SIGILL in ggml_backend_amx_mul_mat). On a
+# Jetson, call with CMAKE_ARGS="-DGGML_CUDA=on" to offload to the GPU.
+CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF
+export CMAKE_ARGS
+$(STAMP): pyproject.toml | $(BIN)/python
+	@echo "installing coinfer[$(EXTRAS)] into $(VENV) (first time: llama.cpp compiles, ~7 min)"
+	$(BIN)/python -m pip install --progress-bar off -e '.[$(EXTRAS)]'
+	touch $@
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/ondevice demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -ra tests
+
+lint: $(STAMP)
+	$(BIN)/ruff check ondevice edge_server export hw tests
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

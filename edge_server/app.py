@@ -1,0 +1,271 @@
+"""The edge's aiohttp application: target-model verification over one WebSocket per session.
+
+``create_app(config)`` builds the app; the target model is opened in a ``cleanup_ctx`` and
+freed after the last session. Serving (``AppRunner`` + ``TCPSite``) lives in ``cli.py``.
+Every llama.cpp call runs in one dedicated compute thread, so the event loop never blocks and
+sessions share the model without entering llama.cpp concurrently.
+
+Bad input never takes the server down: a malformed frame gets an ``error`` frame and the
+socket stays open; a bug inside a session closes that session with ``error/internal``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+from aiohttp import WSMsgType, web
+
+from edge_server._target import TargetSession
+from edge_server.config import EdgeConfig
+from ondevice import wire
+from ondevice.llama_runtime import LlamaConfig, LlamaModel
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class EdgeState:
+    """What every handler shares; one per app."""
+
+    config: EdgeConfig
+    model: LlamaModel | None = None
+    vocab_hash: str = ""
+    executor: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="edge-compute")
+    )
+    sessions: dict[str, TargetSession] = field(default_factory=dict)
+
+    async def run(self, fn, *args):  # type: ignore[no-untyped-def]
+        """Run a llama.cpp call in the compute thread."""
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    @property
+    def load(self) -> float:
+        return len(self.sessions) / self.config.max_sessions
+
+
+STATE = web.AppKey("coinfer_edge_state", EdgeState)
+
+
+async def _model_ctx(app: web.Application) -> AsyncIterator[None]:
+    state = app[STATE]
+    cfg = state.config
+    if cfg.model_path is not None:
+        state.model = await state.run(LlamaModel, cfg.model_path)
+        state.vocab_hash = await state.run(state.model.vocab_hash)
+        log.info("serving %s (vocab %s)", state.model.model_id, state.vocab_hash)
+    yield
+    for sid in list(state.sessions):
+        await state.run(state.sessions.pop(sid).close)
+    if state.model is not None:
+        await state.run(state.model.close)
+    state.executor.shutdown(wait=True)
+
+
+async def handle_info(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    cfg = state.config
+    model = state.model
+    return web.json_response(
+        {
+            "protocol": wire.PROTOCOL_VERSION,
+            "capabilities": ["llm"] if model else [],
+            "model": model.model_id if model else None,
+            "vocab_hash": state.vocab_hash,
+            "n_vocab": model.n_vocab if model else 0,
+            "n_ctx": cfg.n_ctx,
+            "sessions": len(state.sessions),
+            "max_sessions": cfg.max_sessions,
+            "limits": {
+                "max_draft_tokens": cfg.max_draft_tokens,
+                "max_top_k": cfg.max_top_k,
+                "max_prompt_tokens": cfg.max_prompt_tokens,
+                "max_frame_bytes": cfg.max_frame_bytes,
+                "idle_timeout_s": cfg.idle_timeout_s,
+            },
+        }
+    )
+
+
+def _check_ids(ids: np.ndarray, n_vocab: int, what: str) -> None:
+    if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= n_vocab):
+        bad = int(ids.min()) if int(ids.min()) < 0 else int(ids.max())
+        raise wire.WireError(
+            "token-out-of-range", f"{what} holds token id {bad}, outside 0..{n_vocab - 1}"
+        )
+
+
+def _check_round(msg: wire.Round, cfg: EdgeConfig, n_vocab: int) -> None:
+    k = msg.q_ids.shape[1] if msg.q_ids.ndim == 2 else 0
+    if msg.draft.shape[0] > cfg.max_draft_tokens:
+        raise wire.WireError(
+            "draft-too-long",
+            f"{msg.draft.shape[0]} drafted tokens; this edge verifies at most"
+            f" {cfg.max_draft_tokens} per round",
+        )
+    if k > cfg.max_top_k:
+        raise wire.WireError("bad-frame", f"top-k of {k} exceeds this edge's limit {cfg.max_top_k}")
+    _check_ids(msg.draft, n_vocab, "draft")
+    _check_ids(msg.q_ids, n_vocab, "q_ids")
+    q = msg.q_probs
+    if q.size and (not np.all(np.isfinite(q)) or q.min() < 0.0 or np.any(q.sum(axis=1) > 1.001)):
+        raise wire.WireError("bad-frame", "q_probs must be finite, >= 0, and sum to <= 1 per row")
+
+
+class _Connection:
+    """One WebSocket: at most one open session on it."""
+
+    def __init__(self, state: EdgeState, ws: web.WebSocketResponse, peer: str) -> None:
+        self.state = state
+        self.ws = ws
+        self.peer = peer
+        self.sid: str | None = None
+        self.session: TargetSession | None = None
+
+    async def send(self, msg: wire.Message) -> None:
+        await self.ws.send_bytes(wire.encode(msg))
+
+    def _session_for(self, sid: str) -> TargetSession:
+        if self.session is None or sid != self.sid:
+            raise wire.WireError("unknown-session", f"no open session {sid!r} on this connection")
+        return self.session
+
+    async def handle(self, msg: wire.Message, t_in: float) -> None:
+        state, cfg = self.state, self.state.config
+        if isinstance(msg, wire.Round):
+            session = self._session_for(msg.session)
+            _check_round(msg, cfg, session.model.n_vocab)
+            accepted, token, verify_ms = await state.run(session.verify_round, msg)
+            edge_ms = (time.perf_counter() - t_in) * 1e3
+            await self.send(wire.Verdict(accepted, token, verify_ms, edge_ms))
+        elif isinstance(msg, wire.Open):
+            await self._open(msg)
+        elif isinstance(msg, wire.Generate):
+            session = self._session_for(msg.session)
+            await self._generate(session, msg.max_tokens)
+        elif isinstance(msg, wire.Close):
+            self._session_for(msg.session)
+            await self.close_session()
+        else:
+            raise wire.WireError("bad-frame", f"a device does not send {type(msg).__name__} frames")
+
+    async def _open(self, msg: wire.Open) -> None:
+        state, cfg = self.state, self.state.config
+        if msg.version != wire.PROTOCOL_VERSION:
+            raise wire.WireError(
+                "protocol", f"device speaks protocol {msg.version}, edge {wire.PROTOCOL_VERSION}"
+            )
+        model = state.model
+        if model is None:
+            raise wire.WireError("bad-frame", "this edge serves no LLM (started without --model)")
+        if msg.vocab_hash != state.vocab_hash:
+            raise wire.WireError(
+                "vocab-mismatch",
+                f"draft {msg.draft_model!r} (vocabulary {msg.vocab_hash}) cannot be verified by"
+                f" target {model.model_id!r} (vocabulary {state.vocab_hash})",
+            )
+        n = int(msg.prompt.shape[0])
+        limit = min(cfg.max_prompt_tokens, cfg.n_ctx - 1)
+        if n == 0 or n > limit:
+            raise wire.WireError(
+                "prompt-too-long" if n else "bad-frame",
+                f"prompt of {n} tokens; this edge accepts 1..{limit}",
+            )
+        _check_ids(msg.prompt, model.n_vocab, "prompt")
+        if not 0.0 <= msg.temperature <= 100.0 or msg.top_k < 1:
+            raise wire.WireError("bad-frame", "temperature must be in [0, 100] and top_k >= 1")
+        if self.session is not None:
+            await self.close_session()
+        if len(state.sessions) >= cfg.max_sessions:
+            raise wire.WireError(
+                "too-many-sessions", f"edge is at its limit of {cfg.max_sessions} sessions"
+            )
+        llama_cfg = LlamaConfig(n_ctx=cfg.n_ctx, n_threads=cfg.n_threads)
+        session = await state.run(
+            lambda: TargetSession(
+                model, llama_cfg, msg.prompt, temperature=msg.temperature, seed=msg.seed
+            )
+        )
+        self.sid = secrets.token_hex(8)
+        self.session = session
+        state.sessions[self.sid] = session
+        await self.send(wire.Opened(self.sid, model.model_id, cfg.n_ctx, session.prefill_ms))
+
+    async def _generate(self, session: TargetSession, max_tokens: int) -> None:
+        """Edge-only: the target generates alone and streams each token as it comes."""
+        if max_tokens < 0:
+            raise wire.WireError("bad-frame", "max_tokens must be >= 0")
+        for i in range(max_tokens):
+            token, ms = await self.state.run(session.generate_one)
+            done = session.is_eog(token) or i == max_tokens - 1
+            await self.send(wire.Tokens(np.array([token], dtype=np.int32), done, ms))
+            if done:
+                return
+        await self.send(wire.Tokens(np.zeros(0, dtype=np.int32), True, 0.0))
+
+    async def close_session(self) -> None:
+        if self.sid is None:
+            return
+        session = self.state.sessions.pop(self.sid, None)
+        self.sid, self.session = None, None
+        if session is not None:
+            await self.state.run(session.close)
+
+
+async def handle_session(request: web.Request) -> web.WebSocketResponse:
+    state = request.app[STATE]
+    cfg = state.config
+    ws = web.WebSocketResponse(max_msg_size=cfg.max_frame_bytes, heartbeat=cfg.heartbeat_s)
+    await ws.prepare(request)
+    conn = _Connection(state, ws, request.remote or "?")
+    try:
+        while not ws.closed:
+            try:
+                msg = await ws.receive(timeout=cfg.idle_timeout_s)
+            except asyncio.TimeoutError:
+                with contextlib.suppress(ConnectionError):
+                    await conn.send(wire.Error("idle", f"no frame for {cfg.idle_timeout_s:g} s"))
+                break
+            if msg.type == WSMsgType.BINARY:
+                t_in = time.perf_counter()
+                try:
+                    await conn.handle(wire.decode(msg.data), t_in)
+                except wire.WireError as exc:
+                    await conn.send(wire.Error(exc.code, exc.message))
+                except Exception as exc:  # a bug in one session must not end the server
+                    if ws.closed:
+                        break
+                    log.exception("session %s failed", conn.sid)
+                    await conn.send(wire.Error("internal", f"{type(exc).__name__}: {exc}"))
+                    await conn.close_session()
+            elif msg.type == WSMsgType.TEXT:
+                await conn.send(wire.Error("bad-frame", "binary msgpack frames only"))
+            elif msg.type == WSMsgType.ERROR:
+                # e.g. a frame over max_frame_bytes: aiohttp closes the socket with 1009.
+                log.info("connection from %s: %s", conn.peer, ws.exception())
+                break
+            else:  # CLOSE, CLOSING, CLOSED
+                break
+    finally:
+        await conn.close_session()
+        if not ws.closed:
+            await ws.close()
+    return ws
+
+
+def create_app(config: EdgeConfig) -> web.Application:
+    """Build the edge application. The model is loaded when the app starts."""
+    app = web.Application(client_max_size=config.max_frame_bytes)
+    app[STATE] = EdgeState(config=config)
+    app.cleanup_ctx.append(_model_ctx)
+    app.router.add_get(wire.INFO_PATH, handle_info)
+    app.router.add_get(wire.WS_PATH, handle_session)
+    return app

@@ -1,0 +1,24 @@
+"""Edge server configuration: every limit is a field here and a flag of ``edge-server``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EdgeConfig:
+    """What the edge serves and the limits it enforces where bytes are read."""
+
+    model_path: Path | None = None
+    host: str = "0.0.0.0"  # real deployments listen on all interfaces; tests pass 127.0.0.1
+    port: int = 8470
+    n_ctx: int = 4096  # tokens per session context
+    n_threads: int | None = None  # llama.cpp threads; None = all cores
+    max_sessions: int = 8
+    max_draft_tokens: int = 32  # drafted tokens per round
+    max_top_k: int = 256  # draft distribution entries per drafted position
+    max_prompt_tokens: int = 3072
+    max_frame_bytes: int = 1 << 20  # 1 MiB per WebSocket frame / HTTP body
+    idle_timeout_s: float = 300.0  # a session with no frame for this long is closed
+    heartbeat_s: float = 30.0  # WebSocket ping interval

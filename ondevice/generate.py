@@ -1,0 +1,354 @@
+"""``ondevice generate``: the speculative generation loop over a draft model and an edge.
+
+The loop owns no math: the policy decides drafting, ``DraftStream`` drafts and commits, the
+edge verifies, and the meter measures. llama.cpp calls run in a worker thread so the event
+loop stays free for the socket and the meter.
+
+Losing the edge (refused, reset, timed out) never loses output: tokens already verified stay
+committed, the unverified draft of the failed round is dropped, and the draft model finishes
+the generation alone with ``degraded`` set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from hw import Activity, PowerMeter, open_meter
+from ondevice import wire
+from ondevice._draft import DraftStream
+from ondevice.edge_client import EdgeClient, EdgeUnavailable
+from ondevice.llama_runtime import LlamaConfig, LlamaModel, LlamaRunner
+from ondevice.policies import Policy, RoundStats
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GenerateRequest:
+    prompt: str
+    max_tokens: int = 128
+    temperature: float = 0.0
+    seed: int = 0
+    top_k: int = 32  # support of the truncated draft distribution sent per drafted token
+    add_bos: bool = True
+
+
+@dataclass(slots=True, kw_only=True)
+class Report:
+    """What ``--json`` prints. Times in seconds unless the key says ms; energy in joules."""
+
+    text: str
+    tokens: list[int]
+    n_tokens: int
+    prompt_tokens: int
+    policy: str
+    policy_settings: dict[str, Any]
+    edge: str | None
+    edges: list[str]
+    degraded: bool
+    degraded_at_token: int | None
+    stop_reason: str  # "max_tokens" | "eos" | "context"
+    elapsed_s: float
+    tokens_per_s: float
+    rounds: int
+    drafted: int
+    accepted: int
+    acceptance: float | None  # accepted / drafted
+    mean_drafted: float | None
+    mean_draft_ms: float | None
+    mean_verify_ms: float | None
+    mean_rtt_ms: float | None
+    overhead_ms_per_round: float | None  # round time not spent drafting or verifying
+    energy_j: float
+    energy_source: str  # "measured" | "modelled"
+    j_per_token: float | None
+    mean_power_w: float | None
+    meter: str
+    meter_coverage: float
+    temperature: float
+    seed: int
+    errors: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(slots=True)
+class _Totals:
+    rounds: int = 0
+    drafted: int = 0
+    accepted: int = 0
+    draft_s: float = 0.0
+    verify_s: float = 0.0
+    rtt_s: float = 0.0
+    round_s: float = 0.0
+    overhead_s: float = 0.0
+
+
+class Generation:
+    """One prompt's generation, from the first edge contact to the last token."""
+
+    def __init__(
+        self,
+        draft_model: LlamaModel,
+        request: GenerateRequest,
+        policy: Policy,
+        *,
+        edge_url: str | None,
+        meter: PowerMeter,
+        activity: Activity,
+        llama_config: LlamaConfig | None = None,
+        edge_timeout_s: float = 15.0,
+    ) -> None:
+        self.model = draft_model
+        self.request = request
+        self.policy = policy
+        self.edge_url = edge_url
+        self.meter = meter
+        self.activity = activity
+        self.llama_config = llama_config or LlamaConfig()
+        self.edge_timeout_s = edge_timeout_s
+        self.totals = _Totals()
+        self.degraded = False
+        self.degraded_at: int | None = None
+        self.edges_used: list[str] = []
+        self.errors: list[str] = []
+        self.stop_reason = "max_tokens"
+        self._threads = self.llama_config.n_threads or 1
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _on_bytes(self, tx: int, rx: int) -> None:
+        if tx:
+            self.activity.add_tx_bytes(tx)
+        if rx:
+            self.activity.add_rx_bytes(rx)
+
+    async def _busy(self, fn, *args, **kwargs):  # type: ignore[no-untyped-def]
+        """Run a llama.cpp call in a worker thread, telling the activity model it is busy."""
+
+        def job():  # type: ignore[no-untyped-def]
+            with self.activity.busy(self._threads):
+                return fn(*args, **kwargs)
+
+        return await asyncio.to_thread(job)
+
+    def _remaining(self, stream: DraftStream) -> int:
+        return self.request.max_tokens - len(stream.out)
+
+    def _accept_tokens(self, stream: DraftStream, tokens: list[int]) -> bool:
+        """Commit tokens, cutting at an end-of-generation token or the budget; True if done."""
+        room = self._remaining(stream)
+        for i, t in enumerate(tokens[:room]):
+            if self.model.is_eog(t):
+                stream.commit(tokens[:i])
+                self.stop_reason = "eos"
+                return True
+        stream.commit(tokens[:room])
+        return self._remaining(stream) <= 0
+
+    def _degrade(self, stream: DraftStream, exc: BaseException) -> None:
+        if not self.degraded:
+            self.degraded = True
+            self.degraded_at = len(stream.out)
+        self.errors.append(str(exc))
+        log.warning("edge lost after %d tokens (%s); continuing on the draft alone",
+                    len(stream.out), exc)
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    async def run(self, runner: LlamaRunner) -> Report:
+        req = self.request
+        prompt_ids = self.model.tokenize(req.prompt, add_special=req.add_bos)
+        room = runner.n_ctx - len(prompt_ids)
+        if room <= 0:
+            raise ValueError(
+                f"prompt of {len(prompt_ids)} tokens does not fit n_ctx {runner.n_ctx}"
+            )
+        stream = DraftStream(
+            runner, prompt_ids, temperature=req.temperature, top_k=req.top_k, seed=req.seed
+        )
+        budget = min(req.max_tokens, room - 1)
+        if budget < req.max_tokens:
+            self.stop_reason = "context"
+        t0 = time.monotonic()
+        done = budget <= 0
+        if not done and self.policy.mode != "device-only" and self.edge_url:
+            done = await self._with_edge(stream, budget)
+        while not done and len(stream.out) < budget:
+            token = await self._busy(stream.generate_alone)
+            if self.model.is_eog(token):
+                stream.out.pop()
+                self.stop_reason = "eos"
+                break
+        t1 = time.monotonic()
+        return self._report(stream, t0, t1, len(prompt_ids))
+
+    async def _with_edge(self, stream: DraftStream, budget: int) -> bool:
+        """Generate through the edge until done or the edge is lost; True when done."""
+        assert self.edge_url is not None
+        req = self.request
+        try:
+            async with EdgeClient(
+                self.edge_url, timeout_s=self.edge_timeout_s, on_bytes=self._on_bytes
+            ) as edge:
+                await edge.async_open(
+                    stream.seq,
+                    vocab_hash=await asyncio.to_thread(self.model.vocab_hash),
+                    draft_model=self.model.model_id,
+                    temperature=req.temperature,
+                    seed=req.seed,
+                    top_k=req.top_k,
+                )
+                self.edges_used.append(self.edge_url)
+                if self.policy.mode == "edge-only":
+                    return await self._edge_only(edge, stream, budget)
+                return await self._speculate(edge, stream, budget)
+        except (EdgeUnavailable, wire.EdgeError, wire.WireError) as exc:
+            if isinstance(exc, wire.EdgeError) and exc.code == "vocab-mismatch":
+                raise
+            self._degrade(stream, exc)
+            return False
+
+    async def _edge_only(self, edge: EdgeClient, stream: DraftStream, budget: int) -> bool:
+        left = budget - len(stream.out)
+        async for chunk in edge.async_generate(left):
+            self.totals.verify_s += chunk.verify_ms / 1e3
+            if self._accept_tokens(stream, chunk.ids.tolist()):
+                return True
+        return len(stream.out) >= budget
+
+    async def _speculate(self, edge: EdgeClient, stream: DraftStream, budget: int) -> bool:
+        policy, tot = self.policy, self.totals
+        while len(stream.out) < budget:
+            left = budget - len(stream.out)
+            n_max = max(0, min(policy.round_budget(), left - 1))
+            r0 = time.monotonic()
+            drafted = await self._busy(
+                stream.draft,
+                n_max,
+                policy.keep_drafting,
+                want_entropy=policy.needs_entropy,
+                is_eog=self.model.is_eog,
+            )
+            s0 = time.monotonic()
+            verdict = await edge.async_round(drafted.ids, drafted.q_ids, drafted.q_probs)
+            r1 = time.monotonic()
+            n = int(drafted.ids.shape[0])
+            if not 0 <= verdict.accepted <= n:
+                raise wire.EdgeError("bad-frame", f"edge accepted {verdict.accepted} of {n}")
+            produced = drafted.ids[: verdict.accepted].tolist() + [verdict.token]
+            before = len(stream.out)
+            done = self._accept_tokens(stream, produced)
+            rtt_s = r1 - s0
+            tot.rounds += 1
+            tot.drafted += n
+            tot.accepted += verdict.accepted
+            tot.draft_s += drafted.draft_s
+            tot.verify_s += verdict.verify_ms / 1e3
+            tot.rtt_s += rtt_s
+            tot.round_s += r1 - r0
+            tot.overhead_s += (r1 - r0) - drafted.draft_s - verdict.verify_ms / 1e3
+            policy.observe(
+                RoundStats(
+                    drafted=n,
+                    accepted=verdict.accepted,
+                    produced=len(stream.out) - before,
+                    draft_s=drafted.draft_s,
+                    rtt_s=rtt_s,
+                    verify_s=verdict.verify_ms / 1e3,
+                    round_s=r1 - r0,
+                    energy_j=self.meter.energy_j(r0, r1),
+                )
+            )
+            if done:
+                return True
+        return True
+
+    def _report(self, stream: DraftStream, t0: float, t1: float, n_prompt: int) -> Report:
+        tot = self.totals
+        elapsed = max(t1 - t0, 1e-9)
+        n_out = len(stream.out)
+        energy = self.meter.energy_j(t0, t1)
+        r = tot.rounds
+
+        def per_round(x: float, scale: float = 1e3) -> float | None:
+            return x / r * scale if r else None
+
+        return Report(
+            text=self.model.detokenize(stream.out),
+            tokens=list(stream.out),
+            n_tokens=n_out,
+            prompt_tokens=n_prompt,
+            policy=self.policy.name,
+            policy_settings=self.policy.describe(),
+            edge=self.edges_used[-1] if self.edges_used else None,
+            edges=list(self.edges_used),
+            degraded=self.degraded,
+            degraded_at_token=self.degraded_at,
+            stop_reason=self.stop_reason,
+            elapsed_s=elapsed,
+            tokens_per_s=n_out / elapsed,
+            rounds=r,
+            drafted=tot.drafted,
+            accepted=tot.accepted,
+            acceptance=tot.accepted / tot.drafted if tot.drafted else None,
+            mean_drafted=tot.drafted / r if r else None,
+            mean_draft_ms=per_round(tot.draft_s),
+            mean_verify_ms=per_round(tot.verify_s),
+            mean_rtt_ms=per_round(tot.rtt_s),
+            overhead_ms_per_round=per_round(tot.overhead_s),
+            energy_j=energy,
+            energy_source="measured" if self.meter.measured else "modelled",
+            j_per_token=energy / n_out if n_out else None,
+            mean_power_w=energy / elapsed,
+            meter=self.meter.kind,
+            meter_coverage=self.meter.coverage(t0, t1),
+            temperature=self.request.temperature,
+            seed=self.request.seed,
+            errors=self.errors,
+        )
+
+
+async def generate(
+    draft_path: str,
+    request: GenerateRequest,
+    policy: Policy,
+    *,
+    edge_url: str | None,
+    meter_spec: str = "sim",
+    llama_config: LlamaConfig | None = None,
+    edge_timeout_s: float = 15.0,
+) -> Report:
+    """Load the draft, open the meter, run one generation, and report."""
+    cfg = llama_config or LlamaConfig()
+    model = await asyncio.to_thread(LlamaModel, draft_path)
+    try:
+        runner = await asyncio.to_thread(LlamaRunner, model, cfg)
+        try:
+            activity = Activity()
+            async with open_meter(meter_spec, activity=activity) as meter:
+                gen = Generation(
+                    model,
+                    request,
+                    policy,
+                    edge_url=edge_url,
+                    meter=meter,
+                    activity=activity,
+                    llama_config=cfg,
+                    edge_timeout_s=edge_timeout_s,
+                )
+                return await gen.run(runner)
+        finally:
+            await asyncio.to_thread(runner.close)
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.to_thread(model.close)
+
+
+__all__ = ["GenerateRequest", "Generation", "Report", "generate"]

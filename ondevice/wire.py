@@ -1,0 +1,299 @@
+"""The device-edge wire format, defined once and imported by both sides.
+
+One persistent WebSocket per generation session carries binary frames. Each frame is one
+msgpack map whose key ``"t"`` names the message type. Token ids cross the wire, never text.
+Arrays travel as raw little-endian bytes (msgpack ``bin``) so a round costs one copy, not a
+Python list per token.
+
+Frame layout (all maps; ``?`` marks optional keys):
+
+=============  =========  ==========================================================================
+type ``t``     direction  keys (wire type, unit)
+=============  =========  ==========================================================================
+``open``       dev->edge  ``v`` protocol version (int); ``prompt`` token ids (bin int32[n]);
+                          ``vocab`` vocabulary hash (str); ``draft`` draft model id (str);
+                          ``temp`` temperature (float); ``seed`` (int); ``top_k`` (int)
+``opened``     edge->dev  ``session`` (str); ``model`` target id (str); ``n_ctx`` (int);
+                          ``prefill_ms`` (float, ms)
+``round``      dev->edge  ``session`` (str); ``draft`` drafted ids (bin int32[n]);
+                          ``q_ids`` top-k ids per position (bin int32[n*k]);
+                          ``q_probs`` their draft probabilities (bin float32[n*k]); ``k`` (int)
+``verdict``    edge->dev  ``accepted`` (int, 0..n); ``token`` the next token (int);
+                          ``verify_ms`` target batch time (float, ms); ``edge_ms`` time from frame
+                          in to frame out (float, ms)
+``generate``   dev->edge  ``session`` (str); ``max_tokens`` (int): the target generates alone
+``tokens``     edge->dev  ``ids`` (bin int32[m]); ``done`` (bool); ``verify_ms`` (float, ms)
+``close``      dev->edge  ``session`` (str)
+``error``      edge->dev  ``code`` (str, one of ``ERROR_CODES``); ``message`` (str)
+=============  =========  ==========================================================================
+
+At temperature 0 the device sends ``k = 1`` and probability 1.0 for its argmax token.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+import numpy as np
+
+PROTOCOL_VERSION = 1
+WS_PATH = "/v1/session"
+INFO_PATH = "/v1/info"
+
+ERROR_CODES = frozenset(
+    {
+        "bad-frame",  # not msgpack, not a map, unknown type, missing or ill-typed key
+        "protocol",  # protocol version the edge does not speak
+        "unknown-session",  # a round or close naming a session this socket did not open
+        "vocab-mismatch",  # draft and target vocabularies differ
+        "draft-too-long",  # more drafted tokens than the edge's limit
+        "token-out-of-range",  # a token id outside the target vocabulary
+        "prompt-too-long",  # prompt longer than the edge's limit or context
+        "context-full",  # the session's context window is used up
+        "too-many-sessions",
+        "unauthorized",
+        "idle",  # the session sent nothing for the idle timeout and is closed
+        "internal",  # a bug on the edge; the session is closed, the server goes on
+    }
+)
+
+_I32 = np.dtype("<i4")
+_F32 = np.dtype("<f4")
+
+
+class WireError(ValueError):
+    """A frame that does not follow this module's layout; ``code`` is one of ERROR_CODES."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class EdgeError(RuntimeError):
+    """The edge answered with an ``error`` frame."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"edge refused ({code}): {message}")
+        self.code = code
+        self.message = message
+
+
+@dataclass(slots=True)
+class Open:
+    prompt: np.ndarray  # [n] int32
+    vocab_hash: str
+    draft_model: str
+    temperature: float
+    seed: int
+    top_k: int
+    version: int = PROTOCOL_VERSION
+
+
+@dataclass(slots=True)
+class Opened:
+    session: str
+    model: str
+    n_ctx: int
+    prefill_ms: float
+
+
+@dataclass(slots=True)
+class Round:
+    session: str
+    draft: np.ndarray  # [n] int32
+    q_ids: np.ndarray  # [n, k] int32
+    q_probs: np.ndarray  # [n, k] float32
+
+
+@dataclass(slots=True)
+class Verdict:
+    accepted: int
+    token: int
+    verify_ms: float
+    edge_ms: float
+
+
+@dataclass(slots=True)
+class Generate:
+    session: str
+    max_tokens: int
+
+
+@dataclass(slots=True)
+class Tokens:
+    ids: np.ndarray  # [m] int32
+    done: bool
+    verify_ms: float = 0.0
+
+
+@dataclass(slots=True)
+class Close:
+    session: str
+
+
+@dataclass(slots=True)
+class Error:
+    code: str
+    message: str = field(default="")
+
+
+Message = Open | Opened | Round | Verdict | Generate | Tokens | Close | Error
+
+
+def _arr(a: np.ndarray, dtype: np.dtype) -> bytes:
+    return np.ascontiguousarray(a, dtype=dtype).tobytes()
+
+
+def encode(msg: Message) -> bytes:
+    """Serialize one message to a binary frame."""
+    if isinstance(msg, Round):
+        n = int(msg.draft.shape[0])
+        k = int(msg.q_ids.shape[1]) if msg.q_ids.ndim == 2 and n else 0
+        body: dict[str, Any] = {
+            "t": "round",
+            "session": msg.session,
+            "draft": _arr(msg.draft, _I32),
+            "q_ids": _arr(msg.q_ids, _I32),
+            "q_probs": _arr(msg.q_probs, _F32),
+            "k": k,
+        }
+    elif isinstance(msg, Verdict):
+        body = {
+            "t": "verdict",
+            "accepted": msg.accepted,
+            "token": msg.token,
+            "verify_ms": msg.verify_ms,
+            "edge_ms": msg.edge_ms,
+        }
+    elif isinstance(msg, Open):
+        body = {
+            "t": "open",
+            "v": msg.version,
+            "prompt": _arr(msg.prompt, _I32),
+            "vocab": msg.vocab_hash,
+            "draft": msg.draft_model,
+            "temp": float(msg.temperature),
+            "seed": int(msg.seed),
+            "top_k": int(msg.top_k),
+        }
+    elif isinstance(msg, Opened):
+        body = {
+            "t": "opened",
+            "session": msg.session,
+            "model": msg.model,
+            "n_ctx": msg.n_ctx,
+            "prefill_ms": msg.prefill_ms,
+        }
+    elif isinstance(msg, Generate):
+        body = {"t": "generate", "session": msg.session, "max_tokens": msg.max_tokens}
+    elif isinstance(msg, Tokens):
+        body = {
+            "t": "tokens",
+            "ids": _arr(msg.ids, _I32),
+            "done": msg.done,
+            "verify_ms": msg.verify_ms,
+        }
+    elif isinstance(msg, Close):
+        body = {"t": "close", "session": msg.session}
+    elif isinstance(msg, Error):
+        body = {"t": "error", "code": msg.code, "message": msg.message}
+    else:  # pragma: no cover - the union above is closed
+        raise TypeError(f"not a wire message: {type(msg).__name__}")
+    return msgpack.packb(body, use_bin_type=True)
+
+
+def _get(body: dict, key: str, typ: type | tuple[type, ...]) -> Any:
+    try:
+        value = body[key]
+    except KeyError:
+        raise WireError("bad-frame", f"{body.get('t')!r} frame lacks key {key!r}") from None
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
+        raise WireError(
+            "bad-frame", f"key {key!r} of a {body.get('t')!r} frame has type {type(value).__name__}"
+        )
+    return value
+
+
+def _bin(body: dict, key: str, dtype: np.dtype) -> np.ndarray:
+    raw = _get(body, key, bytes)
+    if len(raw) % dtype.itemsize:
+        raise WireError(
+            "bad-frame", f"key {key!r}: {len(raw)} bytes is not a whole number of items"
+        )
+    return np.frombuffer(raw, dtype=dtype)
+
+
+def decode(frame: bytes) -> Message:
+    """Parse one binary frame; raise WireError("bad-frame", ...) on anything malformed.
+
+    Arrays returned are read-only views of the frame (no copy).
+    """
+    try:
+        body = msgpack.unpackb(frame, raw=False, strict_map_key=True)
+    except Exception as exc:  # msgpack raises several unrelated exception types
+        raise WireError("bad-frame", f"not a msgpack frame: {exc}") from None
+    if not isinstance(body, dict):
+        raise WireError("bad-frame", f"frame is a {type(body).__name__}, not a map")
+    kind = body.get("t")
+    if kind == "round":
+        draft = _bin(body, "draft", _I32)
+        k = _get(body, "k", int)
+        q_ids = _bin(body, "q_ids", _I32)
+        q_probs = _bin(body, "q_probs", _F32)
+        n = draft.shape[0]
+        if k < 0 or q_ids.shape[0] != n * k or q_probs.shape[0] != n * k or (n and k == 0):
+            raise WireError(
+                "bad-frame",
+                f"round: {n} drafted tokens need q_ids and q_probs of {n}*k entries with k >= 1,"
+                f" got k={k}, {q_ids.shape[0]} and {q_probs.shape[0]}",
+            )
+        return Round(
+            session=_get(body, "session", str),
+            draft=draft,
+            q_ids=q_ids.reshape(n, k),
+            q_probs=q_probs.reshape(n, k),
+        )
+    if kind == "verdict":
+        return Verdict(
+            accepted=_get(body, "accepted", int),
+            token=_get(body, "token", int),
+            verify_ms=_get(body, "verify_ms", float),
+            edge_ms=_get(body, "edge_ms", float),
+        )
+    if kind == "open":
+        return Open(
+            version=_get(body, "v", int),
+            prompt=_bin(body, "prompt", _I32),
+            vocab_hash=_get(body, "vocab", str),
+            draft_model=_get(body, "draft", str),
+            temperature=_get(body, "temp", float),
+            seed=_get(body, "seed", int),
+            top_k=_get(body, "top_k", int),
+        )
+    if kind == "opened":
+        return Opened(
+            session=_get(body, "session", str),
+            model=_get(body, "model", str),
+            n_ctx=_get(body, "n_ctx", int),
+            prefill_ms=_get(body, "prefill_ms", float),
+        )
+    if kind == "generate":
+        return Generate(
+            session=_get(body, "session", str), max_tokens=_get(body, "max_tokens", int)
+        )
+    if kind == "tokens":
+        return Tokens(
+            ids=_bin(body, "ids", _I32),
+            done=_get(body, "done", bool),
+            verify_ms=_get(body, "verify_ms", float),
+        )
+    if kind == "close":
+        return Close(session=_get(body, "session", str))
+    if kind == "error":
+        return Error(code=_get(body, "code", str), message=_get(body, "message", str))
+    raise WireError("bad-frame", f"unknown frame type {kind!r}")

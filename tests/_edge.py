@@ -1,0 +1,120 @@
+"""Test helpers: a real ``edge-server`` process and reference decoding with llama-cpp-python.
+
+The reference decodes with llama-cpp-python's own high-level ``Llama`` class, token by token,
+independently of this project's ``llama_runtime``, so the tests compare against the library
+and not against the code under test.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass
+class EdgeProc:
+    proc: subprocess.Popen
+    url: str
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def kill(self) -> None:
+        """SIGKILL: the edge vanishes as a crashed or unplugged box would."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+@contextlib.contextmanager
+def edge_server(model: Path, *args: str, startup_s: float = 120.0) -> Iterator[EdgeProc]:
+    """Run ``edge-server --model MODEL`` on 127.0.0.1 with a free port; yield it; stop it."""
+    fd, log_name = tempfile.mkstemp(prefix="edge-server-", suffix=".log")
+    log_file = os.fdopen(fd, "w")
+    cmd = [
+        sys.executable, "-m", "edge_server.cli", "--model", str(model),
+        "--host", "127.0.0.1", "--port", "0", "--no-advertise", *args,
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log_file, text=True)
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + startup_s
+        url = None
+        while url is None:
+            line = proc.stdout.readline()
+            if not line:
+                log_file.flush()
+                raise RuntimeError(
+                    f"edge-server exited ({proc.wait()}): {Path(log_name).read_text()}"
+                )
+            if "listening on" in line:
+                url = line.strip().rsplit(" ", 1)[-1]
+            if time.monotonic() > deadline:
+                raise RuntimeError("edge-server did not start")
+        yield EdgeProc(proc, url, Path(log_name))
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        log_file.close()
+        if proc.stdout:
+            proc.stdout.close()
+
+
+class Reference:
+    """Greedy decoding and next-token distributions straight from llama-cpp-python's ``Llama``."""
+
+    def __init__(self, model: Path, n_ctx: int = 1024) -> None:
+        import llama_cpp
+
+        self.llm = llama_cpp.Llama(
+            model_path=str(model), n_ctx=n_ctx, n_batch=64, verbose=False, logits_all=False
+        )
+
+    def tokenize(self, text: str) -> list[int]:
+        return self.llm.tokenize(text.encode(), add_bos=True, special=False)
+
+    def next_logits(self, ids: list[int]) -> np.ndarray:
+        """The target's logits for the token after ``ids`` (a fresh evaluation)."""
+        self.llm.reset()
+        self.llm.eval(ids)
+        ptr = self.llm._ctx.get_logits()  # the last token's row: Llama marks only it
+        return np.ctypeslib.as_array(ptr, shape=(self.llm.n_vocab(),)).astype(np.float64)
+
+    def greedy(self, prompt: str | list[int], n: int) -> list[int]:
+        """The model's own greedy continuation through ``Llama.generate`` (llama.cpp's greedy
+        sampler), stopping at an end-of-generation token. ``prompt`` is text or token ids."""
+        out: list[int] = []
+        if n <= 0:
+            return out
+        ids = self.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
+        for tok in self.llm.generate(ids, temp=0.0, reset=True):
+            if self.llm._model.token_eos() == tok or self._is_eog(tok):
+                break
+            out.append(int(tok))
+            if len(out) >= n:
+                break
+        return out
+
+    def _is_eog(self, tok: int) -> bool:
+        import llama_cpp
+
+        return bool(llama_cpp.llama_vocab_is_eog(self.llm._model.vocab, tok))
+
+    def close(self) -> None:
+        self.llm.close()
