@@ -27,6 +27,8 @@ from ondevice.policies import Policy, RoundStats
 
 log = logging.getLogger(__name__)
 
+METER_WAIT_S = 3.0  # s to wait for a meter's first reading before generating anyway
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class GenerateRequest:
@@ -69,7 +71,8 @@ class Report:
     j_per_token: float | None
     mean_power_w: float | None
     meter: str
-    meter_coverage: float
+    meter_coverage: float  # fraction of the window covered by real samples
+    window_monotonic_s: tuple[float, float]  # generation window, time.monotonic() seconds
     temperature: float
     seed: int
     errors: list[str] = field(default_factory=list)
@@ -309,6 +312,7 @@ class Generation:
             mean_power_w=energy / elapsed,
             meter=self.meter.kind,
             meter_coverage=self.meter.coverage(t0, t1),
+            window_monotonic_s=(t0, t1),
             temperature=self.request.temperature,
             seed=self.request.seed,
             errors=self.errors,
@@ -333,6 +337,8 @@ async def generate(
         try:
             activity = Activity()
             async with open_meter(meter_spec, activity=activity) as meter:
+                # Start the window with a reading in hand (a serial meter takes a poll).
+                await meter.async_wait_sample(METER_WAIT_S)
                 gen = Generation(
                     model,
                     request,
