@@ -1,0 +1,19 @@
+"""Fixtures shared by every test package."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def fixture_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(target.gguf, draft.gguf): the tiny seed-0 fixture models, written once per session.
+
+    Llama architecture, one shared 384-token GPT-2 byte-level BPE vocabulary (BOS 382, EOS 383);
+    the draft's greedy acceptance against the target is about 0.6. See docs/fixtures.md.
+    """
+    from export import write_fixtures
+
+    return write_fixtures(tmp_path_factory.mktemp("fixture_models"), seed=0)
