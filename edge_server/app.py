@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
+import json
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -42,6 +45,12 @@ class EdgeState:
         default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="edge-compute")
     )
     sessions: dict[str, TargetSession] = field(default_factory=dict)
+    per_client: Counter[str] = field(default_factory=Counter)
+    on_load_change: Callable[[], None] | None = None  # set by the advertiser
+
+    def load_changed(self) -> None:
+        if self.on_load_change is not None:
+            self.on_load_change()
 
     async def run(self, fn, *args):  # type: ignore[no-untyped-def]
         """Run a llama.cpp call in the compute thread."""
@@ -51,8 +60,45 @@ class EdgeState:
     def load(self) -> float:
         return len(self.sessions) / self.config.max_sessions
 
+    @property
+    def capabilities(self) -> list[str]:
+        return ["llm"] if self.model is not None else []
+
+    @property
+    def model_ids(self) -> list[str]:
+        return [self.model.model_id] if self.model is not None else []
+
 
 STATE = web.AppKey("coinfer_edge_state", EdgeState)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Require ``Authorization: Bearer TOKEN`` when the edge has a token (constant-time check)."""
+    token = request.app[STATE].config.token
+    if token is not None:
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            given.strip().encode(), token.encode()
+        ):
+            reason = "missing bearer token" if not given else "wrong bearer token"
+            raise web.HTTPUnauthorized(
+                text=json.dumps({"error": "unauthorized", "message": reason}),
+                content_type="application/json",
+                headers={"WWW-Authenticate": 'Bearer realm="coinfer"'},
+            )
+    return await handler(request)
+
+
+@web.middleware
+async def delay_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Emulate a far edge: hold every HTTP reply (the WebSocket delays each frame itself)."""
+    delay_ms = request.app[STATE].config.emulated_delay_ms
+    if delay_ms > 0 and request.path != wire.WS_PATH:
+        await asyncio.sleep(delay_ms / 1e3)
+    return await handler(request)
 
 
 async def _model_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -77,19 +123,21 @@ async def handle_info(request: web.Request) -> web.Response:
     return web.json_response(
         {
             "protocol": wire.PROTOCOL_VERSION,
-            "capabilities": ["llm"] if model else [],
+            "capabilities": state.capabilities,
             "model": model.model_id if model else None,
             "vocab_hash": state.vocab_hash,
             "n_vocab": model.n_vocab if model else 0,
             "n_ctx": cfg.n_ctx,
             "sessions": len(state.sessions),
             "max_sessions": cfg.max_sessions,
+            "auth": cfg.token is not None,
             "limits": {
                 "max_draft_tokens": cfg.max_draft_tokens,
                 "max_top_k": cfg.max_top_k,
                 "max_prompt_tokens": cfg.max_prompt_tokens,
                 "max_frame_bytes": cfg.max_frame_bytes,
                 "idle_timeout_s": cfg.idle_timeout_s,
+                "max_sessions_per_client": cfg.max_sessions_per_client,
             },
         }
     )
@@ -131,6 +179,9 @@ class _Connection:
         self.session: TargetSession | None = None
 
     async def send(self, msg: wire.Message) -> None:
+        delay_ms = self.state.config.emulated_delay_ms
+        if delay_ms > 0:
+            await asyncio.sleep(delay_ms / 1e3)
         await self.ws.send_bytes(wire.encode(msg))
 
     def _session_for(self, sid: str) -> TargetSession:
@@ -188,6 +239,11 @@ class _Connection:
             raise wire.WireError(
                 "too-many-sessions", f"edge is at its limit of {cfg.max_sessions} sessions"
             )
+        if state.per_client[self.peer] >= cfg.max_sessions_per_client:
+            raise wire.WireError(
+                "too-many-sessions",
+                f"client {self.peer} already has {cfg.max_sessions_per_client} sessions open",
+            )
         llama_cfg = LlamaConfig(n_ctx=cfg.n_ctx, n_threads=cfg.n_threads)
         session = await state.run(
             lambda: TargetSession(
@@ -197,6 +253,8 @@ class _Connection:
         self.sid = secrets.token_hex(8)
         self.session = session
         state.sessions[self.sid] = session
+        state.per_client[self.peer] += 1
+        state.load_changed()
         await self.send(wire.Opened(self.sid, model.model_id, cfg.n_ctx, session.prefill_ms))
 
     async def _generate(self, session: TargetSession, max_tokens: int) -> None:
@@ -214,10 +272,15 @@ class _Connection:
     async def close_session(self) -> None:
         if self.sid is None:
             return
-        session = self.state.sessions.pop(self.sid, None)
+        state = self.state
+        session = state.sessions.pop(self.sid, None)
         self.sid, self.session = None, None
         if session is not None:
-            await self.state.run(session.close)
+            state.per_client[self.peer] -= 1
+            if state.per_client[self.peer] <= 0:
+                del state.per_client[self.peer]
+            state.load_changed()
+            await state.run(session.close)
 
 
 async def handle_session(request: web.Request) -> web.WebSocketResponse:
@@ -263,7 +326,9 @@ async def handle_session(request: web.Request) -> web.WebSocketResponse:
 
 def create_app(config: EdgeConfig) -> web.Application:
     """Build the edge application. The model is loaded when the app starts."""
-    app = web.Application(client_max_size=config.max_frame_bytes)
+    app = web.Application(
+        client_max_size=config.max_frame_bytes, middlewares=[auth_middleware, delay_middleware]
+    )
     app[STATE] = EdgeState(config=config)
     app.cleanup_ctx.append(_model_ctx)
     app.router.add_get(wire.INFO_PATH, handle_info)

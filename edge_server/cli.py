@@ -4,15 +4,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import signal
+import ssl
 import sys
 from pathlib import Path
 
 from aiohttp import web
 
-from edge_server.app import create_app
+from edge_server.advertise import EdgeAdvertiser
+from edge_server.app import STATE, create_app
 from edge_server.config import EdgeConfig
+from edge_server.tls import certificate_fingerprint
+from ondevice import wire
+from ondevice.discovery_record import encode_txt
+from ondevice.llama_runtime import LlamaError
 
 log = logging.getLogger("edge_server")
 
@@ -22,28 +29,51 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="edge-server",
         description="Serve a target LLM that verifies the drafts of coinfer devices "
-        "(speculative decoding over one WebSocket per session).",
+        "(speculative decoding over one WebSocket per session), advertised over zeroconf.",
     )
     p.add_argument("--model", type=Path, help="target model, a GGUF file")
     p.add_argument("--host", default=d.host, help=f"address to bind (default {d.host})")
     p.add_argument(
         "--port", type=int, default=d.port, help=f"TCP port; 0 picks a free one (default {d.port})"
     )
+    p.add_argument("--no-advertise", action="store_true", help="do not advertise over zeroconf")
     p.add_argument(
-        "--no-advertise",
-        action="store_true",
-        help="do not advertise this edge over zeroconf",
+        "--interface",
+        action="append",
+        default=[],
+        metavar="IP",
+        help="advertise on the interface with this IPv4 address (repeatable; default: all)",
     )
     p.add_argument("--n-ctx", type=int, default=d.n_ctx, help="context tokens per session")
     p.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: all)")
+    s = p.add_argument_group("security")
+    s.add_argument("--token-file", type=Path, help="require this bearer token on every request")
+    s.add_argument("--tls-cert", type=Path, help="PEM certificate: serve HTTPS/WSS")
+    s.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
     g = p.add_argument_group("limits")
     g.add_argument("--max-sessions", type=int, default=d.max_sessions)
+    g.add_argument("--max-sessions-per-client", type=int, default=d.max_sessions_per_client,
+                   help="open sessions per client IP address")
     g.add_argument("--max-draft", type=int, default=d.max_draft_tokens, help="tokens per round")
     g.add_argument("--max-prompt", type=int, default=d.max_prompt_tokens, help="prompt tokens")
     g.add_argument("--max-frame-bytes", type=int, default=d.max_frame_bytes)
     g.add_argument("--idle-timeout", type=float, default=d.idle_timeout_s, help="seconds")
+    p.add_argument(
+        "--emulate-delay-ms",
+        type=float,
+        default=0.0,
+        help="hold every reply this long (emulates a distant edge on a test rig)",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="log each session")
     return p
+
+
+def read_token(path: Path) -> str:
+    """The bearer token in ``path`` (surrounding whitespace stripped); refuse an empty one."""
+    token = path.read_text().strip()
+    if not token:
+        raise ValueError(f"token file {path} is empty")
+    return token
 
 
 def config_from_args(args: argparse.Namespace) -> EdgeConfig:
@@ -51,9 +81,16 @@ def config_from_args(args: argparse.Namespace) -> EdgeConfig:
         model_path=args.model,
         host=args.host,
         port=args.port,
+        advertise=not args.no_advertise,
+        interfaces=tuple(args.interface),
+        token=read_token(args.token_file) if args.token_file else None,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        emulated_delay_ms=args.emulate_delay_ms,
         n_ctx=args.n_ctx,
         n_threads=args.threads,
         max_sessions=args.max_sessions,
+        max_sessions_per_client=args.max_sessions_per_client,
         max_draft_tokens=args.max_draft,
         max_prompt_tokens=args.max_prompt,
         max_frame_bytes=args.max_frame_bytes,
@@ -61,26 +98,62 @@ def config_from_args(args: argparse.Namespace) -> EdgeConfig:
     )
 
 
-async def serve(config: EdgeConfig, *, ready: asyncio.Event | None = None) -> None:
-    """Serve until cancelled or signalled; print the bound URL once listening."""
+def _ssl_context(config: EdgeConfig) -> ssl.SSLContext | None:
+    if config.tls_cert is None:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(config.tls_cert, config.tls_key)
+    return ctx
+
+
+async def serve(config: EdgeConfig) -> None:
+    """Serve until SIGINT/SIGTERM; print the bound URL once listening and advertised."""
     app = create_app(config)
+    state = app[STATE]
     runner = web.AppRunner(app, handle_signals=False)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, config.host, config.port)
+        ssl_ctx = _ssl_context(config)
+        fingerprint = certificate_fingerprint(config.tls_cert) if config.tls_cert else ""
+        site = web.TCPSite(runner, config.host, config.port, ssl_context=ssl_ctx)
         await site.start()
         sockets = site._server.sockets if site._server else []  # type: ignore[union-attr]
         port = sockets[0].getsockname()[1] if sockets else config.port
         host = "127.0.0.1" if config.host in ("0.0.0.0", "") else config.host
-        print(f"edge-server listening on http://{host}:{port}", flush=True)
-        if ready is not None:
-            ready.set()
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
-        print("edge-server shutting down", flush=True)
+        scheme = "https" if ssl_ctx else "http"
+
+        def txt() -> dict[str, str]:
+            return encode_txt(
+                version=wire.PROTOCOL_VERSION,
+                caps=state.capabilities,
+                models=state.model_ids,
+                vocab_hash=state.vocab_hash,
+                sessions=len(state.sessions),
+                capacity=config.max_sessions,
+                auth=config.token is not None,
+                fingerprint=fingerprint,
+            )
+
+        async with contextlib.AsyncExitStack() as stack:
+            if config.advertise:
+                addresses = [] if config.host in ("0.0.0.0", "") else [config.host]
+                adv = await stack.enter_async_context(
+                    EdgeAdvertiser(
+                        port=port, txt=txt, interfaces=config.interfaces, addresses=addresses
+                    )
+                )
+                state.on_load_change = adv.async_load_changed
+                print(f"edge-server advertised as {adv.name}", flush=True)
+            if fingerprint:
+                print(f"edge-server TLS certificate sha256 {fingerprint}", flush=True)
+            print(f"edge-server listening on {scheme}://{host}:{port}", flush=True)
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+            await stop.wait()
+            print("edge-server shutting down", flush=True)
+            state.on_load_change = None
     finally:
         await runner.cleanup()
 
@@ -97,11 +170,15 @@ def main(argv: list[str] | None = None) -> int:
     if not args.model.is_file():
         print(f"edge-server: model file not found: {args.model}", file=sys.stderr)
         return 2
+    if (args.tls_cert is None) != (args.tls_key is None):
+        print("edge-server: --tls-cert and --tls-key go together", file=sys.stderr)
+        return 2
     try:
-        asyncio.run(serve(config_from_args(args)))
+        config = config_from_args(args)
+        asyncio.run(serve(config))
     except KeyboardInterrupt:
         pass
-    except OSError as exc:
+    except (OSError, ValueError, ssl.SSLError, LlamaError) as exc:
         print(f"edge-server: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -15,7 +15,14 @@ class EdgeConfig:
     port: int = 8470
     n_ctx: int = 4096  # tokens per session context
     n_threads: int | None = None  # llama.cpp threads; None = all cores
+    advertise: bool = True  # zeroconf _coinfer._tcp.local.
+    interfaces: tuple[str, ...] = ()  # IPv4 addresses to advertise on; () = all interfaces
+    token: str | None = None  # required bearer token (from --token-file), None = open
+    tls_cert: Path | None = None  # PEM certificate; with tls_key: serve HTTPS/WSS
+    tls_key: Path | None = None
+    emulated_delay_ms: float = 0.0  # added before every reply: emulates a far edge in tests
     max_sessions: int = 8
+    max_sessions_per_client: int = 4  # per client IP address
     max_draft_tokens: int = 32  # drafted tokens per round
     max_top_k: int = 256  # draft distribution entries per drafted position
     max_prompt_tokens: int = 3072

@@ -20,8 +20,6 @@ from types import ModuleType
 from export._errors import ExportError
 from export._files import atomic_output
 
-GGUF_MAGIC = b"GGUF"
-
 # Type name -> name of the llama_cpp.LLAMA_FTYPE_MOSTLY_* constant. Only types that need no
 # importance matrix (the IQ* and Q2_K_S types do) are offered.
 QUANT_TYPES: dict[str, str] = {
@@ -79,20 +77,14 @@ class QuantizeResult:
 
 def check_gguf_file(path: Path) -> None:
     """Raise ExportError unless `path` is a readable regular file starting with the GGUF magic."""
-    if not path.exists():
-        raise ExportError(f"input model {path} does not exist")
-    if not path.is_file():
-        raise ExportError(f"input model {path} is not a regular file")
+    _import_llama_cpp()
+    from ondevice.llama_runtime import LlamaError
+    from ondevice.llama_runtime import check_gguf_file as check
+
     try:
-        with path.open("rb") as f:
-            magic = f.read(4)
-    except OSError as e:
-        raise ExportError(f"cannot read input model {path}: {e.strerror or e}") from e
-    if magic != GGUF_MAGIC:
-        raise ExportError(
-            f"input model {path} is not a GGUF file "
-            f"(starts with {magic!r}, expected {GGUF_MAGIC!r})"
-        )
+        check(path)
+    except (FileNotFoundError, LlamaError) as e:
+        raise ExportError(f"input {e}") from e
 
 
 def _import_llama_cpp() -> ModuleType:
@@ -107,7 +99,7 @@ class _LlamaLog:
     """Temporarily route llama.cpp's log through a callback that counts tensors for progress,
     keeps error lines for the exception message, and echoes everything when `verbose`.
 
-    The callback is global in llama.cpp; `__exit__` puts llama-cpp-python's own back.
+    The callback is global in llama.cpp; `__exit__` restores coinfer's routing into logging.
     """
 
     def __init__(
@@ -141,9 +133,9 @@ class _LlamaLog:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        from llama_cpp import _logger
+        from ondevice.llama_runtime import route_llama_log
 
-        self._llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
+        route_llama_log()
 
 
 def quantize_gguf(

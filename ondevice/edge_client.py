@@ -22,6 +22,17 @@ class EdgeUnavailable(ConnectionError):
     """The edge cannot be reached or stopped answering."""
 
 
+def client_ssl(url: str, fingerprint: str | None) -> aiohttp.Fingerprint | bool:
+    """TLS setting for ``url``: pin the certificate's SHA-256 (hex) when given.
+
+    A pinned self-signed edge certificate is accepted only if its DER SHA-256 matches; without
+    a fingerprint an ``https`` edge must present a certificate the system trusts.
+    """
+    if url.startswith("https://") and fingerprint:
+        return aiohttp.Fingerprint(bytes.fromhex(fingerprint.replace(":", "")))
+    return True
+
+
 class EdgeClient:
     """One session on an edge. ``on_bytes(tx, rx)`` is told of every frame's size."""
 
@@ -32,8 +43,12 @@ class EdgeClient:
         timeout_s: float = DEFAULT_TIMEOUT_S,
         max_frame_bytes: int = 1 << 22,
         on_bytes: Callable[[int, int], None] | None = None,
+        token: str | None = None,
+        fingerprint: str | None = None,
     ) -> None:
         self.url = url.rstrip("/")
+        self.token = token
+        self.fingerprint = fingerprint
         self.timeout_s = timeout_s
         self.max_frame_bytes = max_frame_bytes
         self.on_bytes = on_bytes
@@ -45,12 +60,34 @@ class EdgeClient:
     async def __aenter__(self) -> EdgeClient:
         self._http = aiohttp.ClientSession()
         ws_url = self.url.replace("http://", "ws://", 1).replace("https://", "wss://", 1)
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
         try:
-            self._ws = await self._http.ws_connect(
-                ws_url + wire.WS_PATH,
-                timeout=aiohttp.ClientWSTimeout(ws_close=2.0),
-                max_msg_size=self.max_frame_bytes,
+            self._ws = await asyncio.wait_for(
+                self._http.ws_connect(
+                    ws_url + wire.WS_PATH,
+                    timeout=aiohttp.ClientWSTimeout(ws_close=2.0),
+                    max_msg_size=self.max_frame_bytes,
+                    headers=headers,
+                    ssl=client_ssl(self.url, self.fingerprint),
+                ),
+                self.timeout_s,
             )
+        except aiohttp.WSServerHandshakeError as exc:
+            await self.async_close()
+            if exc.status == 401:
+                raise wire.EdgeError(
+                    "unauthorized",
+                    f"edge {self.url} refused the bearer token"
+                    " (set --token-file or COINFER_TOKEN)",
+                ) from exc
+            raise EdgeUnavailable(f"edge {self.url} refused the session: {exc}") from exc
+        except aiohttp.ServerFingerprintMismatch as exc:
+            await self.async_close()
+            raise wire.EdgeError(
+                "tls-fingerprint",
+                f"edge {self.url} presented a certificate with sha256 {exc.got.hex()},"
+                f" expected {exc.expected.hex()}",
+            ) from exc
         except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
             await self.async_close()
             raise EdgeUnavailable(f"cannot reach edge {self.url}: {exc}") from exc

@@ -28,6 +28,9 @@ from ondevice.policies import Policy, RoundStats
 log = logging.getLogger(__name__)
 
 METER_WAIT_S = 3.0  # s to wait for a meter's first reading before generating anyway
+# Refusals that mean the user's configuration is wrong: with an explicit --edge they end the
+# command; an edge found by discovery that refuses is skipped instead.
+FATAL_EDGE_ERRORS = frozenset({"vocab-mismatch", "unauthorized", "tls-fingerprint", "protocol"})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -54,6 +57,7 @@ class Report:
     edges: list[str]
     degraded: bool
     degraded_at_token: int | None
+    rejected_edges: list[dict[str, str]]  # edges discovery found but could not use, and why
     stop_reason: str  # "max_tokens" | "eos" | "context"
     elapsed_s: float
     tokens_per_s: float
@@ -93,6 +97,30 @@ class _Totals:
     overhead_s: float = 0.0
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EdgePlan:
+    """Which edges a generation may use.
+
+    ``url`` is tried first when given. With ``discover``, zeroconf (on ``interfaces``; empty =
+    all) finds compatible edges when there is no ``url``, and again whenever the edge in use
+    is lost, while the draft carries on alone.
+    """
+
+    url: str | None = None
+    fingerprint: str | None = None  # pinned TLS certificate SHA-256 (hex) for ``url``
+    discover: bool = False
+    interfaces: tuple[str, ...] = ()
+    token: str | None = None
+    browse_s: float = 2.0
+    timeout_s: float = 15.0  # per edge reply
+
+
+@dataclass(frozen=True, slots=True)
+class _Target:
+    url: str
+    fingerprint: str | None
+
+
 class Generation:
     """One prompt's generation, from the first edge contact to the last token."""
 
@@ -102,7 +130,8 @@ class Generation:
         request: GenerateRequest,
         policy: Policy,
         *,
-        edge_url: str | None,
+        edge_url: str | None = None,
+        plan: EdgePlan | None = None,
         meter: PowerMeter,
         activity: Activity,
         llama_config: LlamaConfig | None = None,
@@ -111,18 +140,20 @@ class Generation:
         self.model = draft_model
         self.request = request
         self.policy = policy
-        self.edge_url = edge_url
+        self.plan = plan or EdgePlan(url=edge_url, timeout_s=edge_timeout_s)
         self.meter = meter
         self.activity = activity
         self.llama_config = llama_config or LlamaConfig()
-        self.edge_timeout_s = edge_timeout_s
         self.totals = _Totals()
         self.degraded = False
         self.degraded_at: int | None = None
         self.edges_used: list[str] = []
+        self.failed: list[str] = []
+        self.rejected: list[dict[str, str]] = []
         self.errors: list[str] = []
         self.stop_reason = "max_tokens"
         self._threads = self.llama_config.n_threads or 1
+        self._vocab_hash: str | None = None
 
     # -- helpers ----------------------------------------------------------------------------
 
@@ -155,18 +186,35 @@ class Generation:
         stream.commit(tokens[:room])
         return self._remaining(stream) <= 0
 
-    def _degrade(self, stream: DraftStream, exc: BaseException) -> None:
+    def _degrade(self, stream: DraftStream, url: str, exc: BaseException) -> None:
         if not self.degraded:
             self.degraded = True
             self.degraded_at = len(stream.out)
-        self.errors.append(str(exc))
-        log.warning("edge lost after %d tokens (%s); continuing on the draft alone",
-                    len(stream.out), exc)
+        self.failed.append(url)
+        self.errors.append(f"{url}: {exc}")
+        log.warning("edge %s lost after %d tokens (%s); continuing on the draft alone",
+                    url, len(stream.out), exc)
+
+    async def _discover(self) -> list[_Target]:
+        """Compatible edges, best first, excluding those that failed in this run."""
+        from ondevice.discovery import async_discover, rank_edges
+
+        plan = self.plan
+        records = await async_discover(
+            timeout_s=plan.browse_s, interfaces=plan.interfaces, token=plan.token
+        )
+        usable, rejected = rank_edges(records, vocab_hash=self._vocab_hash, exclude=self.failed)
+        for r in rejected:
+            entry = {"url": r.record.url, "name": r.record.name, "reason": r.reason}
+            if entry not in self.rejected:
+                self.rejected.append(entry)
+                log.warning("not using edge %s: %s", r.record.url, r.reason)
+        return [_Target(r.url, r.fingerprint or None) for r in usable]
 
     # -- the loop ---------------------------------------------------------------------------
 
     async def run(self, runner: LlamaRunner) -> Report:
-        req = self.request
+        req, plan = self.request, self.plan
         prompt_ids = self.model.tokenize(req.prompt, add_special=req.add_bos)
         room = runner.n_ctx - len(prompt_ids)
         if room <= 0:
@@ -179,43 +227,96 @@ class Generation:
         budget = min(req.max_tokens, room - 1)
         if budget < req.max_tokens:
             self.stop_reason = "context"
+        use_edge = self.policy.mode != "device-only" and (plan.url or plan.discover)
+        targets: list[_Target] = []
+        if use_edge:
+            self._vocab_hash = await asyncio.to_thread(self.model.vocab_hash)
+            if plan.url:
+                targets = [_Target(plan.url, plan.fingerprint)]
+            else:
+                targets = await self._discover()
+                if not targets:
+                    self._degrade_start("no compatible edge found by discovery")
         t0 = time.monotonic()
         done = budget <= 0
-        if not done and self.policy.mode != "device-only" and self.edge_url:
-            done = await self._with_edge(stream, budget)
-        while not done and len(stream.out) < budget:
-            token = await self._busy(stream.generate_alone)
-            if self.model.is_eog(token):
-                stream.out.pop()
-                self.stop_reason = "eos"
-                break
+        while not done:
+            while targets and not done:
+                target = targets.pop(0)
+                done = await self._with_edge(stream, budget, target)
+                if not done:
+                    targets = []  # lost mid-run: rediscover while the draft carries on
+            if not done:
+                done, targets = await self._alone(stream, budget, rediscover=bool(
+                    use_edge and plan.discover))
         t1 = time.monotonic()
         return self._report(stream, t0, t1, len(prompt_ids))
 
-    async def _with_edge(self, stream: DraftStream, budget: int) -> bool:
-        """Generate through the edge until done or the edge is lost; True when done."""
-        assert self.edge_url is not None
-        req = self.request
+    def _degrade_start(self, why: str) -> None:
+        self.degraded, self.degraded_at = True, 0
+        self.errors.append(why)
+        log.warning("%s; generating on the draft alone", why)
+
+    async def _alone(
+        self, stream: DraftStream, budget: int, *, rediscover: bool
+    ) -> tuple[bool, list[_Target]]:
+        """Generate on the draft alone until done, or until rediscovery finds an edge."""
+        finder = asyncio.create_task(self._find_edges()) if rediscover else None
+        try:
+            while len(stream.out) < budget:
+                if finder is not None and finder.done():
+                    targets = finder.result()
+                    if targets:
+                        return False, targets
+                    finder = asyncio.create_task(self._find_edges())
+                token = await self._busy(stream.generate_alone)
+                if self.model.is_eog(token):
+                    stream.out.pop()
+                    self.stop_reason = "eos"
+                    return True, []
+            return True, []
+        finally:
+            if finder is not None and not finder.done():
+                finder.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await finder
+
+    async def _find_edges(self) -> list[_Target]:
+        try:
+            return await self._discover()
+        except OSError as exc:  # no usable interface right now: try again later
+            log.info("rediscovery failed: %s", exc)
+            await asyncio.sleep(self.plan.browse_s)
+            return []
+
+    async def _with_edge(self, stream: DraftStream, budget: int, target: _Target) -> bool:
+        """Generate through one edge until done or the edge is lost; True when done."""
+        req, plan = self.request, self.plan
         try:
             async with EdgeClient(
-                self.edge_url, timeout_s=self.edge_timeout_s, on_bytes=self._on_bytes
+                target.url,
+                timeout_s=plan.timeout_s,
+                on_bytes=self._on_bytes,
+                token=plan.token,
+                fingerprint=target.fingerprint,
             ) as edge:
                 await edge.async_open(
                     stream.seq,
-                    vocab_hash=await asyncio.to_thread(self.model.vocab_hash),
+                    vocab_hash=self._vocab_hash or "",
                     draft_model=self.model.model_id,
                     temperature=req.temperature,
-                    seed=req.seed,
+                    seed=req.seed + len(stream.out),  # a resumed stream draws fresh numbers
                     top_k=req.top_k,
                 )
-                self.edges_used.append(self.edge_url)
+                self.edges_used.append(target.url)
                 if self.policy.mode == "edge-only":
                     return await self._edge_only(edge, stream, budget)
                 return await self._speculate(edge, stream, budget)
         except (EdgeUnavailable, wire.EdgeError, wire.WireError) as exc:
-            if isinstance(exc, wire.EdgeError) and exc.code == "vocab-mismatch":
+            if isinstance(exc, wire.EdgeError) and exc.code in FATAL_EDGE_ERRORS and not (
+                self.plan.discover and self.plan.url is None
+            ):
                 raise
-            self._degrade(stream, exc)
+            self._degrade(stream, target.url, exc)
             return False
 
     async def _edge_only(self, edge: EdgeClient, stream: DraftStream, budget: int) -> bool:
@@ -294,6 +395,7 @@ class Generation:
             edges=list(self.edges_used),
             degraded=self.degraded,
             degraded_at_token=self.degraded_at,
+            rejected_edges=self.rejected,
             stop_reason=self.stop_reason,
             elapsed_s=elapsed,
             tokens_per_s=n_out / elapsed,
@@ -324,12 +426,17 @@ async def generate(
     request: GenerateRequest,
     policy: Policy,
     *,
-    edge_url: str | None,
+    edge_url: str | None = None,
+    plan: EdgePlan | None = None,
     meter_spec: str = "sim",
     llama_config: LlamaConfig | None = None,
     edge_timeout_s: float = 15.0,
 ) -> Report:
-    """Load the draft, open the meter, run one generation, and report."""
+    """Load the draft, open the meter, run one generation, and report.
+
+    ``plan`` says which edges to use; ``edge_url`` alone is shorthand for one explicit edge
+    without discovery.
+    """
     cfg = llama_config or LlamaConfig()
     model = await asyncio.to_thread(LlamaModel, draft_path)
     try:
@@ -343,11 +450,10 @@ async def generate(
                     model,
                     request,
                     policy,
-                    edge_url=edge_url,
+                    plan=plan or EdgePlan(url=edge_url, timeout_s=edge_timeout_s),
                     meter=meter,
                     activity=activity,
                     llama_config=cfg,
-                    edge_timeout_s=edge_timeout_s,
                 )
                 return await gen.run(runner)
         finally:
@@ -357,4 +463,4 @@ async def generate(
             await asyncio.to_thread(model.close)
 
 
-__all__ = ["GenerateRequest", "Generation", "Report", "generate"]
+__all__ = ["EdgePlan", "GenerateRequest", "Generation", "Report", "generate"]

@@ -44,7 +44,12 @@ def _route_llama_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> Non
         _llama_log.log(lvl, "%s", text.decode("utf-8", errors="replace").rstrip())
 
 
-llama_cpp.llama_log_set(_route_llama_log, ctypes.c_void_p(0))
+def route_llama_log() -> None:
+    """(Re)install the routing of llama.cpp's log into Python logging (done at import)."""
+    llama_cpp.llama_log_set(_route_llama_log, ctypes.c_void_p(0))
+
+
+route_llama_log()
 
 _backend_ready = False
 
@@ -71,13 +76,19 @@ def _ensure_backend() -> None:
 
 
 def check_gguf_file(path: Path) -> None:
-    """Raise FileNotFoundError / LlamaError with a clear message unless ``path`` is a GGUF file."""
+    """Raise FileNotFoundError / LlamaError with a clear message unless ``path`` is a readable
+    regular file that starts with the GGUF magic."""
+    if not path.exists():
+        raise FileNotFoundError(f"model file {path} does not exist")
     if not path.is_file():
-        raise FileNotFoundError(f"model file not found: {path}")
-    with path.open("rb") as fh:
-        magic = fh.read(4)
+        raise LlamaError(f"model path {path} is not a regular file")
+    try:
+        with path.open("rb") as fh:
+            magic = fh.read(4)
+    except OSError as exc:
+        raise LlamaError(f"cannot read model {path}: {exc.strerror or exc}") from exc
     if magic != b"GGUF":
-        raise LlamaError(f"{path} is not a GGUF file (magic {magic!r}, expected b'GGUF')")
+        raise LlamaError(f"{path} is not a GGUF file (starts with {magic!r}, expected b'GGUF')")
 
 
 class LlamaModel:

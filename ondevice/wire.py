@@ -53,7 +53,8 @@ ERROR_CODES = frozenset(
         "prompt-too-long",  # prompt longer than the edge's limit or context
         "context-full",  # the session's context window is used up
         "too-many-sessions",
-        "unauthorized",
+        "unauthorized",  # missing or wrong bearer token (HTTP 401 before the socket opens)
+        "tls-fingerprint",  # device side: the edge's certificate is not the pinned one
         "idle",  # the session sent nothing for the idle timeout and is closed
         "internal",  # a bug on the edge; the session is closed, the server goes on
     }

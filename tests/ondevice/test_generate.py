@@ -229,7 +229,7 @@ def test_cli_rejects_bad_arguments(fixture_models: tuple[Path, Path]) -> None:
          "--prompt", "x", "--policy", "device-only"],
         capture_output=True, text=True, timeout=60,
     )
-    assert done.returncode == 1 and "not found" in done.stderr
+    assert done.returncode == 1 and "does not exist" in done.stderr
     done = subprocess.run(
         [sys.executable, "-m", "ondevice.cli", "generate", "--draft", str(fixture_models[1]),
          "--prompt", "x", "--policy", "nonsense"],
