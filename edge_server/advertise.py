@@ -80,7 +80,9 @@ class EdgeAdvertiser:
             interfaces=self.interfaces or InterfaceChoice.All, ip_version=IPVersion.V4Only
         )
         self._info = self._make_info()
-        await self._azc.async_register_service(self._info, allow_name_change=True)
+        # The call returns once probing started; the returned task ends when the records are
+        # announced, and only then can a device find us.
+        await (await self._azc.async_register_service(self._info, allow_name_change=True))
         self.name = self._info.name
         log.info("advertising %s on %s", self.name, ", ".join(self.addresses))
         return self
@@ -112,4 +114,4 @@ class EdgeAdvertiser:
         if self._azc is None or self._txt() == self._last_txt:
             return
         self._info = self._make_info()
-        await self._azc.async_update_service(self._info)
+        await (await self._azc.async_update_service(self._info))

@@ -244,7 +244,7 @@ class _Connection:
                 "too-many-sessions",
                 f"client {self.peer} already has {cfg.max_sessions_per_client} sessions open",
             )
-        llama_cfg = LlamaConfig(n_ctx=cfg.n_ctx, n_threads=cfg.n_threads)
+        llama_cfg = LlamaConfig(n_ctx=cfg.n_ctx, n_threads=cfg.n_threads, kv_type=cfg.kv_type)
         session = await state.run(
             lambda: TargetSession(
                 model, llama_cfg, msg.prompt, temperature=msg.temperature, seed=msg.seed

@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--n-ctx", type=int, default=d.n_ctx, help="context tokens per session")
     p.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: all)")
+    p.add_argument("--kv-type", default=d.kv_type, choices=("f16", "f32", "q8_0"),
+                   help=f"KV cache element type (default {d.kv_type})")
     s = p.add_argument_group("security")
     s.add_argument("--token-file", type=Path, help="require this bearer token on every request")
     s.add_argument("--tls-cert", type=Path, help="PEM certificate: serve HTTPS/WSS")
@@ -89,6 +91,7 @@ def config_from_args(args: argparse.Namespace) -> EdgeConfig:
         emulated_delay_ms=args.emulate_delay_ms,
         n_ctx=args.n_ctx,
         n_threads=args.threads,
+        kv_type=args.kv_type,
         max_sessions=args.max_sessions,
         max_sessions_per_client=args.max_sessions_per_client,
         max_draft_tokens=args.max_draft,

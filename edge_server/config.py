@@ -15,6 +15,7 @@ class EdgeConfig:
     port: int = 8470
     n_ctx: int = 4096  # tokens per session context
     n_threads: int | None = None  # llama.cpp threads; None = all cores
+    kv_type: str = "f16"  # KV cache type: f16, f32 (exact batch-vs-sequential logits), q8_0
     advertise: bool = True  # zeroconf _coinfer._tcp.local.
     interfaces: tuple[str, ...] = ()  # IPv4 addresses to advertise on; () = all interfaces
     token: str | None = None  # required bearer token (from --token-file), None = open

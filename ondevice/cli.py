@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 DEFAULT_TOP_K = 32
@@ -23,7 +24,14 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
         "The output follows the target model's distribution exactly (greedy at temperature 0).",
     )
     p.add_argument("--draft", required=True, help="draft model, a GGUF file")
-    p.add_argument("--edge", help="edge URL, e.g. http://192.168.1.20:8470")
+    p.add_argument(
+        "--edge",
+        help="edge URL, e.g. http://192.168.1.20:8470 (default: find one with zeroconf); "
+        "if it is lost, discovery finds another unless --no-discover",
+    )
+    _add_edge_access(p)
+    p.add_argument("--no-discover", action="store_true",
+                   help="never browse zeroconf; without --edge, run on the draft alone")
     p.add_argument("--prompt", required=True, help="prompt text")
     p.add_argument("--max-tokens", type=int, default=128, help="tokens to generate (default 128)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
@@ -47,6 +55,45 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n-ctx", type=int, default=4096, help="draft context tokens (default 4096)")
     p.add_argument("--edge-timeout", type=float, default=15.0, help="seconds per edge reply")
     p.add_argument("--json", action="store_true", help="end with one JSON object on one line")
+
+
+def _add_edge_access(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--interface",
+        action="append",
+        default=[],
+        metavar="IP",
+        help="browse zeroconf on the interface with this IPv4 address (repeatable; default all)",
+    )
+    p.add_argument("--token-file", type=Path,
+                   help="bearer token for the edge (default: $COINFER_TOKEN)")
+    p.add_argument("--edge-fingerprint", metavar="SHA256",
+                   help="pin the edge's TLS certificate (hex SHA-256 of its DER form)")
+    p.add_argument("--browse", type=float, default=2.0, metavar="S",
+                   help="seconds to listen for edges (default 2)")
+
+
+def _token(args: argparse.Namespace) -> str | None:
+    if args.token_file is not None:
+        token = args.token_file.read_text().strip()
+        if not token:
+            raise ValueError(f"token file {args.token_file} is empty")
+        return token
+    return os.environ.get("COINFER_TOKEN") or None
+
+
+def _add_discover(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "discover",
+        help="list the edges advertised on the local network",
+        description="Browse zeroconf for _coinfer._tcp.local. and measure each edge's RTT.",
+    )
+    p.add_argument("--timeout", type=float, default=2.0, metavar="S",
+                   help="seconds to listen (default 2)")
+    p.add_argument("--interface", action="append", default=[], metavar="IP",
+                   help="browse on the interface with this IPv4 address (repeatable)")
+    p.add_argument("--token-file", type=Path, help="bearer token for the RTT probe")
+    p.add_argument("--json", action="store_true", help='end with one JSON object {"edges": [...]}')
 
 
 def _add_meter(sub: argparse._SubParsersAction) -> None:
@@ -81,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_generate(sub)
+    _add_discover(sub)
     _add_meter(sub)
     _add_demo(sub)
     return parser
@@ -114,7 +162,7 @@ def format_report(report: dict[str, Any]) -> str:
 def _run_generate(args: argparse.Namespace) -> int:
     from hw import MeterSpecError
     from ondevice import wire
-    from ondevice.generate import GenerateRequest, generate
+    from ondevice.generate import EdgePlan, GenerateRequest, generate
     from ondevice.llama_runtime import LlamaConfig, LlamaError
     from ondevice.policies import make_policy
 
@@ -122,14 +170,21 @@ def _run_generate(args: argparse.Namespace) -> int:
         print("ondevice: --max-tokens and --temperature must be >= 0, --top-k >= 1",
               file=sys.stderr)
         return 2
-    if args.policy == "edge-only" and not args.edge:
-        print("ondevice: --policy edge-only needs --edge URL", file=sys.stderr)
-        return 2
     try:
         policy = make_policy(args.policy, gamma=args.gamma)
-    except ValueError as exc:
+        token = _token(args)
+    except (ValueError, OSError) as exc:
         print(f"ondevice: {exc}", file=sys.stderr)
         return 2
+    plan = EdgePlan(
+        url=args.edge,
+        fingerprint=args.edge_fingerprint,
+        discover=not args.no_discover,
+        interfaces=tuple(args.interface),
+        token=token,
+        browse_s=args.browse,
+        timeout_s=args.edge_timeout,
+    )
     request = GenerateRequest(
         prompt=args.prompt,
         max_tokens=args.max_tokens,
@@ -137,16 +192,13 @@ def _run_generate(args: argparse.Namespace) -> int:
         seed=args.seed,
         top_k=args.top_k,
     )
-    if args.policy != "device-only" and not args.edge:
-        print("ondevice: no --edge given: generating on the draft alone (discovery comes with "
-              "the zeroconf support)", file=sys.stderr)
     try:
         report = asyncio.run(
             generate(
                 args.draft,
                 request,
                 policy,
-                edge_url=args.edge,
+                plan=plan,
                 meter_spec=args.meter,
                 llama_config=LlamaConfig(n_ctx=args.n_ctx, n_threads=args.threads),
                 edge_timeout_s=args.edge_timeout,
@@ -160,6 +212,32 @@ def _run_generate(args: argparse.Namespace) -> int:
     print(format_report(data), file=sys.stderr if args.json else sys.stdout)
     if args.json:
         print(json.dumps(data))
+    return 0
+
+
+def _run_discover(args: argparse.Namespace) -> int:
+    from ondevice.discovery import async_discover
+
+    try:
+        token = _token(args)
+    except (ValueError, OSError) as exc:
+        print(f"ondevice: {exc}", file=sys.stderr)
+        return 2
+    edges = asyncio.run(
+        async_discover(timeout_s=args.timeout, interfaces=args.interface, token=token)
+    )
+    edges.sort(key=lambda e: (e.load, e.rtt_ms if e.rtt_ms is not None else 1e9))
+    if not edges:
+        print(f"no coinfer edge answered within {args.timeout:g} s", file=sys.stderr)
+    for e in edges:
+        rtt = f"{e.rtt_ms:.1f} ms" if e.rtt_ms is not None else e.extra.get("error", "?")
+        out = sys.stderr if args.json else sys.stdout
+        print(f"{e.name}\n  url {e.url}  rtt {rtt}  load {e.sessions}/{e.capacity}"
+              f"  caps {','.join(e.caps) or '-'}  auth {'yes' if e.auth else 'no'}"
+              f"  tls {e.fingerprint or 'no'}\n  models {', '.join(e.models) or '-'}"
+              f"  vocab {e.vocab_hash or '-'}", file=out)
+    if args.json:
+        print(json.dumps({"edges": [e.to_dict() for e in edges]}))
     return 0
 
 
@@ -195,6 +273,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     if args.command == "generate":
         return _run_generate(args)
+    if args.command == "discover":
+        return _run_discover(args)
     if args.command == "meter":
         return _run_meter(args)
     if args.command == "demo":

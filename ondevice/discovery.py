@@ -54,6 +54,107 @@ async def _probe_rtt(
     return best
 
 
+class EdgeBrowser:
+    """A live view of the edges on ``interfaces`` (IPv4 addresses; empty = all).
+
+    ``async with EdgeBrowser(...) as browser`` keeps a zeroconf browser running, so that after
+    the first answers (about a second after start) ``async_records`` returns at once from the
+    cache: a device that loses its edge mid-generation finds the next one without waiting for
+    a fresh browse.
+    """
+
+    def __init__(
+        self,
+        *,
+        interfaces: Sequence[str] = (),
+        token: str | None = None,
+        fingerprint: str | None = None,
+    ) -> None:
+        self.interfaces = list(interfaces)
+        self.token = token
+        self.fingerprint = fingerprint
+        self.names: set[str] = set()
+        self._azc: AsyncZeroconf | None = None
+        self._browser: AsyncServiceBrowser | None = None
+        self._changed = asyncio.Event()
+
+    async def __aenter__(self) -> EdgeBrowser:
+        self._azc = AsyncZeroconf(interfaces=self.interfaces or InterfaceChoice.All,
+                                  ip_version=IPVersion.V4Only)
+        self._browser = AsyncServiceBrowser(
+            self._azc.zeroconf, [SERVICE_TYPE], handlers=[self._on_change]
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.async_close()
+
+    async def async_close(self) -> None:
+        """Stop browsing. Idempotent."""
+        browser, azc = self._browser, self._azc
+        self._browser, self._azc = None, None
+        if browser is not None:
+            await browser.async_cancel()
+        if azc is not None:
+            await azc.async_close()
+
+    def _on_change(
+        self, zeroconf: Zeroconf, service_type: str, name: str, state_change: ServiceStateChange
+    ) -> None:
+        if state_change in (ServiceStateChange.Added, ServiceStateChange.Updated):
+            self.names.add(name)
+        elif state_change is ServiceStateChange.Removed:
+            self.names.discard(name)
+        self._changed.set()
+
+    async def async_wait_change(self, timeout_s: float) -> bool:
+        """Wait until an edge appears, changes or leaves (True), or ``timeout_s`` passes."""
+        self._changed.clear()
+        try:
+            await asyncio.wait_for(self._changed.wait(), timeout_s)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+    async def _resolve(self, name: str) -> EdgeRecord | None:
+        assert self._azc is not None
+        info = AsyncServiceInfo(SERVICE_TYPE, name)
+        if not await info.async_request(self._azc.zeroconf, RESOLVE_MS):
+            log.info("edge %s did not resolve", name)
+            return None
+        addrs = info.parsed_addresses(IPVersion.V4Only)
+        if not addrs or info.port is None:
+            return None
+        if self.interfaces:  # an edge on several networks: take its address on ours (/24)
+            ours = [a for a in addrs
+                    if any(a.rsplit(".", 1)[0] == i.rsplit(".", 1)[0] for i in self.interfaces)]
+            addrs = ours or addrs
+        try:
+            return decode_txt(name, addrs[0], info.port, info.properties)
+        except ValueError as exc:
+            log.warning("%s", exc)
+            return None
+
+    async def async_records(self, *, probe: bool = True) -> list[EdgeRecord]:
+        """The edges known now, resolved; with ``probe``, each with its measured ``rtt_ms``
+        (or ``extra["error"]`` when it does not answer)."""
+        if self._azc is None:
+            raise RuntimeError("EdgeBrowser is not open")
+        resolved = await asyncio.gather(*(self._resolve(n) for n in sorted(self.names)))
+        records = [r for r in resolved if r is not None]
+        if probe and records:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
+
+                async def probe_one(rec: EdgeRecord) -> None:
+                    try:
+                        rec.rtt_ms = await _probe_rtt(http, rec, self.token, self.fingerprint)
+                    except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+                        rec.extra["error"] = f"{type(exc).__name__}: {exc}"
+
+                await asyncio.gather(*(probe_one(r) for r in records))
+        return records
+
+
 async def async_discover(
     *,
     timeout_s: float = BROWSE_S,
@@ -64,60 +165,12 @@ async def async_discover(
 ) -> list[EdgeRecord]:
     """Edges answering on ``interfaces`` (IPv4 addresses; empty = all) within ``timeout_s``.
 
-    Each record gets ``rtt_ms`` from ``GET /v1/info`` when ``probe``; an edge that does not
-    answer the probe keeps ``rtt_ms = None`` and ``extra["error"]`` says why.
+    Answers take about a second to arrive (multicast query and response delays), so keep
+    ``timeout_s`` at 1.5 s or more.
     """
-    azc = AsyncZeroconf(interfaces=list(interfaces) or InterfaceChoice.All,
-                        ip_version=IPVersion.V4Only)
-    names: set[str] = set()
-
-    def on_change(
-        zeroconf: Zeroconf, service_type: str, name: str, state_change: ServiceStateChange
-    ) -> None:
-        if state_change in (ServiceStateChange.Added, ServiceStateChange.Updated):
-            names.add(name)
-        elif state_change is ServiceStateChange.Removed:
-            names.discard(name)
-
-    browser = AsyncServiceBrowser(azc.zeroconf, [SERVICE_TYPE], handlers=[on_change])
-    records: list[EdgeRecord] = []
-    try:
+    async with EdgeBrowser(interfaces=interfaces, token=token, fingerprint=fingerprint) as b:
         await asyncio.sleep(timeout_s)
-
-        async def resolve(name: str) -> EdgeRecord | None:
-            info = AsyncServiceInfo(SERVICE_TYPE, name)
-            if not await info.async_request(azc.zeroconf, RESOLVE_MS):
-                log.info("edge %s did not resolve", name)
-                return None
-            addrs = info.parsed_addresses(IPVersion.V4Only)
-            if not addrs or info.port is None:
-                return None
-            if interfaces:  # prefer an address on the interface we browse on
-                same_net = [a for a in addrs if any(a.rsplit(".", 1)[0] == i.rsplit(".", 1)[0]
-                                                    for i in interfaces)]
-                addrs = same_net or addrs
-            try:
-                return decode_txt(name, addrs[0], info.port, info.properties)
-            except ValueError as exc:
-                log.warning("%s", exc)
-                return None
-
-        resolved = await asyncio.gather(*(resolve(n) for n in sorted(names)))
-        records = [r for r in resolved if r is not None]
-    finally:
-        await browser.async_cancel()
-        await azc.async_close()
-    if probe and records:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
-
-            async def probe_one(rec: EdgeRecord) -> None:
-                try:
-                    rec.rtt_ms = await _probe_rtt(http, rec, token, fingerprint)
-                except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
-                    rec.extra["error"] = f"{type(exc).__name__}: {exc}"
-
-            await asyncio.gather(*(probe_one(r) for r in records))
-    return records
+        return await b.async_records(probe=probe)
 
 
 def rank_edges(

@@ -21,6 +21,7 @@ from typing import Any
 from hw import Activity, PowerMeter, open_meter
 from ondevice import wire
 from ondevice._draft import DraftStream
+from ondevice.discovery import EdgeBrowser, rank_edges
 from ondevice.edge_client import EdgeClient, EdgeUnavailable
 from ondevice.llama_runtime import LlamaConfig, LlamaModel, LlamaRunner
 from ondevice.policies import Policy, RoundStats
@@ -58,6 +59,8 @@ class Report:
     degraded: bool
     degraded_at_token: int | None
     rejected_edges: list[dict[str, str]]  # edges discovery found but could not use, and why
+    segments: list[dict[str, Any]]  # who produced tokens [from_token, to_token): an edge URL or
+    # "draft" (the draft model alone)
     stop_reason: str  # "max_tokens" | "eos" | "context"
     elapsed_s: float
     tokens_per_s: float
@@ -136,6 +139,7 @@ class Generation:
         activity: Activity,
         llama_config: LlamaConfig | None = None,
         edge_timeout_s: float = 15.0,
+        browser: EdgeBrowser | None = None,
     ) -> None:
         self.model = draft_model
         self.request = request
@@ -150,10 +154,12 @@ class Generation:
         self.edges_used: list[str] = []
         self.failed: list[str] = []
         self.rejected: list[dict[str, str]] = []
+        self.segments: list[dict[str, Any]] = []
         self.errors: list[str] = []
         self.stop_reason = "max_tokens"
         self._threads = self.llama_config.n_threads or 1
         self._vocab_hash: str | None = None
+        self._browser = browser  # a caller's long-lived browser, else one per run
 
     # -- helpers ----------------------------------------------------------------------------
 
@@ -196,13 +202,10 @@ class Generation:
                     url, len(stream.out), exc)
 
     async def _discover(self) -> list[_Target]:
-        """Compatible edges, best first, excluding those that failed in this run."""
-        from ondevice.discovery import async_discover, rank_edges
+        """Compatible edges known now, best first, excluding those that failed in this run."""
 
-        plan = self.plan
-        records = await async_discover(
-            timeout_s=plan.browse_s, interfaces=plan.interfaces, token=plan.token
-        )
+        assert self._browser is not None
+        records = await self._browser.async_records()
         usable, rejected = rank_edges(records, vocab_hash=self._vocab_hash, exclude=self.failed)
         for r in rejected:
             entry = {"url": r.record.url, "name": r.record.name, "reason": r.reason}
@@ -227,13 +230,25 @@ class Generation:
         budget = min(req.max_tokens, room - 1)
         if budget < req.max_tokens:
             self.stop_reason = "context"
-        use_edge = self.policy.mode != "device-only" and (plan.url or plan.discover)
+        use_edge = bool(self.policy.mode != "device-only" and (plan.url or plan.discover))
+        async with contextlib.AsyncExitStack() as stack:
+            if use_edge and plan.discover and self._browser is None:
+                self._browser = await stack.enter_async_context(
+                    EdgeBrowser(interfaces=plan.interfaces, token=plan.token)
+                )
+            return await self._run(stream, budget, use_edge, len(prompt_ids))
+
+    async def _run(self, stream: DraftStream, budget: int, use_edge: bool, n_prompt: int
+                   ) -> Report:
+        plan = self.plan
         targets: list[_Target] = []
         if use_edge:
             self._vocab_hash = await asyncio.to_thread(self.model.vocab_hash)
             if plan.url:
                 targets = [_Target(plan.url, plan.fingerprint)]
             else:
+                if not self._browser.names:  # a fresh browser: let the edges answer
+                    await asyncio.sleep(plan.browse_s)
                 targets = await self._discover()
                 if not targets:
                     self._degrade_start("no compatible edge found by discovery")
@@ -246,10 +261,16 @@ class Generation:
                 if not done:
                     targets = []  # lost mid-run: rediscover while the draft carries on
             if not done:
-                done, targets = await self._alone(stream, budget, rediscover=bool(
-                    use_edge and plan.discover))
+                done, targets = await self._alone(
+                    stream, budget, rediscover=self._browser is not None
+                )
         t1 = time.monotonic()
-        return self._report(stream, t0, t1, len(prompt_ids))
+        return self._report(stream, t0, t1, n_prompt)
+
+    def _segment(self, source: str, start: int, stream: DraftStream) -> None:
+        end = len(stream.out)
+        if end > start:
+            self.segments.append({"source": source, "from_token": start, "to_token": end})
 
     def _degrade_start(self, why: str) -> None:
         self.degraded, self.degraded_at = True, 0
@@ -261,13 +282,11 @@ class Generation:
     ) -> tuple[bool, list[_Target]]:
         """Generate on the draft alone until done, or until rediscovery finds an edge."""
         finder = asyncio.create_task(self._find_edges()) if rediscover else None
+        start = len(stream.out)
         try:
             while len(stream.out) < budget:
                 if finder is not None and finder.done():
-                    targets = finder.result()
-                    if targets:
-                        return False, targets
-                    finder = asyncio.create_task(self._find_edges())
+                    return False, finder.result()
                 token = await self._busy(stream.generate_alone)
                 if self.model.is_eog(token):
                     stream.out.pop()
@@ -275,22 +294,30 @@ class Generation:
                     return True, []
             return True, []
         finally:
+            self._segment("draft", start, stream)
             if finder is not None and not finder.done():
                 finder.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await finder
 
     async def _find_edges(self) -> list[_Target]:
-        try:
-            return await self._discover()
-        except OSError as exc:  # no usable interface right now: try again later
-            log.info("rediscovery failed: %s", exc)
-            await asyncio.sleep(self.plan.browse_s)
-            return []
+        """Edges to resume on: look now, then after every change (or ``browse_s``) until one
+        turns up. Runs as a task beside the draft; cancelled when generation ends."""
+        assert self._browser is not None
+        while True:
+            try:
+                targets = await self._discover()
+            except OSError as exc:  # e.g. the interface went down: try again later
+                log.info("rediscovery failed: %s", exc)
+                targets = []
+            if targets:
+                return targets
+            await self._browser.async_wait_change(self.plan.browse_s)
 
     async def _with_edge(self, stream: DraftStream, budget: int, target: _Target) -> bool:
         """Generate through one edge until done or the edge is lost; True when done."""
         req, plan = self.request, self.plan
+        start = len(stream.out)
         try:
             async with EdgeClient(
                 target.url,
@@ -318,6 +345,8 @@ class Generation:
                 raise
             self._degrade(stream, target.url, exc)
             return False
+        finally:
+            self._segment(target.url, start, stream)
 
     async def _edge_only(self, edge: EdgeClient, stream: DraftStream, budget: int) -> bool:
         left = budget - len(stream.out)
@@ -396,6 +425,7 @@ class Generation:
             degraded=self.degraded,
             degraded_at_token=self.degraded_at,
             rejected_edges=self.rejected,
+            segments=self.segments,
             stop_reason=self.stop_reason,
             elapsed_s=elapsed,
             tokens_per_s=n_out / elapsed,
@@ -431,11 +461,13 @@ async def generate(
     meter_spec: str = "sim",
     llama_config: LlamaConfig | None = None,
     edge_timeout_s: float = 15.0,
+    browser: EdgeBrowser | None = None,
 ) -> Report:
     """Load the draft, open the meter, run one generation, and report.
 
     ``plan`` says which edges to use; ``edge_url`` alone is shorthand for one explicit edge
-    without discovery.
+    without discovery. A long-running caller passes its own open ``browser`` so discovery
+    answers are already in hand.
     """
     cfg = llama_config or LlamaConfig()
     model = await asyncio.to_thread(LlamaModel, draft_path)
@@ -454,6 +486,7 @@ async def generate(
                     meter=meter,
                     activity=activity,
                     llama_config=cfg,
+                    browser=browser,
                 )
                 return await gen.run(runner)
         finally:

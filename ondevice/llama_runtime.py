@@ -66,6 +66,10 @@ class LlamaConfig:
     n_batch: int = 512
     n_threads: int | None = None
     n_gpu_layers: int = 0
+    kv_type: str = "f16"  # KV cache element type: f16 (llama.cpp's default), f32, q8_0
+
+
+KV_TYPES = {"f32": 0, "f16": 1, "q8_0": 8}  # ggml_type ids
 
 
 def _ensure_backend() -> None:
@@ -189,6 +193,12 @@ class LlamaRunner:
         cparams.n_threads = threads
         cparams.n_threads_batch = threads
         cparams.no_perf = True
+        try:
+            cparams.type_k = cparams.type_v = KV_TYPES[self.config.kv_type]
+        except KeyError:
+            raise ValueError(
+                f"unknown KV cache type {self.config.kv_type!r}; choose from {', '.join(KV_TYPES)}"
+            ) from None
         self._ctx = llama_cpp.llama_init_from_model(model._model, cparams)
         if not self._ctx:
             raise LlamaError(f"llama.cpp could not create a context of {self.config.n_ctx} tokens")

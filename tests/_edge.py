@@ -38,13 +38,19 @@ class EdgeProc:
 
 
 @contextlib.contextmanager
-def edge_server(model: Path, *args: str, startup_s: float = 120.0) -> Iterator[EdgeProc]:
-    """Run ``edge-server --model MODEL`` on 127.0.0.1 with a free port; yield it; stop it."""
+def edge_server(
+    model: Path, *args: str, advertise: bool = False, startup_s: float = 120.0
+) -> Iterator[EdgeProc]:
+    """Run ``edge-server --model MODEL`` on 127.0.0.1 with a free port; yield it; stop it.
+
+    With ``advertise`` it announces itself over zeroconf on 127.0.0.1 only.
+    """
     fd, log_name = tempfile.mkstemp(prefix="edge-server-", suffix=".log")
     log_file = os.fdopen(fd, "w")
     cmd = [
         sys.executable, "-m", "edge_server.cli", "--model", str(model),
-        "--host", "127.0.0.1", "--port", "0", "--no-advertise", *args,
+        "--host", "127.0.0.1", "--port", "0",
+        *(["--interface", "127.0.0.1"] if advertise else ["--no-advertise"]), *args,
     ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log_file, text=True)
     try:
@@ -79,11 +85,15 @@ def edge_server(model: Path, *args: str, startup_s: float = 120.0) -> Iterator[E
 class Reference:
     """Greedy decoding and next-token distributions straight from llama-cpp-python's ``Llama``."""
 
-    def __init__(self, model: Path, n_ctx: int = 1024) -> None:
+    def __init__(self, model: Path, n_ctx: int = 2048, kv_f32: bool = False) -> None:
         import llama_cpp
 
+        f32 = llama_cpp.GGML_TYPE_F32
+        kv = {"type_k": f32, "type_v": f32} if kv_f32 else {}
         self.llm = llama_cpp.Llama(
-            model_path=str(model), n_ctx=n_ctx, n_batch=64, verbose=False, logits_all=False
+            model_path=str(model), n_ctx=n_ctx, n_batch=64, verbose=False, logits_all=False,
+            flash_attn=True,  # as coinfer's runtime (llama.cpp's "auto" picks it on CPU)
+            **kv,
         )
 
     def tokenize(self, text: str) -> list[int]:

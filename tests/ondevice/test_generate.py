@@ -196,7 +196,8 @@ def test_cli_generate_json(fixture_models: tuple[Path, Path], edge: EdgeProc,
     draft = fixture_models[1]
     cmd = [
         sys.executable, "-m", "ondevice.cli", "generate", "--draft", str(draft),
-        "--edge", edge.url, "--prompt", PROMPTS[0], "--max-tokens", "20", "--temperature", "0",
+        "--edge", edge.url, "--no-discover", "--prompt", PROMPTS[0], "--max-tokens", "20",
+        "--temperature", "0",
         "--seed", "1", "--policy", "fixed", "--gamma", "3", "--json", "--n-ctx", "512",
     ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
@@ -215,7 +216,8 @@ def test_cli_reports_vocab_mismatch(fixture_models: tuple[Path, Path], gemma_pat
     with edge_server(gemma_path, "--n-ctx", "256") as e:
         done = subprocess.run(
             [sys.executable, "-m", "ondevice.cli", "generate", "--draft", str(fixture_models[1]),
-             "--edge", e.url, "--prompt", "hi", "--max-tokens", "4", "--n-ctx", "256"],
+             "--edge", e.url, "--no-discover", "--prompt", "hi", "--max-tokens", "4",
+             "--n-ctx", "256"],
             capture_output=True, text=True, timeout=120,
         )
     assert done.returncode == 1
@@ -226,7 +228,7 @@ def test_cli_reports_vocab_mismatch(fixture_models: tuple[Path, Path], gemma_pat
 def test_cli_rejects_bad_arguments(fixture_models: tuple[Path, Path]) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "ondevice.cli", "generate", "--draft", "/nonexistent.gguf",
-         "--prompt", "x", "--policy", "device-only"],
+         "--prompt", "x", "--policy", "device-only", "--no-discover"],
         capture_output=True, text=True, timeout=60,
     )
     assert done.returncode == 1 and "does not exist" in done.stderr
