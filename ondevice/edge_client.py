@@ -88,6 +88,13 @@ class EdgeClient:
                 f"edge {self.url} presented a certificate with sha256 {exc.got.hex()},"
                 f" expected {exc.expected.hex()}",
             ) from exc
+        except aiohttp.ClientConnectorCertificateError as exc:
+            await self.async_close()
+            raise wire.EdgeError(
+                "tls-fingerprint",
+                f"edge {self.url} presented a certificate this device does not trust ({exc});"
+                " pin it with --edge-fingerprint or let discovery supply the advertised one",
+            ) from exc
         except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
             await self.async_close()
             raise EdgeUnavailable(f"cannot reach edge {self.url}: {exc}") from exc

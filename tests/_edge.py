@@ -39,18 +39,24 @@ class EdgeProc:
 
 @contextlib.contextmanager
 def edge_server(
-    model: Path, *args: str, advertise: bool = False, startup_s: float = 120.0
+    model: Path,
+    *args: str,
+    advertise: bool = False,
+    host: str = "127.0.0.1",
+    prefix: tuple[str, ...] = (),
+    startup_s: float = 120.0,
 ) -> Iterator[EdgeProc]:
-    """Run ``edge-server --model MODEL`` on 127.0.0.1 with a free port; yield it; stop it.
+    """Run ``edge-server --model MODEL`` on ``host`` with a free port; yield it; stop it.
 
-    With ``advertise`` it announces itself over zeroconf on 127.0.0.1 only.
+    With ``advertise`` it announces itself over zeroconf on ``host``'s interface only.
+    ``prefix`` runs it inside something, e.g. ``("ip", "netns", "exec", NS)``.
     """
     fd, log_name = tempfile.mkstemp(prefix="edge-server-", suffix=".log")
     log_file = os.fdopen(fd, "w")
     cmd = [
-        sys.executable, "-m", "edge_server.cli", "--model", str(model),
-        "--host", "127.0.0.1", "--port", "0",
-        *(["--interface", "127.0.0.1"] if advertise else ["--no-advertise"]), *args,
+        *prefix, sys.executable, "-m", "edge_server.cli", "--model", str(model),
+        "--host", host, "--port", "0",
+        *(["--interface", host] if advertise else ["--no-advertise"]), *args,
     ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log_file, text=True)
     try:
