@@ -111,6 +111,11 @@ def _ssl_context(config: EdgeConfig) -> ssl.SSLContext | None:
 
 async def serve(config: EdgeConfig) -> None:
     """Serve until SIGINT/SIGTERM; print the bound URL once listening and advertised."""
+    # Handlers first: a supervisor may signal us as soon as it reads the "listening" line.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
     app = create_app(config)
     state = app[STATE]
     runner = web.AppRunner(app, handle_signals=False)
@@ -150,10 +155,6 @@ async def serve(config: EdgeConfig) -> None:
             if fingerprint:
                 print(f"edge-server TLS certificate sha256 {fingerprint}", flush=True)
             print(f"edge-server listening on {scheme}://{host}:{port}", flush=True)
-            stop = asyncio.Event()
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, stop.set)
             await stop.wait()
             print("edge-server shutting down", flush=True)
             state.on_load_change = None

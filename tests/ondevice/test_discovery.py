@@ -189,3 +189,17 @@ async def test_failover_to_a_second_edge(fixture_models: tuple[Path, Path]) -> N
     finally:
         tref.close()
         dref.close()
+
+
+async def test_edge_unregisters_on_sigterm(fixture_models: tuple[Path, Path]) -> None:
+    async with EdgeBrowser(interfaces=[LO]) as browser:
+        with edge_server(fixture_models[0], advertise=True) as e:
+            port = e.url.rsplit(":", 1)[1]
+            mine = lambda: [n for n in browser.names if f"-{port}." in n]  # noqa: E731
+            while not mine():
+                assert await browser.async_wait_change(10.0), "the edge never appeared"
+        # The context manager stopped it with SIGTERM: it must say goodbye.
+        deadline = time.monotonic() + 10
+        while mine() and time.monotonic() < deadline:
+            await browser.async_wait_change(1.0)
+        assert not mine(), "the edge's record outlived it"
