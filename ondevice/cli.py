@@ -36,8 +36,19 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-tokens", type=int, default=128, help="tokens to generate (default 128)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
-    p.add_argument("--policy", default="fixed", choices=POLICIES, help="drafting policy")
+    p.add_argument("--policy", default="gelato", choices=POLICIES,
+                   help="drafting policy (default gelato)")
     p.add_argument("--gamma", type=int, default=4, help="tokens per round for --policy fixed")
+    from ondevice.policies import DEFAULT_V
+
+    b = p.add_mutually_exclusive_group()
+    b.add_argument("--power-budget", type=float, metavar="W",
+                   help="gelato: long-term average device power budget, watts")
+    b.add_argument("--energy-per-token", type=float, metavar="J",
+                   help="gelato: long-term device energy budget per generated token, joules")
+    p.add_argument("--V", dest="v", type=float, default=DEFAULT_V,
+                   help=f"gelato: throughput-vs-energy weight, J per token (default {DEFAULT_V});"
+                   " larger V favours tokens/s, smaller V tracks the budget more tightly")
     p.add_argument(
         "--top-k",
         type=int,
@@ -152,6 +163,9 @@ def format_report(report: dict[str, Any]) -> str:
         f"per round     draft {f(report['mean_draft_ms'], '.1f')} ms, verify"
         f" {f(report['mean_verify_ms'], '.1f')} ms, rtt {f(report['mean_rtt_ms'], '.1f')} ms,"
         f" overhead {f(report['overhead_ms_per_round'], '.2f')} ms",
+        *([f"budget        {report['budget_w']} W / {report['budget_j_per_token']} J/token:"
+           f" {'met' if report['budget_met'] else 'NOT met'}"]
+          if report.get("budget_met") is not None else []),
         f"energy        {report['energy_j']:.3f} J {report['energy_source']} ({report['meter']}),"
         f" {f(report['j_per_token'], '.4f')} J/token, {f(report['mean_power_w'], '.2f')} W,"
         f" coverage {report['meter_coverage']:.0%}",
@@ -171,7 +185,13 @@ def _run_generate(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     try:
-        policy = make_policy(args.policy, gamma=args.gamma)
+        if (args.power_budget is not None or args.energy_per_token is not None) and (
+            args.policy != "gelato"
+        ):
+            raise ValueError("--power-budget/--energy-per-token are for --policy gelato")
+        policy = make_policy(args.policy, gamma=args.gamma, v=args.v,
+                             power_budget_w=args.power_budget,
+                             energy_per_token_j=args.energy_per_token)
         token = _token(args)
     except (ValueError, OSError) as exc:
         print(f"ondevice: {exc}", file=sys.stderr)

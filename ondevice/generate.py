@@ -77,6 +77,9 @@ class Report:
     energy_source: str  # "measured" | "modelled"
     j_per_token: float | None
     mean_power_w: float | None
+    budget_w: float | None  # the long-term power budget, if any
+    budget_j_per_token: float | None  # or the energy-per-token budget
+    budget_met: bool | None  # mean power (or J/token) within 3 % of the budget
     meter: str
     meter_coverage: float  # fraction of the window covered by real samples
     window_monotonic_s: tuple[float, float]  # generation window, time.monotonic() seconds
@@ -397,6 +400,8 @@ class Generation:
                     verify_s=verdict.verify_ms / 1e3,
                     round_s=r1 - r0,
                     energy_j=self.meter.energy_j(r0, r1),
+                    draft_energy_j=self.meter.energy_j(r0, s0),
+                    entropies=drafted.entropies,
                 )
             )
             if done:
@@ -412,6 +417,15 @@ class Generation:
 
         def per_round(x: float, scale: float = 1e3) -> float | None:
             return x / r * scale if r else None
+
+        budget = getattr(self.policy, "budget", None)
+        budget_w = budget.power_w if budget is not None else None
+        budget_jpt = budget.j_per_token if budget is not None else None
+        met = None
+        if budget_w is not None:
+            met = energy / elapsed <= budget_w * 1.03
+        elif budget_jpt is not None and n_out:
+            met = energy / n_out <= budget_jpt * 1.03
 
         return Report(
             text=self.model.detokenize(stream.out),
@@ -442,6 +456,9 @@ class Generation:
             energy_source="measured" if self.meter.measured else "modelled",
             j_per_token=energy / n_out if n_out else None,
             mean_power_w=energy / elapsed,
+            budget_w=budget_w,
+            budget_j_per_token=budget_jpt,
+            budget_met=met,
             meter=self.meter.kind,
             meter_coverage=self.meter.coverage(t0, t1),
             window_monotonic_s=(t0, t1),

@@ -9,8 +9,10 @@ transport never looks inside a policy, so GELATO and AdaEDL plug in here without
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
+
+from ondevice import gelato
 
 Mode = Literal["speculative", "device-only", "edge-only"]
 
@@ -27,6 +29,8 @@ class RoundStats:
     verify_s: float  # the edge's batched target evaluation, as it reports
     round_s: float  # whole round, wall clock
     energy_j: float  # device energy over the round (from the meter)
+    draft_energy_j: float = 0.0  # of which while drafting
+    entropies: list[float] = field(default_factory=list)  # per drafted token, nats (if asked)
 
 
 class Policy(ABC):
@@ -89,13 +93,165 @@ class EdgeOnlyPolicy(Policy):
         return 0
 
 
-POLICIES = ("fixed", "device-only", "edge-only")
+class AdaEdlPolicy(Policy):
+    """AdaEDL: stop drafting once the entropy bound 1 - sqrt(c H) drops below ``threshold``;
+    no energy control. Capped at ``cap`` tokens per round."""
+
+    name = "adaedl"
+    needs_entropy = True
+
+    def __init__(self, *, threshold: float = 0.5, c: float = gelato.ADAEDL_C, cap: int = 16):
+        self.threshold, self.c, self.cap = threshold, c, cap
+
+    def round_budget(self) -> int:
+        return self.cap
+
+    def keep_drafting(self, drafted: int, entropy_nats: float | None) -> bool:
+        assert entropy_nats is not None
+        return gelato.adaedl_bound(entropy_nats, self.c) >= self.threshold
+
+    def describe(self) -> dict[str, object]:
+        return {"threshold": self.threshold, "c": self.c, "cap": self.cap}
 
 
-def make_policy(name: str, *, gamma: int = 4) -> Policy:
+class HfHeuristicPolicy(Policy):
+    """Hugging Face's assisted-generation schedule: +2 after a fully accepted round, else -1."""
+
+    name = "hf-heuristic"
+
+    def __init__(self, *, start: int = 4, cap: int = 16) -> None:
+        self.gamma, self.cap = start, cap
+        self._sum = 0
+        self._rounds = 0
+
+    def round_budget(self) -> int:
+        return self.gamma
+
+    def observe(self, stats: RoundStats) -> None:
+        if stats.drafted and stats.accepted == stats.drafted:
+            self.gamma = min(self.gamma + 2, self.cap)
+        elif stats.drafted:
+            self.gamma = max(self.gamma - 1, 1)
+        self._sum += stats.drafted
+        self._rounds += 1
+
+    def describe(self) -> dict[str, object]:
+        return {"final_gamma": self.gamma, "cap": self.cap}
+
+
+DEFAULT_V = 2.0  # J per token: the queue's price of one expected token (see docs/gelato.md)
+
+
+class GelatoPolicy(Policy):
+    """GELATO: drift-plus-penalty reference budget per round and entropy early exit per token.
+
+    ``budget`` None means no energy constraint (the queue stays empty and the policy maximizes
+    tokens per second). Measured round energy drives the virtual queue.
+    """
+
+    name = "gelato"
+    needs_entropy = True
+
+    def __init__(
+        self, *, v: float = DEFAULT_V, budget: gelato.Budget | None = None, cap: int = 16,
+        estimates: gelato.Estimates | None = None,
+    ) -> None:
+        if v <= 0:
+            raise ValueError("V must be > 0")
+        self.v, self.budget, self.cap = v, budget, cap
+        self.q_j = 0.0
+        self.est = estimates or gelato.Estimates()
+        self.acceptance = gelato.AcceptanceModel()
+        self._ref = 0
+        self._score = 0.0
+        self._survival = 1.0
+        self._model = self.est.model()
+        self.rounds = 0
+        self.q_sum = 0.0
+        self.ref_sum = 0
+        self.energy_j = 0.0
+        self.time_s = 0.0
+        self.tokens = 0
+
+    WARMUP = (2, 4, 1, 3)  # first rounds' budgets: varied, so verify time vs b is measurable
+    EXPLORE_EVERY = 16  # when the optimum is not to draft, still draft one token this often
+
+    def round_budget(self) -> int:
+        self._model = self.est.model()
+        self._ref, self._score = gelato.choose_budget(
+            self._model, self.q_j, self.v, self.budget, self.cap
+        )
+        self._survival = 1.0
+        if self.rounds < len(self.WARMUP):
+            self._ref = self.WARMUP[self.rounds]
+            return self._ref
+        if self._ref == 0 and self.rounds % self.EXPLORE_EVERY == 0:
+            return 1  # keep the acceptance and draft-cost estimates alive
+        return min(2 * self._ref, self.cap)
+
+    def keep_drafting(self, drafted: int, entropy_nats: float | None) -> bool:
+        assert entropy_nats is not None
+        a = self.acceptance.predict(entropy_nats)
+        self._survival *= a
+        return gelato.keep_drafting(
+            v=self.v, q_j=self.q_j, score=self._score, survival=self._survival, a_next=a,
+            e_draft_j=self._model.e_draft_j, t_draft_s=self._model.t_draft_s,
+        )
+
+    def observe(self, stats: RoundStats) -> None:
+        self.est.observe(
+            drafted=stats.drafted, accepted=stats.accepted, draft_s=stats.draft_s,
+            rtt_s=stats.rtt_s, verify_s=stats.verify_s, round_s=stats.round_s,
+            energy_j=stats.energy_j, draft_energy_j=stats.draft_energy_j,
+        )
+        self.acceptance.observe_round(stats.entropies, stats.accepted)
+        if self.budget is not None:
+            allowance = self.budget.allowance_j(stats.round_s, stats.produced)
+            self.q_j = gelato.queue_update(self.q_j, stats.energy_j, allowance)
+        self.rounds += 1
+        self.q_sum += self.q_j
+        self.ref_sum += self._ref
+        self.energy_j += stats.energy_j
+        self.time_s += stats.round_s
+        self.tokens += stats.produced
+
+    def describe(self) -> dict[str, object]:
+        prior_mse, learned_mse = self.acceptance.brier()
+        out: dict[str, object] = {
+            "V": self.v,
+            "cap": self.cap,
+            "queue_j": self.q_j,
+            "mean_queue_j": self.q_sum / self.rounds if self.rounds else 0.0,
+            "mean_reference_budget": self.ref_sum / self.rounds if self.rounds else None,
+            "acceptance_brier_prior": prior_mse,
+            "acceptance_brier_learned": learned_mse,
+            "acceptance_calibration": self.acceptance.calibration(),
+        }
+        if self.budget is not None:
+            out["budget"] = {"power_w": self.budget.power_w,
+                             "j_per_token": self.budget.j_per_token}
+        return out
+
+
+POLICIES = ("gelato", "fixed", "adaedl", "hf-heuristic", "device-only", "edge-only")
+
+
+def make_policy(
+    name: str, *, gamma: int = 4, v: float = DEFAULT_V, power_budget_w: float | None = None,
+    energy_per_token_j: float | None = None,
+) -> Policy:
     """Build a policy by its ``--policy`` name."""
+    if name == "gelato":
+        budget = None
+        if power_budget_w is not None or energy_per_token_j is not None:
+            budget = gelato.Budget(power_w=power_budget_w, j_per_token=energy_per_token_j)
+        return GelatoPolicy(v=v, budget=budget)
     if name == "fixed":
         return FixedPolicy(gamma)
+    if name == "adaedl":
+        return AdaEdlPolicy()
+    if name == "hf-heuristic":
+        return HfHeuristicPolicy()
     if name == "device-only":
         return DeviceOnlyPolicy()
     if name == "edge-only":

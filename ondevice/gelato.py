@@ -1,0 +1,278 @@
+"""GELATO's math: drift-plus-penalty drafting budget and entropy-driven early exit. No I/O.
+
+Renewal-reward form of Lyapunov drift-plus-penalty (Neely, "Stochastic Network Optimization",
+ch. 7), per round r of random length T_r:
+
+- virtual energy queue  Q_{r+1} = max(Q_r + E_r - C_r, 0), with the allowance
+  C_r = P_budget * T_r (a power budget, W) or eps * n_r (an energy-per-token budget, J/token);
+- outer loop: the reference budget b_r maximizes the ratio
+  [V * N(b) - Q_r * (E(b) - C(b))] / T(b), with N(b) = (1 - a^(b+1)) / (1 - a) the expected
+  tokens a round of b drafted tokens produces at per-token acceptance a,
+  T(b) = b * t_draft + t_net + t_verify(b) and E(b) = b * e_draft + (T(b) - b t_draft) * p_wait;
+- inner loop: after drafting token j with entropy H_j, with S_j the probability that every token
+  drafted so far is accepted, draft one more only while
+  V * S_j * a(H_j) - Q_r * e_draft - score_r * t_draft > 0, where score_r is the outer loop's
+  optimal ratio (the value of the time a token costs) and a(H) the learned acceptance model.
+
+Units: seconds, joules, watts. V converts tokens into the queue's joules (J per token); larger V
+weighs throughput more against the energy budget.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+# AdaEDL (Agrawal et al., 2024): acceptance lower bound 1 - sqrt(c * H), H the draft's entropy
+# in nats. c = 0.4 makes the bound cross 0.5 at H ~ 0.6 nats.
+ADAEDL_C = 0.4
+A_MIN, A_MAX = 0.02, 0.98  # keep acceptance estimates off 0 and 1 (N(b) and logs stay finite)
+
+
+def expected_tokens(a: float, b: int) -> float:
+    """N(b) = 1 + a + ... + a^b: expected tokens of a round that drafts b tokens (+1 bonus)."""
+    a = min(max(a, 0.0), 1.0)
+    if a >= 1.0 - 1e-12:
+        return float(b + 1)
+    return (1.0 - a ** (b + 1)) / (1.0 - a)
+
+
+def adaedl_bound(entropy_nats: float, c: float = ADAEDL_C) -> float:
+    """AdaEDL's lower bound on the acceptance probability of a token drafted at entropy H."""
+    return 1.0 - math.sqrt(max(c * entropy_nats, 0.0))
+
+
+def queue_update(q_j: float, energy_j: float, allowance_j: float) -> float:
+    """Q_{r+1} = max(Q_r + E_r - C_r, 0)."""
+    return max(q_j + energy_j - allowance_j, 0.0)
+
+
+class Ewma:
+    """Exponentially weighted mean that starts at a prior worth ``prior_weight`` samples."""
+
+    def __init__(self, prior: float, *, alpha: float = 0.1, prior_weight: float = 3.0) -> None:
+        if not 0.0 < alpha <= 1.0:
+            raise ValueError("alpha must be in (0, 1]")
+        self.value = float(prior)
+        self.alpha = alpha
+        self._weight = prior_weight  # early samples move the mean faster than alpha
+
+    def update(self, x: float) -> float:
+        self._weight += 1.0
+        step = max(self.alpha, 1.0 / self._weight)
+        self.value += step * (float(x) - self.value)
+        return self.value
+
+
+class AcceptanceModel:
+    """a(H): probability that a token drafted at entropy H (nats) is accepted, learned online.
+
+    Binned over entropy; each bin starts at the AdaEDL bound with a prior worth
+    ``prior_count`` observations and moves to the observed accept rate as outcomes arrive.
+    """
+
+    def __init__(
+        self, *, h_max: float = 8.0, bins: int = 16, prior_count: float = 4.0, c: float = ADAEDL_C
+    ) -> None:
+        self.edges = np.linspace(0.0, h_max, bins + 1)  # [bins + 1]
+        centers = 0.5 * (self.edges[:-1] + self.edges[1:])
+        prior = np.clip([adaedl_bound(h, c) for h in centers], A_MIN, A_MAX)
+        self.accepts = prior * prior_count  # [bins] pseudo-counts
+        self.trials = np.full(bins, prior_count)  # [bins]
+        self.prior = prior.copy()
+        self.seen = np.zeros(bins)  # [bins] real observations
+        self.seen_accepts = np.zeros(bins)
+
+    def _bin(self, h: float) -> int:
+        return int(min(max(np.searchsorted(self.edges, h, side="right") - 1, 0),
+                       len(self.trials) - 1))
+
+    def predict(self, h: float) -> float:
+        i = self._bin(h)
+        return float(np.clip(self.accepts[i] / self.trials[i], A_MIN, A_MAX))
+
+    def observe(self, h: float, accepted: bool) -> None:
+        i = self._bin(h)
+        self.trials[i] += 1.0
+        self.accepts[i] += 1.0 if accepted else 0.0
+        self.seen[i] += 1.0
+        self.seen_accepts[i] += 1.0 if accepted else 0.0
+
+    def observe_round(self, entropies: list[float], n_accepted: int) -> None:
+        """Tokens before the first rejection were accepted, the first rejected one was not;
+        tokens after it were never judged and teach nothing."""
+        for j, h in enumerate(entropies[: n_accepted + 1]):
+            self.observe(h, j < n_accepted)
+
+    def calibration(self) -> list[dict[str, float]]:
+        """Per bin that saw outcomes: entropy range, AdaEDL prior, learned estimate, observed
+        accept rate and count. A calibrated model has estimate ~ observed where n is large."""
+        out = []
+        for i in np.flatnonzero(self.seen):
+            out.append({
+                "h_lo": float(self.edges[i]), "h_hi": float(self.edges[i + 1]),
+                "prior": float(self.prior[i]),
+                "estimate": float(self.accepts[i] / self.trials[i]),
+                "observed": float(self.seen_accepts[i] / self.seen[i]),
+                "n": int(self.seen[i]),
+            })
+        return out
+
+    def brier(self) -> tuple[float, float]:
+        """(mean squared error of the AdaEDL prior, of the learned estimate) over observed
+        outcomes, per token: lower is better calibrated."""
+        n = self.seen.sum()
+        if n == 0:
+            return math.nan, math.nan
+        est = self.accepts / self.trials
+        p, k = self.seen_accepts, self.seen
+
+        def mse(q: np.ndarray) -> float:  # sum over bins of k q^2 - 2 q p + p, divided by n
+            return float((k * q * q - 2 * q * p + p).sum() / n)
+
+        return mse(self.prior), mse(est)
+
+
+@dataclass(frozen=True, slots=True)
+class RoundModel:
+    """Predicted costs of a round, from the online estimates. Seconds, joules, watts."""
+
+    a: float  # mean per-token acceptance
+    t_draft_s: float  # per drafted token
+    t_net_s: float  # round trip beyond the edge's compute
+    t_verify0_s: float  # edge verify time of a round, fixed part
+    t_verify_per_token_s: float  # and per drafted token
+    e_draft_j: float  # device energy per drafted token
+    p_wait_w: float  # device power while waiting for the edge
+
+    def time_s(self, b: int) -> float:
+        return b * self.t_draft_s + self.t_net_s + self.t_verify0_s + b * self.t_verify_per_token_s
+
+    def energy_j(self, b: int) -> float:
+        return b * self.e_draft_j + (self.time_s(b) - b * self.t_draft_s) * self.p_wait_w
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """The long-term energy constraint: average power (W) or energy per token (J/token)."""
+
+    power_w: float | None = None
+    j_per_token: float | None = None
+
+    def __post_init__(self) -> None:
+        if (self.power_w is None) == (self.j_per_token is None):
+            raise ValueError("give exactly one of power_w and j_per_token")
+
+    def allowance_j(self, time_s: float, tokens: float) -> float:
+        """C: the energy the budget allows for a round of this length and output."""
+        if self.power_w is not None:
+            return self.power_w * time_s
+        assert self.j_per_token is not None
+        return self.j_per_token * tokens
+
+
+def choose_budget(
+    model: RoundModel, q_j: float, v: float, budget: Budget | None, cap: int
+) -> tuple[int, float]:
+    """Outer loop: ``(b*, score*)`` maximizing [V N(b) - Q (E(b) - C(b))] / T(b) over 0..cap.
+
+    Without a budget the penalty is zero and b* maximizes throughput N(b) / T(b).
+    """
+    best_b, best = 0, -math.inf
+    for b in range(cap + 1):
+        t = model.time_s(b)
+        n = expected_tokens(model.a, b)
+        penalty = 0.0
+        if budget is not None:
+            penalty = q_j * (model.energy_j(b) - budget.allowance_j(t, n))
+        score = (v * n - penalty) / t
+        if score > best + 1e-12:
+            best_b, best = b, score
+    return best_b, best
+
+
+def keep_drafting(
+    *, v: float, q_j: float, score: float, survival: float, a_next: float,
+    e_draft_j: float, t_draft_s: float,
+) -> bool:
+    """Inner loop: is one more drafted token worth its energy and time?"""
+    return v * survival * a_next - q_j * e_draft_j - score * t_draft_s > 0.0
+
+
+class LinearFit:
+    """y ~ c0 + c1 x by exponentially forgetting least squares (verify time vs drafted tokens).
+
+    While the x seen so far barely vary (a fixed drafting length gives no slope information)
+    the slope is ``slope_ratio`` times the fitted level: a batch of b tokens costs about
+    (1 + slope_ratio * b) single-token evaluations (hardware-profiles.md section 2: 1.05-1.3x
+    at b = 2..8 on GPUs, more on CPUs)."""
+
+    def __init__(self, c0: float, c1: float, *, decay: float = 0.97,
+                 slope_ratio: float = 0.1) -> None:
+        self.prior = (c0, c1)
+        self.decay = decay
+        self.slope_ratio = slope_ratio
+        self.s = np.zeros(5)  # [n, sx, sy, sxx, sxy]
+
+    def update(self, x: float, y: float) -> None:
+        self.s *= self.decay
+        self.s += (1.0, x, y, x * x, x * y)
+
+    def coef(self) -> tuple[float, float]:
+        n, sx, sy, sxx, sxy = self.s
+        if n < 1.0:
+            return self.prior
+        var = sxx / n - (sx / n) ** 2
+        if var < 0.25:  # x nearly constant: slope in proportion to the level
+            c0 = max(sy / n / (1.0 + self.slope_ratio * sx / n), 0.0)
+            return c0, self.slope_ratio * c0
+        c1 = (sxy / n - sx / n * sy / n) / var
+        c1 = max(c1, 0.0)
+        return max(sy / n - c1 * sx / n, 0.0), c1
+
+
+@dataclass(slots=True)
+class Estimates:
+    """Online (EWMA) estimates of the round model's parameters, with sane priors."""
+
+    # Priors: a Raspberry Pi 5 class device (hardware-profiles.md: Gemma-3-270M ~14 tok/s on a
+    # Pi 4, ~3 W idle) and a GPU edge. Timing and energy priors carry half a sample's weight:
+    # the first measurement replaces them almost entirely.
+    a: Ewma = field(default_factory=lambda: Ewma(0.6))
+    t_draft_s: Ewma = field(default_factory=lambda: Ewma(0.05, prior_weight=0.5))
+    t_net_s: Ewma = field(default_factory=lambda: Ewma(0.005, prior_weight=0.5))
+    verify_s: LinearFit = field(default_factory=lambda: LinearFit(0.02, 0.004))
+    e_draft_j: Ewma = field(default_factory=lambda: Ewma(0.25, prior_weight=0.5))
+    p_wait_w: Ewma = field(default_factory=lambda: Ewma(3.0, prior_weight=0.5))
+
+    def model(self) -> RoundModel:
+        v0, v1 = self.verify_s.coef()
+        return RoundModel(
+            a=min(max(self.a.value, A_MIN), A_MAX),
+            t_draft_s=max(self.t_draft_s.value, 1e-6),
+            t_net_s=max(self.t_net_s.value, 0.0),
+            t_verify0_s=v0,
+            t_verify_per_token_s=v1,
+            e_draft_j=max(self.e_draft_j.value, 0.0),
+            p_wait_w=max(self.p_wait_w.value, 0.0),
+        )
+
+    def observe(
+        self, *, drafted: int, accepted: int, draft_s: float, rtt_s: float, verify_s: float,
+        round_s: float, energy_j: float, draft_energy_j: float,
+    ) -> None:
+        """Fold one measured round into the estimates."""
+        if drafted > 0:
+            judged = min(drafted, accepted + 1)  # tokens the edge actually ruled on
+            self.a.update(accepted / judged)
+            self.t_draft_s.update(draft_s / drafted)
+            self.e_draft_j.update(draft_energy_j / drafted)
+        self.verify_s.update(float(drafted), verify_s)
+        # Everything in the round that is neither drafting nor verifying: network, framing,
+        # both sides' bookkeeping. T(b) then adds up to the measured round time.
+        self.t_net_s.update(max(round_s - draft_s - verify_s, 0.0))
+        wait_s = round_s - draft_s
+        if wait_s > 1e-4:
+            self.p_wait_w.update(max(energy_j - draft_energy_j, 0.0) / wait_s)
