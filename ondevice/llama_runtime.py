@@ -16,9 +16,11 @@ import ctypes
 import hashlib
 import logging
 import os
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -95,7 +97,27 @@ def check_gguf_file(path: Path) -> None:
         raise LlamaError(f"{path} is not a GGUF file (starts with {magic!r}, expected b'GGUF')")
 
 
-class LlamaModel:
+_C = TypeVar("_C", bound="_Closing")
+
+
+class _Closing(ABC):
+    """``with`` support and a finalizer for objects owning llama.cpp memory via ``close()``."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Free the native memory. Idempotent."""
+
+    def __enter__(self: _C) -> _C:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        self.close()
+
+
+class LlamaModel(_Closing):
     """A loaded GGUF model and its vocabulary; contexts (``LlamaRunner``) share it."""
 
     def __init__(self, path: str | os.PathLike[str], *, n_gpu_layers: int = 0) -> None:
@@ -120,15 +142,6 @@ class LlamaModel:
         if getattr(self, "_model", None):
             llama_cpp.llama_model_free(self._model)
             self._model = None
-
-    def __enter__(self) -> LlamaModel:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        self.close()
 
     @property
     def model_id(self) -> str:
@@ -175,7 +188,7 @@ class LlamaModel:
         return self._vocab_hash
 
 
-class LlamaRunner:
+class LlamaRunner(_Closing):
     """One context over a ``LlamaModel`` with one sequence (seq_id 0) whose KV cache it tracks.
 
     ``tokens`` lists the ids whose keys and values are in the cache, in position order.
@@ -217,15 +230,6 @@ class LlamaRunner:
             llama_cpp.llama_batch_free(self._batch)
             llama_cpp.llama_free(self._ctx)
             self._ctx = None
-
-    def __enter__(self) -> LlamaRunner:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        self.close()
 
     # -- evaluation -----------------------------------------------------------------------
 

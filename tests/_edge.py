@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ondevice.policies import FixedPolicy, RoundStats
+
 
 @dataclass
 class EdgeProc:
@@ -134,3 +136,16 @@ class Reference:
 
     def close(self) -> None:
         self.llm.close()
+
+
+class KillEdgeAfter(FixedPolicy):
+    """A fixed-gamma policy that SIGKILLs an edge process after a number of rounds."""
+
+    def __init__(self, gamma: int, edge: EdgeProc, rounds: int) -> None:
+        super().__init__(gamma)
+        self.edge, self.rounds, self.seen = edge, rounds, 0
+
+    def observe(self, stats: RoundStats) -> None:
+        self.seen += 1
+        if self.seen == self.rounds:
+            self.edge.kill()

@@ -17,14 +17,14 @@ from pathlib import Path
 import aiohttp
 import numpy as np
 import pytest
-from _edge import EdgeProc, Reference, edge_server
+from _edge import KillEdgeAfter, Reference, edge_server
 
 from ondevice import wire
 from ondevice.discovery import EdgeBrowser, async_discover, rank_edges
 from ondevice.discovery_record import EdgeRecord, decode_txt, encode_txt
 from ondevice.generate import EdgePlan, GenerateRequest, generate
 from ondevice.llama_runtime import LlamaConfig, LlamaModel
-from ondevice.policies import FixedPolicy, RoundStats
+from ondevice.policies import FixedPolicy
 
 LO = "127.0.0.1"
 SMALL = LlamaConfig(n_ctx=512, n_threads=1)
@@ -139,15 +139,6 @@ def test_cli_discover_json(fixture_models: tuple[Path, Path]) -> None:
     assert rec["rtt_ms"] >= 25.0
 
 
-class _KillAfter(FixedPolicy):
-    def __init__(self, gamma: int, edge: EdgeProc, rounds: int) -> None:
-        super().__init__(gamma)
-        self.edge, self.rounds, self.seen = edge, rounds, 0
-
-    def observe(self, stats: RoundStats) -> None:
-        self.seen += 1
-        if self.seen == self.rounds:
-            self.edge.kill()
 
 
 async def test_failover_to_a_second_edge(fixture_models: tuple[Path, Path]) -> None:
@@ -165,7 +156,7 @@ async def test_failover_to_a_second_edge(fixture_models: tuple[Path, Path]) -> N
                 assert await browser.async_wait_change(10.0), "edges never answered"
             report = await generate(
                 str(draft), GenerateRequest(prompt=prompt, max_tokens=n),
-                _KillAfter(3, first, rounds=3),
+                KillEdgeAfter(3, first, rounds=3),
                 plan=EdgePlan(url=first.url, discover=True, interfaces=(LO,), timeout_s=5.0),
                 llama_config=LlamaConfig(n_ctx=2048, n_threads=1, kv_type="f32"),
                 browser=browser,

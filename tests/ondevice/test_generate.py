@@ -14,13 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _edge import EdgeProc, Reference, edge_server
+from _edge import EdgeProc, KillEdgeAfter, Reference, edge_server
 from test_speculative import P_REJECT, chi2_pvalue
 
 from hw import Activity, open_meter
 from ondevice.generate import GenerateRequest, Generation, generate
 from ondevice.llama_runtime import LlamaConfig, LlamaModel, LlamaRunner
-from ondevice.policies import DeviceOnlyPolicy, EdgeOnlyPolicy, FixedPolicy, RoundStats
+from ondevice.policies import DeviceOnlyPolicy, EdgeOnlyPolicy, FixedPolicy
 from ondevice.speculative import softmax
 
 PROMPTS = ["Hello world", "The quick brown fox jumps", "In the beginning there was"]
@@ -151,17 +151,6 @@ async def test_sampling_follows_target_distribution(
     assert chi2_pvalue(second.astype(float), p2) > P_REJECT
 
 
-class _KillEdgeAfter(FixedPolicy):
-    """A fixed policy that SIGKILLs the edge process after a number of rounds."""
-
-    def __init__(self, gamma: int, edge: EdgeProc, rounds: int) -> None:
-        super().__init__(gamma)
-        self.edge, self.rounds, self.seen = edge, rounds, 0
-
-    def observe(self, stats: RoundStats) -> None:
-        self.seen += 1
-        if self.seen == self.rounds:
-            self.edge.kill()
 
 
 async def test_edge_killed_mid_generation_degrades_without_losing_tokens(
@@ -170,7 +159,7 @@ async def test_edge_killed_mid_generation_degrades_without_losing_tokens(
     target, draft = fixture_models
     n = 60
     with edge_server(target) as e:
-        policy = _KillEdgeAfter(3, e, rounds=4)
+        policy = KillEdgeAfter(3, e, rounds=4)
         report = await _gen(draft, e.url, policy, PROMPTS[0], max_tokens=n, edge_timeout_s=5.0)
         assert e.proc.poll() is not None, "the edge should be dead"
     assert report.degraded and report.errors
