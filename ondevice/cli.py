@@ -127,7 +127,12 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--prompt", default=None, help="prompt text (default: a built-in one)")
     p.add_argument("--max-tokens", type=int, default=64)
-    p.add_argument("--gamma", type=int, default=4)
+    p.add_argument("--policy", default="gelato", choices=("gelato", "fixed", "adaedl",
+                                                          "hf-heuristic"),
+                   help="drafting policy (default gelato)")
+    p.add_argument("--gamma", type=int, default=4, help="tokens per round for --policy fixed")
+    p.add_argument("--power-budget", type=float, metavar="W",
+                   help="gelato: average power budget (default: none, maximize tokens/s)")
     p.add_argument("--json", action="store_true")
 
 
@@ -151,8 +156,13 @@ def format_report(report: dict[str, Any]) -> str:
     def f(x: Any, fmt: str) -> str:
         return "-" if x is None else format(x, fmt)
 
+    settings = ", ".join(
+        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+        for k, v in (report["policy_settings"] or {}).items()
+        if isinstance(v, (int, float, str)) and not isinstance(v, bool)
+    )
     lines = [
-        f"policy        {report['policy']} {report['policy_settings'] or ''}".rstrip(),
+        f"policy        {report['policy']} {settings}".rstrip(),
         f"edge          {report['edge'] or '-'}" + ("  (DEGRADED: finished on the draft alone"
                                                    f" from token {report['degraded_at_token']})"
                                                    if report["degraded"] else ""),

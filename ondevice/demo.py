@@ -5,8 +5,8 @@
    same model: same vocabulary by construction), cached beside the target.
 3. ``edge-server`` started as a child process on 127.0.0.1, advertising over zeroconf on the
    loopback interface only (never on a real interface).
-4. ``ondevice generate`` finds it by zeroconf discovery on 127.0.0.1 and generates, with the
-   sim meter (energy labelled modelled).
+4. ``ondevice generate`` finds it by zeroconf discovery on 127.0.0.1 and generates with the
+   GELATO policy and the sim meter (energy labelled modelled).
 5. Everything shut down, also on Ctrl-C.
 """
 
@@ -103,8 +103,8 @@ async def run_demo(args: argparse.Namespace) -> int:
             prompt=args.prompt or DEFAULT_PROMPT, max_tokens=args.max_tokens, temperature=0.0
         )
         plan = EdgePlan(discover=True, interfaces=(LOOPBACK,))
-        report = await generate(str(draft), request, make_policy("fixed", gamma=args.gamma),
-                                plan=plan)
+        policy = make_policy(args.policy, gamma=args.gamma, power_budget_w=args.power_budget)
+        report = await generate(str(draft), request, policy, plan=plan)
         if report.edge != url:
             print(f"demo: discovery chose {report.edge}, not the demo's edge {url}",
                   file=sys.stderr)

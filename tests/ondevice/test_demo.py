@@ -24,7 +24,7 @@ def test_demo_runs_end_to_end() -> None:
     assert done.returncode == 0, done.stderr + done.stdout
     data = json.loads(done.stdout.strip().splitlines()[-1])
     assert data["n_tokens"] == 12 or data["stop_reason"] == "eos"
-    assert data["policy"] == "fixed" and data["edge"].startswith("http://127.0.0.1:")
+    assert data["policy"] == "gelato" and data["edge"].startswith("http://127.0.0.1:")
     assert not data["degraded"]
     assert data["energy_source"] == "modelled" and data["energy_j"] > 0
     assert data["rounds"] >= 1 and data["acceptance"] is not None
