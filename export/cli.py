@@ -5,6 +5,10 @@ The CLI only parses arguments and calls the package's functions. Exit status: 0 
 
     model-export fixtures --out DIR [--seed S]
     model-export llm quantize --in X.gguf --type TYPE --out Y.gguf [--threads N] [--verbose]
+    model-export dnn split --model efficientnet-lite0|digits-cnn|PATH.pt --out DIR
+                           [--splits auto|all|i,j,k] [--calib N] [--seed S]  # docs/export-dnn.md
+    model-export dnn train-digits [--seed S] [--out FILE.pt]
+    model-export dnn quantize --in M.onnx --calib DIR_OR_NPZ --out M_int8.onnx
 
 Command groups (`llm`, later `dnn`) are subparsers with their own subcommands, so new ones
 (`llm check-pair`, `llm make-draft`, `dnn split`) plug in as one `_add_*` function each.
@@ -19,6 +23,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from export._errors import ExportError
+from export.dnn._cli import add_dnn
 
 PROG = "model-export"
 
@@ -130,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_fixtures(sub)
     _add_llm(sub)
+    add_dnn(sub)
     return parser
 
 

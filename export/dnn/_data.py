@@ -1,0 +1,191 @@
+"""Real data for calibration and evaluation, shipped with installed packages (no downloads).
+
+- digits: `sklearn.datasets.load_digits` (1,797 8x8 grey images, values 0..16, real labels),
+  split once, stratified and seeded, into a training part and a held-out part.
+- natural images: the colour photographs that scikit-learn (`load_sample_images`: china,
+  flower) and scikit-image (`skimage.data`: astronaut, coffee, chelsea, rocket, ...) ship,
+  cut into random crops with random horizontal flips.
+- a user's own arrays: an ``.npz``/``.npy`` file or a directory of them.
+
+No torch here: this module is plain numpy, scikit-learn, scikit-image and Pillow, so anything
+that must reproduce the profile's data (the device's ``--dataset``) can import it alone.
+Raw pixels stay in their stored range (digits 0..16, photos 0..255); `normalize` maps them to
+the model's input with the profile's ``(raw - mean) / std`` per channel.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from export._errors import ExportError
+
+DIGITS_TEST_FRACTION = 0.25  # held-out share of load_digits, stratified by label
+# skimage.data colour photographs bundled in the scikit-image wheel (others need pooch).
+SKIMAGE_PHOTOS = (
+    "astronaut",
+    "coffee",
+    "chelsea",
+    "rocket",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "retina",
+    "colorwheel",
+)
+MAX_SIDE = 640  # px: photos are downscaled once so that crops are cheap
+CROP_SCALE = (0.35, 1.0)  # crop side as a fraction of the photo's shorter side
+
+
+@dataclass(frozen=True)
+class DigitsSplit:
+    """load_digits split into train and held-out parts; images ``[N, 1, 8, 8]`` float32 raw
+    0..16, labels ``[N]`` int64, and the held-out rows' indices into load_digits."""
+
+    train_x: np.ndarray
+    train_y: np.ndarray
+    test_x: np.ndarray
+    test_y: np.ndarray
+    test_indices: np.ndarray
+    seed: int
+
+
+def load_digits_split(seed: int) -> DigitsSplit:
+    """The seeded stratified split of load_digits (DIGITS_TEST_FRACTION held out)."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    images = digits.images.astype(np.float32)[:, None, :, :]  # [1797, 1, 8, 8], 0..16
+    labels = digits.target.astype(np.int64)  # [1797]
+    idx = np.arange(len(labels))
+    train_idx, test_idx = train_test_split(
+        idx, test_size=DIGITS_TEST_FRACTION, random_state=seed, stratify=labels
+    )
+    test_idx = np.sort(test_idx)
+    train_idx = np.sort(train_idx)
+    return DigitsSplit(
+        images[train_idx], labels[train_idx], images[test_idx], labels[test_idx], test_idx, seed
+    )
+
+
+def natural_images() -> list[tuple[str, np.ndarray]]:
+    """(name, uint8 ``[H, W, 3]`` RGB) for every colour photo shipped by the installed
+    scikit-learn and scikit-image, longer side at most MAX_SIDE px."""
+    from PIL import Image
+
+    photos: list[tuple[str, np.ndarray]] = []
+    try:
+        from sklearn.datasets import load_sample_images
+
+        sample = load_sample_images()
+        for filename, image in zip(sample.filenames, sample.images, strict=True):
+            photos.append((f"sklearn:{Path(filename).stem}", image))
+    except ImportError:
+        pass
+    try:
+        import skimage.data
+
+        for name in SKIMAGE_PHOTOS:
+            try:
+                image = getattr(skimage.data, name)()
+            except (AttributeError, ModuleNotFoundError, OSError, ValueError):
+                continue  # not bundled in this scikit-image version
+            photos.append((f"skimage:{name}", image[..., :3]))
+    except ImportError:
+        pass
+    if not photos:
+        raise ExportError(
+            "no sample photographs found: install scikit-learn and scikit-image "
+            "(pip install scikit-learn scikit-image)"
+        )
+    out = []
+    for name, image in photos:
+        img = Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8))
+        if max(img.size) > MAX_SIDE:
+            ratio = MAX_SIDE / max(img.size)
+            size = (max(1, round(img.width * ratio)), max(1, round(img.height * ratio)))
+            img = img.resize(size, Image.BILINEAR)
+        out.append((name, np.asarray(img.convert("RGB"))))
+    return out
+
+
+def random_crops(
+    photos: Sequence[tuple[str, np.ndarray]], n: int, height: int, width: int, seed: int
+) -> tuple[np.ndarray, list[str]]:
+    """`n` random crops, uint8 ``[n, height, width, 3]``, and the photo each came from.
+
+    Photos are taken in turn (crop i from photo i mod len); each crop is a random window whose
+    side is CROP_SCALE of the photo's shorter side with an aspect of height:width, flipped left
+    to right with probability 1/2, resized bilinearly.
+    """
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    crops = np.empty((n, height, width, 3), dtype=np.uint8)
+    names = []
+    for i in range(n):
+        name, photo = photos[i % len(photos)]
+        h, w = photo.shape[:2]
+        side = rng.uniform(*CROP_SCALE) * min(h, w)
+        ch = max(1, min(h, round(side)))
+        cw = max(1, min(w, round(side * width / height)))
+        y = int(rng.integers(0, h - ch + 1))
+        x = int(rng.integers(0, w - cw + 1))
+        img = Image.fromarray(photo[y : y + ch, x : x + cw]).resize((width, height), Image.BILINEAR)
+        crop = np.asarray(img)
+        if rng.random() < 0.5:
+            crop = crop[:, ::-1]
+        crops[i] = crop
+        names.append(name)
+    return crops, names
+
+
+def normalize(raw: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """Model input float32 ``[N, C, H, W]`` from raw pixels ``[N, H, W, C]`` (photos) or
+    ``[N, C, H, W]`` (when C == len(mean) already sits at axis 1): ``(raw - mean) / std`` per
+    channel, mean and std in raw units."""
+    c = len(mean)
+    x = raw.astype(np.float32)
+    if x.ndim == 4 and x.shape[1] != c and x.shape[-1] == c:
+        x = x.transpose(0, 3, 1, 2)  # [N, H, W, C] -> [N, C, H, W]
+    if x.ndim != 4 or x.shape[1] != c:
+        raise ExportError(f"cannot normalize raw data of shape {raw.shape} with {c} channel(s)")
+    m = np.asarray(mean, dtype=np.float32)[None, :, None, None]  # [1, C, 1, 1]
+    s = np.asarray(std, dtype=np.float32)[None, :, None, None]  # [1, C, 1, 1]
+    return np.ascontiguousarray((x - m) / s, dtype=np.float32)
+
+
+def load_arrays(path: Path, sample_shape: Sequence[int]) -> np.ndarray:
+    """User data as float32 ``[N, *sample_shape]`` from an ``.npz`` (every array), an ``.npy``,
+    or a directory of them (sorted by name). Each array is one sample (`sample_shape`) or a
+    batch of them (``[k, *sample_shape]``); values are used as they are (already normalized)."""
+    if not path.exists():
+        raise ExportError(f"calibration data not found: {path}")
+    files = (
+        sorted(p for p in path.iterdir() if p.suffix in (".npy", ".npz"))
+        if path.is_dir()
+        else [path]
+    )
+    if not files:
+        raise ExportError(f"no .npy or .npz files in {path}")
+    shape = tuple(int(d) for d in sample_shape)
+    batches = []
+    for file in files:
+        try:
+            loaded = np.load(file, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise ExportError(f"cannot read {file} as numpy data: {e}") from None
+        arrays = [loaded[k] for k in loaded.files] if file.suffix == ".npz" else [loaded]
+        for a in arrays:
+            if tuple(a.shape) == shape:
+                a = a[None]
+            if tuple(a.shape[1:]) != shape:
+                raise ExportError(
+                    f"{file}: array of shape {a.shape}, expected {list(shape)} or "
+                    f"[N, {', '.join(map(str, shape))}]"
+                )
+            batches.append(a.astype(np.float32))
+    return np.concatenate(batches, axis=0)
