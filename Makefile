@@ -3,7 +3,10 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.coinfer-installed
-EXTRAS ?= llm,dnn,bench,dev
+EXTRAS ?= llm,dnn,bench,export,dev
+# torch for export/ only: this exact version is a CPU build that pip finds on this machine's
+# disk; an unpinned `torch` would pull a several-GB CUDA build. Installed before the project.
+TORCH  ?= torch==2.13.0
 
 .PHONY: demo test install lint clean
 
@@ -20,6 +23,7 @@ CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF
 export CMAKE_ARGS
 $(STAMP): pyproject.toml | $(BIN)/python
 	@echo "installing coinfer[$(EXTRAS)] into $(VENV) (first time: llama.cpp compiles, ~7 min)"
+	$(BIN)/python -m pip install --progress-bar off '$(TORCH)'
 	$(BIN)/python -m pip install --progress-bar off -e '.[$(EXTRAS)]'
 	touch $@
 
