@@ -35,6 +35,7 @@ class Drafted:
     q_probs: np.ndarray  # [n, k] float32
     entropies: list[float]
     draft_s: float
+    catchup_tokens: int = 0  # committed tokens evaluated first beyond the usual one
 
 
 class DraftStream:
@@ -58,13 +59,17 @@ class DraftStream:
         self.top_k = top_k
         self.rng = session_rng(seed, "draft")
         self._good = 0  # cache positions known to agree with seq
+        self.last_sync_tokens = 0
 
     @property
     def seq(self) -> list[int]:
         return self.prompt + self.out
 
     def _sync(self) -> np.ndarray:
-        """Trim the cache to agree with ``seq`` and evaluate what is pending; next-token logits."""
+        """Trim the cache to agree with ``seq`` and evaluate what is pending; next-token logits.
+
+        Sets ``last_sync_tokens``: how many tokens that evaluation took (1 or 2 after a
+        drafted round, more after rounds that drafted nothing, the prompt at the start)."""
         seq = self.seq
         kv = self.runner.tokens
         i = min(self._good, len(kv), len(seq))
@@ -74,6 +79,7 @@ class DraftStream:
             i -= 1
         self.runner.truncate(i)
         logits = self.runner.eval(seq[i:], 1)[0]  # [vocab]
+        self.last_sync_tokens = len(seq) - i
         self._good = len(seq)
         return logits
 
@@ -85,8 +91,15 @@ class DraftStream:
         want_entropy: bool,
         is_eog: Callable[[int], bool],
     ) -> Drafted:
-        """Draft up to ``budget`` tokens from the top-k-truncated draft distribution."""
+        """Draft up to ``budget`` tokens from the top-k-truncated draft distribution.
+
+        A budget of 0 evaluates nothing: the committed tokens the cache lacks are taken in one
+        batch by the next draft (a round that drafts nothing costs no draft time)."""
         t0 = time.perf_counter()
+        if budget <= 0:
+            empty = np.zeros((0, 1), dtype=np.int32)
+            return Drafted(np.zeros(0, dtype=np.int32), empty, empty.astype(np.float32), [],
+                           0.0)
         logits = self._sync()
         ids: list[int] = []
         q_ids: list[np.ndarray] = []
@@ -114,7 +127,8 @@ class DraftStream:
             qi[row, len(sup) :] = sup[0]  # padding ids carry probability 0
             qp[row, : len(probs)] = probs
         return Drafted(
-            np.asarray(ids, dtype=np.int32), qi, qp, entropies, time.perf_counter() - t0
+            np.asarray(ids, dtype=np.int32), qi, qp, entropies, time.perf_counter() - t0,
+            catchup_tokens=max(self.last_sync_tokens - 1, 0),
         )
 
     def commit(self, tokens: list[int]) -> None:

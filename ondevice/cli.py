@@ -147,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_discover(sub)
     _add_meter(sub)
     _add_demo(sub)
+    from ondevice.bench._cli import add_bench_parser
+
+    add_bench_parser(sub)
     return parser
 
 
@@ -309,6 +312,10 @@ def main(argv: list[str] | None = None) -> int:
         return _run_meter(args)
     if args.command == "demo":
         return _run_demo(args)
+    if args.command == "bench":
+        from ondevice.bench._cli import run_bench
+
+        return run_bench(args)
     return 2  # pragma: no cover - argparse enforces the choices
 
 

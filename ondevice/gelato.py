@@ -195,10 +195,17 @@ def choose_budget(
 
 def keep_drafting(
     *, v: float, q_j: float, score: float, survival: float, a_next: float,
-    e_draft_j: float, t_draft_s: float,
+    e_draft_j: float, t_draft_s: float, budget: Budget | None = None,
 ) -> bool:
-    """Inner loop: is one more drafted token worth its energy and time?"""
-    return v * survival * a_next - q_j * e_draft_j - score * t_draft_s > 0.0
+    """Inner loop: is one more drafted token worth its energy and time?
+
+    The token adds survival * a_next expected tokens, e_draft_j joules and t_draft_s seconds
+    to the round; with a ``budget`` it also adds to the round's allowance C (P * t_draft_s
+    for a power budget, eps * survival * a_next for an energy-per-token one), which offsets
+    its energy in the queue's penalty, exactly as C(b) does in the outer loop's ratio."""
+    gain = survival * a_next
+    allowance = budget.allowance_j(t_draft_s, gain) if budget is not None else 0.0
+    return v * gain - q_j * (e_draft_j - allowance) - score * t_draft_s > 0.0
 
 
 class LinearFit:
@@ -261,14 +268,21 @@ class Estimates:
 
     def observe(
         self, *, drafted: int, accepted: int, draft_s: float, rtt_s: float, verify_s: float,
-        round_s: float, energy_j: float, draft_energy_j: float,
+        round_s: float, energy_j: float, draft_energy_j: float, catchup_tokens: int = 0,
     ) -> None:
-        """Fold one measured round into the estimates."""
+        """Fold one measured round into the estimates.
+
+        A round whose draft first caught up on more than one committed token (after rounds
+        that drafted nothing, or a prompt's prefill) does not update the per-token draft time
+        and energy: its draft time is mostly that catch-up, and taking it as the price of a
+        drafted token makes drafting look dearer the longer it was not done, a trap from
+        which the controller never drafts again."""
         if drafted > 0:
             judged = min(drafted, accepted + 1)  # tokens the edge actually ruled on
             self.a.update(accepted / judged)
-            self.t_draft_s.update(draft_s / drafted)
-            self.e_draft_j.update(draft_energy_j / drafted)
+            if catchup_tokens <= 1:
+                self.t_draft_s.update(draft_s / drafted)
+                self.e_draft_j.update(draft_energy_j / drafted)
         self.verify_s.update(float(drafted), verify_s)
         # Everything in the round that is neither drafting nor verifying: network, framing,
         # both sides' bookkeeping. T(b) then adds up to the measured round time.

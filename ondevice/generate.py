@@ -402,6 +402,7 @@ class Generation:
                     energy_j=self.meter.energy_j(r0, r1),
                     draft_energy_j=self.meter.energy_j(r0, s0),
                     entropies=drafted.entropies,
+                    catchup_tokens=drafted.catchup_tokens,
                 )
             )
             if done:

@@ -9,7 +9,7 @@ transport never looks inside a policy, so GELATO and AdaEDL plug in here without
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from ondevice import gelato
@@ -31,6 +31,10 @@ class RoundStats:
     energy_j: float  # device energy over the round (from the meter)
     draft_energy_j: float = 0.0  # of which while drafting
     entropies: list[float] = field(default_factory=list)  # per drafted token, nats (if asked)
+    # Committed tokens the draft evaluated at the round's start beyond the one it drafts from
+    # (0 or 1 after a drafted round; more after rounds that drafted nothing, or the prompt):
+    # that catch-up is in draft_s but is not the cost of the tokens drafted.
+    catchup_tokens: int = 0
 
 
 class Policy(ABC):
@@ -185,9 +189,16 @@ class GelatoPolicy(Policy):
         if self.rounds < len(self.WARMUP):
             self._ref = self.WARMUP[self.rounds]
             return self._ref
-        if self._ref == 0 and self.rounds % self.EXPLORE_EVERY == 0:
+        if self._ref == 0 and self.rounds % self.EXPLORE_EVERY == 0 and self._could_pay():
             return 1  # keep the acceptance and draft-cost estimates alive
         return min(2 * self._ref, self.cap)
+
+    def _could_pay(self) -> bool:
+        """Whether drafting would be chosen if every drafted token were accepted (a = A_MAX):
+        if not, probing acceptance is pointless, and each probe costs a draft forward plus the
+        draft's catch-up on every token committed since its last draft."""
+        best = replace(self._model, a=gelato.A_MAX)
+        return gelato.choose_budget(best, self.q_j, self.v, self.budget, self.cap)[0] > 0
 
     def keep_drafting(self, drafted: int, entropy_nats: float | None) -> bool:
         assert entropy_nats is not None
@@ -196,6 +207,7 @@ class GelatoPolicy(Policy):
         return gelato.keep_drafting(
             v=self.v, q_j=self.q_j, score=self._score, survival=self._survival, a_next=a,
             e_draft_j=self._model.e_draft_j, t_draft_s=self._model.t_draft_s,
+            budget=self.budget,
         )
 
     def observe(self, stats: RoundStats) -> None:
@@ -203,6 +215,7 @@ class GelatoPolicy(Policy):
             drafted=stats.drafted, accepted=stats.accepted, draft_s=stats.draft_s,
             rtt_s=stats.rtt_s, verify_s=stats.verify_s, round_s=stats.round_s,
             energy_j=stats.energy_j, draft_energy_j=stats.draft_energy_j,
+            catchup_tokens=stats.catchup_tokens,
         )
         self.acceptance.observe_round(stats.entropies, stats.accepted)
         if self.budget is not None:

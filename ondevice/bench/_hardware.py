@@ -1,0 +1,202 @@
+"""Hardware profiles (device, edge) and the cost of one speculative round on them. Pure.
+
+A device profile says how fast and at what power the device drafts, what it draws while it
+waits, what its radio costs per byte and per packet, and its link (uplink, downlink, RTT). An
+edge profile says how long the edge's target takes to verify a round: t0 + k * b ms for b
+positions evaluated (the drafted tokens plus one). Every number carries its source in the JSON
+file (``profiles/*.json``, keys of /work/shared/hardware-profiles.md).
+
+Frame sizes are exact: they are the lengths of the frames ``ondevice.wire`` encodes, which is
+what the ``sim`` meter counts on a real run (its radio model is per message byte and per
+1460-byte packet, as here).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ondevice import wire
+
+MSS_BYTES = 1460  # payload of one TCP segment; as hw._activity.MSS_BYTES (1500 B MTU)
+SESSION_ID = "0" * 16  # the edge's session ids are 16 hex digits (secrets.token_hex(8))
+_EXAMPLE_TOKEN = 262_143  # a large id: msgpack encodes it at full width, as most Gemma ids
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeviceProfile:
+    """The device and its link. Milliseconds, watts, joules, Mbit/s."""
+
+    name: str
+    draft_ms_per_token: float  # one single-token draft evaluation
+    prefill_ms_per_token: float  # each extra token of a batched evaluation (catch-up)
+    draft_w: float  # device power while drafting
+    wait_w: float  # device power while waiting for the edge
+    tx_j_per_byte: float
+    tx_j_per_packet: float
+    rx_j_per_byte: float
+    rx_j_per_packet: float
+    uplink_mbit_s: float
+    downlink_mbit_s: float
+    rtt_ms: float
+    sources: dict[str, Any] = field(default_factory=dict, compare=False)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EdgeProfile:
+    """The edge's verification cost: ``verify_t0_ms + verify_ms_per_token * positions``."""
+
+    name: str
+    verify_t0_ms: float
+    verify_ms_per_token: float
+    sources: dict[str, Any] = field(default_factory=dict, compare=False)
+
+
+def profile_names(kind: str) -> list[str]:
+    """Names of the built-in profiles of ``kind`` ("device" or "edge")."""
+    out = []
+    for entry in resources.files("ondevice.bench").joinpath("profiles").iterdir():
+        if entry.name.endswith(".json"):
+            data = json.loads(entry.read_text())
+            if data.get("kind") == kind:
+                out.append(data["name"])
+    return sorted(out)
+
+
+def load_profile(spec: str, kind: str) -> DeviceProfile | EdgeProfile:
+    """A built-in profile by name, or a JSON file by path; ``kind`` is "device" or "edge".
+
+    Raises ValueError for an unknown name, a wrong kind, or a missing or extra parameter.
+    """
+    path = Path(spec)
+    if path.suffix == ".json" and path.is_file():
+        data = json.loads(path.read_text())
+    else:
+        entry = resources.files("ondevice.bench").joinpath("profiles", f"{spec}.json")
+        if not entry.is_file():
+            raise ValueError(f"unknown {kind} profile {spec!r}; built in: "
+                             f"{', '.join(profile_names(kind))}, or a path to a .json file")
+        data = json.loads(entry.read_text())
+    if data.get("kind") != kind:
+        raise ValueError(f"profile {spec!r} is a {data.get('kind')} profile, not a {kind} one")
+    cls = DeviceProfile if kind == "device" else EdgeProfile
+    params = data["params"]
+    values = {k: float(v["value"]) for k, v in params.items()}
+    try:
+        prof = cls(name=data["name"], sources=params, **values)
+    except TypeError as exc:
+        raise ValueError(f"profile {spec!r}: {exc}") from None
+    for k, v in values.items():
+        if not math.isfinite(v) or v < 0:
+            raise ValueError(f"profile {spec!r}: {k} must be a finite number >= 0")
+    return prof
+
+
+@dataclass(frozen=True, slots=True)
+class RoundCost:
+    """One round on the device's clock and meter. Seconds, joules, bytes."""
+
+    draft_s: float
+    net_s: float  # RTT plus both frames' transfer
+    verify_s: float
+    round_s: float
+    energy_j: float  # device energy over the whole round, radio included
+    draft_energy_j: float  # of which while drafting
+    tx_bytes: int
+    rx_bytes: int
+
+
+def _packets(n_bytes: int) -> int:
+    return -(-n_bytes // MSS_BYTES)
+
+
+class CostModel:
+    """Round costs on a (device, edge) pair for frames of ``k`` probabilities per drafted token
+    (``k = 1`` at temperature 0, the top-k otherwise). Memoized: a round's cost depends only on
+    what it drafted and how many committed tokens the draft has to catch up on."""
+
+    def __init__(self, device: DeviceProfile, edge: EdgeProfile, *, k: int = 1) -> None:
+        self.device, self.edge, self.k = device, edge, k
+        self._round = functools.lru_cache(maxsize=4096)(self._round_cost)
+
+    # -- frames -----------------------------------------------------------------------------
+
+    def round_frame_bytes(self, drafted: int) -> int:
+        """Bytes of the ``round`` frame carrying ``drafted`` tokens and their top-k q."""
+        k = self.k if drafted else 0
+        return len(wire.encode(wire.Round(
+            SESSION_ID, np.full(drafted, _EXAMPLE_TOKEN, np.int32),
+            np.full((drafted, k), _EXAMPLE_TOKEN, np.int32), np.ones((drafted, k), np.float32),
+        )))
+
+    @staticmethod
+    def verdict_frame_bytes() -> int:
+        return len(wire.encode(wire.Verdict(16, _EXAMPLE_TOKEN, 12.5, 13.5)))
+
+    @staticmethod
+    def tokens_frame_bytes() -> int:
+        return len(wire.encode(wire.Tokens(np.array([_EXAMPLE_TOKEN], np.int32), False, 6.5)))
+
+    def _radio_j(self, tx: int, rx: int) -> float:
+        d = self.device
+        return (d.tx_j_per_byte * tx + d.tx_j_per_packet * _packets(tx)
+                + d.rx_j_per_byte * rx + d.rx_j_per_packet * _packets(rx))
+
+    # -- costs ------------------------------------------------------------------------------
+
+    def verify_s(self, drafted: int) -> float:
+        """The edge's batched evaluation of ``drafted + 1`` positions."""
+        return (self.edge.verify_t0_ms + self.edge.verify_ms_per_token * (drafted + 1)) / 1e3
+
+    def draft_s(self, drafted: int, pending: int) -> float:
+        """Drafting ``drafted`` tokens when ``pending`` committed tokens are not yet in the
+        draft's cache: the first evaluation takes them in one batch (one token's time plus
+        ``prefill_ms_per_token`` for each extra one), then one evaluation per further token.
+        Nothing is evaluated when nothing is drafted (the catch-up waits for the next draft)."""
+        if drafted <= 0:
+            return 0.0
+        d = self.device
+        return (drafted * d.draft_ms_per_token + max(pending - 1, 0) * d.prefill_ms_per_token
+                ) / 1e3
+
+    def round(self, drafted: int, pending: int = 1) -> RoundCost:
+        return self._round(int(drafted), int(pending))
+
+    def _round_cost(self, drafted: int, pending: int) -> RoundCost:
+        d = self.device
+        tx, rx = self.round_frame_bytes(drafted), self.verdict_frame_bytes()
+        draft_s = self.draft_s(drafted, pending)
+        net_s = d.rtt_ms / 1e3 + tx * 8 / (d.uplink_mbit_s * 1e6) + rx * 8 / (
+            d.downlink_mbit_s * 1e6)
+        verify_s = self.verify_s(drafted)
+        round_s = draft_s + net_s + verify_s
+        draft_e = d.draft_w * draft_s
+        energy = draft_e + d.wait_w * (round_s - draft_s) + self._radio_j(tx, rx)
+        return RoundCost(draft_s, net_s, verify_s, round_s, energy, draft_e, tx, rx)
+
+    def device_only(self, n_tokens: int) -> tuple[float, float]:
+        """(seconds, joules) for the draft alone to produce ``n_tokens``."""
+        s = n_tokens * self.device.draft_ms_per_token / 1e3
+        return s, s * self.device.draft_w
+
+    def edge_only(self, n_tokens: int) -> tuple[float, float]:
+        """(seconds, joules) on the device while the edge's target streams ``n_tokens`` (one
+        ``tokens`` frame each, one evaluation of one position each, one RTT to start)."""
+        d = self.device
+        tx = len(wire.encode(wire.Generate(SESSION_ID, n_tokens)))
+        per = self.tokens_frame_bytes()
+        s = (d.rtt_ms / 1e3 + tx * 8 / (d.uplink_mbit_s * 1e6)
+             + n_tokens * (self.verify_s(0) + per * 8 / (d.downlink_mbit_s * 1e6)))
+        radio = self._radio_j(tx, 0) + n_tokens * self._radio_j(0, per)
+        return s, d.wait_w * s + radio
+
+
+__all__ = ["CostModel", "DeviceProfile", "EdgeProfile", "RoundCost", "load_profile",
+           "profile_names"]

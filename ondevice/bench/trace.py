@@ -1,0 +1,268 @@
+"""Acceptance traces: what a draft/target pair does, position by position, recorded once.
+
+A trace follows the target's greedy continuation of each prompt. At every position i it holds
+
+- ``entropy[i]``: the draft's next-token entropy at temperature 1 (nats), given the target's
+  prefix; this is what ``DraftStream`` hands the policies at temperature 0;
+- ``match[i]``: whether the draft's argmax equals the target's (greedy acceptance);
+- optionally, for a sampling temperature T > 0, ``entropy_t[i]`` (the draft's entropy at T) and
+  ``p_accept[i]`` = sum_x min(p(x), q(x)), the probability that a token sampled from the
+  top-k-truncated draft q is accepted by the target p (both at T): the expectation of
+  min(1, p/q) under q (Leviathan et al. 2023, section 3.2).
+
+At temperature 0 the trace is exact for any drafting schedule: accepted tokens are the target's,
+so generation never leaves the greedy path. At T > 0 a rejection would leave it; the simulator
+keeps following the recorded path (an approximation stated in docs/gelato.md).
+
+Recording runs the two models in lockstep, one token at a time, through the project's runtime
+(``LlamaModel``/``LlamaRunner``), as a device drafts.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ondevice.speculative import GREEDY_EPS, entropy_nats, softmax
+
+TRACE_VERSION = 1
+
+# Ten varied prompts: narrative, technical, code, list, dialogue, arithmetic, definitions.
+# Drafts agree with targets very differently across such kinds of text, which is the point.
+DEFAULT_PROMPTS: tuple[str, ...] = (
+    "The three most useful things to know about batteries are",
+    "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n",
+    "Once upon a time, in a small village by the sea, there lived",
+    "Q: What is the capital of France?\nA:",
+    "Photosynthesis is the process by which plants",
+    "1, 2, 3, 4, 5, 6, 7, 8,",
+    "To install the package, run the following command:",
+    "The quick brown fox jumps over the lazy dog. The quick brown fox",
+    "Dear hiring manager, I am writing to apply for the position of",
+    "In machine learning, overfitting happens when a model",
+)
+
+
+@dataclass(slots=True)
+class Trace:
+    """Per-position records of several prompts, concatenated; prompt p owns positions
+    ``offsets[p]:offsets[p + 1]``."""
+
+    entropy: np.ndarray  # [N] float32, nats at T = 1
+    match: np.ndarray  # [N] bool, draft argmax == target argmax
+    offsets: np.ndarray  # [P + 1] int64
+    tokens: np.ndarray  # [N] int32, the target's greedy tokens
+    prompt_tokens: np.ndarray  # [P] int32, prompt lengths
+    entropy_t: np.ndarray | None = None  # [N] float32, nats at ``temperature``
+    p_accept: np.ndarray | None = None  # [N] float32, acceptance probability at ``temperature``
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        n = int(self.offsets[-1]) if len(self.offsets) else 0
+        if len(self.offsets) < 2 or self.offsets[0] != 0 or np.any(np.diff(self.offsets) < 0):
+            raise ValueError("offsets must start at 0, be non-decreasing, and have P + 1 entries")
+        for name in ("entropy", "match", "tokens"):
+            if getattr(self, name).shape != (n,):
+                raise ValueError(f"{name} must have shape ({n},)")
+        for name in ("entropy_t", "p_accept"):
+            arr = getattr(self, name)
+            if arr is not None and arr.shape != (n,):
+                raise ValueError(f"{name} must have shape ({n},)")
+        if self.prompt_tokens.shape != (len(self.offsets) - 1,):
+            raise ValueError("prompt_tokens needs one entry per prompt")
+
+    @property
+    def n_prompts(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def n_positions(self) -> int:
+        return int(self.offsets[-1])
+
+    @property
+    def temperature(self) -> float:
+        return float(self.meta.get("temperature", 0.0))
+
+    def prompt_slice(self, p: int) -> slice:
+        return slice(int(self.offsets[p]), int(self.offsets[p + 1]))
+
+    def greedy_acceptance(self) -> float:
+        """Fraction of positions where the draft's argmax is the target's."""
+        return float(self.match.mean()) if self.n_positions else float("nan")
+
+    @classmethod
+    def from_prompts(
+        cls, entropies: Sequence[Sequence[float]], matches: Sequence[Sequence[bool]], *,
+        p_accept: Sequence[Sequence[float]] | None = None, meta: dict[str, Any] | None = None,
+    ) -> Trace:
+        """Build a trace from per-prompt lists (hand-made traces in tests and examples)."""
+        lens = [len(e) for e in entropies]
+        if [len(m) for m in matches] != lens:
+            raise ValueError("entropies and matches differ in length")
+        offsets = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
+        n = int(offsets[-1])
+
+        def cat(rows: Sequence[Sequence[float]], dtype: type) -> np.ndarray:
+            return np.concatenate([np.asarray(r, dtype=dtype) for r in rows]) if n else (
+                np.zeros(0, dtype=dtype))
+
+        meta = dict(meta or {})
+        pa = None
+        if p_accept is not None:
+            pa = cat(p_accept, np.float32)
+            meta.setdefault("temperature", 1.0)
+        return cls(
+            entropy=cat(entropies, np.float32), match=cat(matches, bool), offsets=offsets,
+            tokens=np.zeros(n, dtype=np.int32),
+            prompt_tokens=np.ones(len(lens), dtype=np.int32),
+            entropy_t=cat(entropies, np.float32) if pa is not None else None,
+            p_accept=pa, meta=meta,
+        )
+
+    # -- files ------------------------------------------------------------------------------
+
+    def save(self, path: Path) -> None:
+        """Write an ``.npz`` (arrays plus the metadata as a JSON string)."""
+        arrays: dict[str, np.ndarray] = {
+            "entropy": self.entropy, "match": self.match, "offsets": self.offsets,
+            "tokens": self.tokens, "prompt_tokens": self.prompt_tokens,
+            "meta": np.array(json.dumps({"version": TRACE_VERSION, **self.meta})),
+        }
+        if self.entropy_t is not None:
+            arrays["entropy_t"] = self.entropy_t
+        if self.p_accept is not None:
+            arrays["p_accept"] = self.p_accept
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("wb") as fh:  # np.savez would append ".npz" to a path without it
+            np.savez_compressed(fh, **arrays)
+
+    @classmethod
+    def load(cls, path: Path) -> Trace:
+        with np.load(Path(path), allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            if meta.get("version") != TRACE_VERSION:
+                raise ValueError(f"{path}: trace version {meta.get('version')}, expected "
+                                 f"{TRACE_VERSION}")
+            return cls(
+                entropy=z["entropy"], match=z["match"].astype(bool), offsets=z["offsets"],
+                tokens=z["tokens"], prompt_tokens=z["prompt_tokens"],
+                entropy_t=z["entropy_t"] if "entropy_t" in z.files else None,
+                p_accept=z["p_accept"] if "p_accept" in z.files else None,
+                meta=meta,
+            )
+
+
+def load_prompts(path: Path) -> list[str]:
+    """Prompts from a file: a JSON list of strings, or one prompt per non-empty line
+    (``\\n`` inside a line stands for a newline)."""
+    text = Path(path).read_text()
+    if text.lstrip().startswith("["):
+        prompts = json.loads(text)
+        if not all(isinstance(p, str) for p in prompts):
+            raise ValueError(f"{path}: a JSON prompt file must hold a list of strings")
+    else:
+        prompts = [ln.replace("\\n", "\n") for ln in text.splitlines() if ln.strip()]
+    if not prompts:
+        raise ValueError(f"{path} holds no prompts")
+    return prompts
+
+
+def acceptance_probability(
+    target_logits: np.ndarray, draft_logits: np.ndarray, temperature: float, top_k: int
+) -> float:
+    """sum_x min(p(x), q(x)) for p = softmax(target / T) and q the top-k truncation of
+    softmax(draft / T): the chance a token drafted from q survives verification.
+    ``[vocab], [vocab] -> float``."""
+    p = softmax(target_logits, temperature)  # [vocab]
+    k = min(top_k, draft_logits.shape[0])
+    ids = np.argpartition(draft_logits, -k)[-k:]  # [k]
+    q = softmax(draft_logits[ids], temperature)  # [k]
+    return float(np.minimum(p[ids], q).sum())
+
+
+def record_trace(
+    target_path: Path, draft_path: Path, prompts: Sequence[str], *, max_tokens: int = 128,
+    temperature: float = 0.0, top_k: int = 32, n_threads: int = 1, n_ctx: int = 1024,
+    progress: Callable[[int], None] | None = None,
+) -> Trace:
+    """Run target and draft in lockstep along the target's greedy continuation of every prompt.
+
+    Stops a prompt at ``max_tokens`` positions or at an end-of-generation token. ``progress``
+    is called with 1 after every position. Raises ValueError if the vocabularies differ.
+    Measured per-token evaluation times (ms, this machine) go into the metadata.
+    """
+    from ondevice.llama_runtime import LlamaConfig, LlamaModel, LlamaRunner
+
+    cfg = LlamaConfig(n_ctx=n_ctx, n_threads=n_threads)
+    ent: list[float] = []
+    ent_t: list[float] = []
+    acc_p: list[float] = []
+    match: list[bool] = []
+    toks: list[int] = []
+    offsets = [0]
+    n_prompt: list[int] = []
+    t_target = t_draft = 0.0
+    n_evals = 0
+    sampling = temperature > GREEDY_EPS
+    with LlamaModel(target_path) as tm, LlamaModel(draft_path) as dm:
+        if tm.vocab_hash() != dm.vocab_hash():
+            raise ValueError(f"{draft_path} and {target_path} have different vocabularies")
+        with LlamaRunner(tm, cfg) as tr, LlamaRunner(dm, cfg) as dr:
+            for prompt in prompts:
+                ids = tm.tokenize(prompt)
+                room = min(max_tokens, n_ctx - len(ids) - 1)
+                if room <= 0:
+                    raise ValueError(f"prompt of {len(ids)} tokens does not fit n_ctx {n_ctx}")
+                tr.truncate(0)
+                dr.truncate(0)
+                feed = ids
+                for _ in range(room):
+                    t0 = time.perf_counter()
+                    p_logits = tr.eval(feed, 1)[0]  # [vocab]
+                    t1 = time.perf_counter()
+                    q_logits = dr.eval(feed, 1)[0]  # [vocab]
+                    t2 = time.perf_counter()
+                    if len(feed) == 1:
+                        t_target += t1 - t0
+                        t_draft += t2 - t1
+                        n_evals += 1
+                    tok = int(np.argmax(p_logits))
+                    if tm.is_eog(tok):
+                        break
+                    ent.append(entropy_nats(softmax(q_logits, 1.0)))
+                    match.append(int(np.argmax(q_logits)) == tok)
+                    if sampling:
+                        ent_t.append(entropy_nats(softmax(q_logits, temperature)))
+                        acc_p.append(acceptance_probability(p_logits, q_logits, temperature,
+                                                            top_k))
+                    toks.append(tok)
+                    feed = [tok]
+                    if progress is not None:
+                        progress(1)
+                offsets.append(len(toks))
+                n_prompt.append(len(ids))
+            vocab_hash = tm.vocab_hash()
+    meta = {
+        "target": Path(target_path).name, "draft": Path(draft_path).name,
+        "vocab_hash": vocab_hash, "prompts": list(prompts), "max_tokens": max_tokens,
+        "temperature": temperature if sampling else 0.0, "top_k": top_k,
+        "n_threads": n_threads,
+        "target_ms_per_token": t_target / n_evals * 1e3 if n_evals else None,
+        "draft_ms_per_token": t_draft / n_evals * 1e3 if n_evals else None,
+        "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    return Trace(
+        entropy=np.asarray(ent, dtype=np.float32), match=np.asarray(match, dtype=bool),
+        offsets=np.asarray(offsets, dtype=np.int64), tokens=np.asarray(toks, dtype=np.int32),
+        prompt_tokens=np.asarray(n_prompt, dtype=np.int32),
+        entropy_t=np.asarray(ent_t, dtype=np.float32) if sampling else None,
+        p_accept=np.asarray(acc_p, dtype=np.float32) if sampling else None,
+        meta=meta,
+    )
