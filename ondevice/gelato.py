@@ -246,7 +246,7 @@ class Estimates:
 
     # Priors: a Raspberry Pi 5 class device (hardware-profiles.md: Gemma-3-270M ~14 tok/s on a
     # Pi 4, ~3 W idle) and a GPU edge. Timing and energy priors carry half a sample's weight:
-    # the first measurement replaces them almost entirely.
+    # the first measurement moves them two thirds of the way, the next ones 1/2.5, 1/3.5, ...
     a: Ewma = field(default_factory=lambda: Ewma(0.6))
     t_draft_s: Ewma = field(default_factory=lambda: Ewma(0.05, prior_weight=0.5))
     t_net_s: Ewma = field(default_factory=lambda: Ewma(0.005, prior_weight=0.5))
