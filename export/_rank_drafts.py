@@ -1,0 +1,560 @@
+"""Rank draft models for a target by their expected speculative speedup, measured here.
+
+For each draft, on this machine, with the project's own runtime (ondevice.llama_runtime) and
+rejection sampler (ondevice.speculative):
+
+- acceptance ``a``: speculative decoding of every prompt with a fixed draft length (``gamma``)
+  at temperature 0 (greedy) and 0.8; the draft proposes from its top-k-truncated distribution
+  (`top_k_proposal`), the target accepts or rejects with `verify` (min(1, p/q), residual
+  resampling), exactly as in a live session. Assuming each drafted token is accepted
+  independently with probability a (the model behind DESIGN.md section 3's N(b)), the maximum
+  likelihood estimate is ``a = accepted / (accepted + rounds that ended in a rejection)``;
+- ``t_draft``: seconds per drafted token (a one-token decode plus the proposal), the median
+  over the run;
+- ``t_eval(m)``: the target's time to decode a batch of m tokens with logits for all m,
+  m = 1..max_b + 1: the median over a sweep before and a sweep after the drafts (3 repeats
+  each) and every verification batch of that size in the runs, so load that changes while the
+  command runs affects target and drafts alike and one preempted run does not count; then made
+  non-decreasing in m (`monotone_timings`). The cost is not linear in m: one row is a
+  memory-bound matrix-vector product, several rows share each weight load. ``t_row``: the time
+  `verify` spends per produced token (a softmax over the vocabulary when sampling).
+
+The expected speed at drafting length b (DESIGN.md section 3) is N(b) / T(b) with
+
+    N(b) = (1 - a^(b+1)) / (1 - a)                     tokens produced per round
+    T(b) = b * t_draft + t_net + t_verify(b)           seconds per round
+    t_verify(b) = t_eval(b + 1) + N(b) * t_row          one batch of b + 1, rows examined
+
+t_net is the link's round-trip time (``--rtt-ms``); payload transfer is neglected (top-k ids and
+probabilities: a few hundred bytes per drafted token). The best b in 1..max_b is reported, and
+the speedup is relative to the target generating alone, token by token, streamed to the device:
+``speedup = (N(b) / T(b)) * (t_eval(1) + t_row)``. Draft and target both run on this machine,
+so the figures compare drafts with each other; on a real device-edge pair the draft runs on the
+slower device and the target on the faster edge.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from export._check_pair import check_pair
+from export._errors import ExportError
+
+TEMPERATURES = (0.0, 0.8)
+DEFAULT_PROMPTS = (
+    "The river behind the old mill",
+    "In the morning the market opens early, and",
+    "Here is a short story about a lighthouse keeper:",
+    "The three most important things to know about bread are",
+    "Good tools make good work because",
+    "def fibonacci(n):",
+    "Question: Why is the sky blue?\nAnswer:",
+    "The train left the station at noon and",
+)
+DEFAULT_GAMMA = 4  # drafted tokens per measurement round (ondevice's default --gamma)
+DEFAULT_TOP_K = 32  # support of the truncated draft distribution (ondevice's --top-k default)
+DEFAULT_MAX_B = 16  # the drafting-length cap of DESIGN.md section 3
+_TIMING_REPEATS = 3
+
+
+# -- the model (pure) ---------------------------------------------------------------------------
+
+
+def expected_tokens(a: float, b: int) -> float:
+    """N(b) = (1 - a^(b+1)) / (1 - a): expected tokens per round with b drafted tokens, each
+    accepted independently with probability a (1 bonus or correction token included)."""
+    if not 0.0 <= a <= 1.0 or b < 0:
+        raise ValueError(f"need 0 <= a <= 1 and b >= 0, got a={a}, b={b}")
+    if a == 1.0:
+        return float(b + 1)
+    return (1.0 - a ** (b + 1)) / (1.0 - a)
+
+
+def round_seconds(
+    a: float, b: int, t_draft_s: float, t_net_s: float, t_eval_s: Sequence[float], t_row_s: float
+) -> float:
+    """T(b) = b*t_draft + t_net + t_eval(b+1) + N(b)*t_row, in seconds.
+
+    `t_eval_s[m - 1]` is the target's time to decode m tokens in one batch (m = 1..len).
+    """
+    if b + 1 > len(t_eval_s):
+        raise ValueError(f"no target timing for a batch of {b + 1} tokens")
+    return b * t_draft_s + t_net_s + t_eval_s[b] + expected_tokens(a, b) * t_row_s
+
+
+def monotone_timings(measured_s: Sequence[float]) -> list[float]:
+    """The non-decreasing sequence closest to `measured_s` in least squares (isotonic
+    regression, pool-adjacent-violators): a bigger batch never costs less. Pure; ``[n] -> [n]``.
+    """
+    blocks: list[list[float]] = []  # [sum, count] of pooled runs
+    for v in measured_s:
+        blocks.append([float(v), 1.0])
+        while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] > blocks[-1][0] / blocks[-1][1]:
+            total, count = blocks.pop()
+            blocks[-1][0] += total
+            blocks[-1][1] += count
+    out: list[float] = []
+    for total, count in blocks:
+        out += [total / count] * int(count)
+    return out
+
+
+@dataclass(frozen=True)
+class Expected:
+    """The best drafting length and what it gives: tokens/s and speedup over the target alone."""
+
+    b: int
+    tokens_per_s: float
+    speedup: float
+
+
+def best_draft_length(
+    a: float,
+    t_draft_s: float,
+    t_net_s: float,
+    t_eval_s: Sequence[float],
+    t_row_s: float,
+    max_b: int,
+) -> Expected:
+    """argmax over b in 1..max_b of N(b)/T(b) (smallest b on ties), and its speedup against the
+    target alone at 1 / (t_eval(1) + t_row) tokens/s. Pure."""
+    if max_b < 1:
+        raise ValueError(f"max_b must be >= 1, got {max_b}")
+    best_b, best_rate = 1, -1.0
+    for b in range(1, max_b + 1):
+        rate = expected_tokens(a, b) / round_seconds(a, b, t_draft_s, t_net_s, t_eval_s, t_row_s)
+        if rate > best_rate * (1.0 + 1e-12):
+            best_b, best_rate = b, rate
+    baseline = 1.0 / (t_eval_s[0] + t_row_s)
+    return Expected(b=best_b, tokens_per_s=best_rate, speedup=best_rate / baseline)
+
+
+def acceptance_mle(accepted: int, rejections: int) -> float:
+    """Per-token acceptance from rounds of a fixed length: successes / (successes + failures),
+    where each round contributes its accepted tokens and at most one rejection (censored at
+    the round's end when all were accepted). 0 when nothing was observed."""
+    n = accepted + rejections
+    return accepted / n if n else 0.0
+
+
+# -- measurement ----------------------------------------------------------------------------
+
+
+@dataclass
+class Acceptance:
+    """Counts and timings of one draft at one temperature (times in seconds)."""
+
+    temperature: float
+    rounds: int = 0
+    drafted: int = 0
+    accepted: int = 0
+    rejections: int = 0
+    produced: int = 0
+    eval_s: list[float] = field(default_factory=list)  # one-token draft decodes
+    # target batch size m -> seconds, for verification batches with logits for all m tokens
+    target_eval_s: dict[int, list[float]] = field(default_factory=dict)
+    propose_s: list[float] = field(default_factory=list)  # top_k_proposal calls
+    verify_row_s: list[float] = field(default_factory=list)  # verify time / produced tokens
+
+    @property
+    def a(self) -> float:
+        return acceptance_mle(self.accepted, self.rejections)
+
+    @property
+    def t_draft_s(self) -> float:
+        return statistics.median(self.eval_s) + statistics.median(self.propose_s)
+
+    @property
+    def t_row_s(self) -> float:
+        return statistics.median(self.verify_row_s)
+
+
+def _sync(runner: Any, seq: list[int]) -> tuple[np.ndarray, int]:
+    """Trim `runner`'s cache to its longest prefix agreeing with `seq`, decode the rest, and
+    return the next-token logits after seq and how many tokens were decoded (as ondevice's
+    DraftStream does)."""
+    kv = runner.tokens
+    i = 0
+    while i < len(kv) and i < len(seq) and kv[i] == seq[i]:
+        i += 1
+    i = min(i, len(seq) - 1)  # re-evaluate the last token if everything is cached
+    runner.truncate(i)
+    return runner.eval(seq[i:], 1)[0], len(seq) - i
+
+
+def measure_acceptance(
+    draft: Any,
+    target: Any,
+    prompts: Sequence[list[int]],
+    *,
+    temperature: float,
+    gamma: int,
+    top_k: int,
+    max_tokens: int,
+    n_vocab: int,
+    seed: int,
+    on_prompt: Callable[[], None] | None = None,
+) -> Acceptance:
+    """Speculative decoding of each prompt with `draft` and `target` (LlamaRunner) at
+    `temperature`, `gamma` tokens per round, until `max_tokens` are produced, an end-of-generation
+    token, or the context is full. Logits are cut to the first `n_vocab` ids (the vocabulary the
+    two share). Prompt i uses the seeded streams session_rng(seed + i, side)."""
+    from ondevice.speculative import session_rng, top_k_proposal, verify
+
+    stats = Acceptance(temperature=temperature)
+    d_model, t_model = draft.model, target.model
+    for i, prompt in enumerate(prompts):
+        rng_d, rng_t = session_rng(seed + i, "draft"), session_rng(seed + i, "target")
+        target.truncate(0)
+        committed = list(prompt)
+        if len(committed) > 1:
+            target.eval(committed[:-1], 1)
+        produced = 0
+        while produced < max_tokens and len(committed) + gamma + 2 <= target.n_ctx:
+            t0 = time.perf_counter()
+            logits, n_synced = _sync(draft, committed)
+            if n_synced == 1:  # a plain one-token decode: part of the per-token cost
+                stats.eval_s.append(time.perf_counter() - t0)
+            logits = logits[:n_vocab]  # [n_vocab]
+            ids: list[int] = []
+            q_ids: list[np.ndarray] = []
+            q_probs: list[np.ndarray] = []
+            for j in range(gamma):
+                t0 = time.perf_counter()
+                tok, sup, probs = top_k_proposal(logits, temperature, top_k, rng_d)
+                stats.propose_s.append(time.perf_counter() - t0)
+                ids.append(tok)
+                q_ids.append(sup)
+                q_probs.append(probs)
+                if d_model.is_eog(tok) or j + 1 == gamma:
+                    break
+                t0 = time.perf_counter()
+                logits = draft.eval([tok], 1)[0][:n_vocab]
+                stats.eval_s.append(time.perf_counter() - t0)
+            n = len(ids)
+            k = max(len(s) for s in q_ids)
+            qi = np.zeros((n, k), dtype=np.int32)  # [n, k]
+            qp = np.zeros((n, k), dtype=np.float32)  # [n, k]
+            for row, (sup, probs) in enumerate(zip(q_ids, q_probs, strict=True)):
+                qi[row, : len(sup)] = sup
+                qi[row, len(sup) :] = sup[0]  # padding ids carry probability 0
+                qp[row, : len(probs)] = probs
+            base = len(committed)
+            pending = committed[target.n_past :]
+            t0 = time.perf_counter()
+            t_logits = target.eval(pending + ids, n + 1)[:, :n_vocab]  # [n + 1, n_vocab]
+            if len(pending) == 1:  # a batch of n + 1 tokens, all with logits
+                stats.target_eval_s.setdefault(n + 1, []).append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            accepted, token = verify(np.asarray(ids), qi, qp, t_logits, temperature, rng_t)
+            stats.verify_row_s.append((time.perf_counter() - t0) / (accepted + 1))
+            target.truncate(base + accepted)
+            committed += [*ids[:accepted], token]
+            stats.rounds += 1
+            stats.drafted += n
+            stats.accepted += accepted
+            stats.rejections += accepted < n
+            stats.produced += accepted + 1
+            produced += accepted + 1
+            if t_model.is_eog(token) or any(t_model.is_eog(t) for t in ids[:accepted]):
+                break
+        if on_prompt is not None:
+            on_prompt()
+    return stats
+
+
+def target_timings(
+    target: Any, prompt: list[int], max_m: int, repeats: int
+) -> dict[int, list[float]]:
+    """Seconds for `target` (LlamaRunner) to decode a batch of m tokens with logits for all of
+    them after `prompt`, `repeats` samples for each m = 1..max_m (the batch repeats the
+    prompt's tokens; only its length matters). Sizes are interleaved within each repeat."""
+    target.truncate(0)
+    target.eval(prompt, 1)
+    base = target.n_past
+    filler = (prompt * (max_m // len(prompt) + 1))[:max_m]
+    out: dict[int, list[float]] = {m: [] for m in range(1, max_m + 1)}
+    for _ in range(repeats):
+        for m in range(1, max_m + 1):
+            t0 = time.perf_counter()
+            target.eval(filler[:m], m)
+            out[m].append(time.perf_counter() - t0)
+            target.truncate(base)
+    return out
+
+
+# -- the whole job --------------------------------------------------------------------------
+
+
+@dataclass
+class DraftRank:
+    """One draft's measurements and expected performance per temperature."""
+
+    path: Path
+    size_bytes: int
+    t_draft_s: float  # per drafted token at temperature 0 (decode + argmax)
+    acceptance: dict[float, Acceptance]
+    expected: dict[float, Expected]
+
+    @property
+    def tokens_per_s(self) -> float:
+        """The draft alone, greedy: 1 / t_draft."""
+        return 1.0 / self.t_draft_s
+
+
+def draft_labels(paths: Sequence[Path]) -> dict[Path, str]:
+    """Short unique labels: the file name, or as many trailing path parts as tell them apart."""
+    for depth in range(1, max((len(p.parts) for p in paths), default=1) + 1):
+        labels = {p: "/".join(p.parts[-depth:]) for p in paths}
+        if len(set(labels.values())) == len(labels):
+            return labels
+    return {p: str(p) for p in paths}
+
+
+@dataclass
+class RankReport:
+    """The ranked drafts and the common measurements (seconds)."""
+
+    target: Path
+    rtt_s: float
+    t_eval_s: list[float]  # what the model uses, batches of 1..max_b+1 (monotone)
+    t_eval_measured_s: list[float]  # the medians as measured
+    t_row_s: dict[float, float]
+    n_prompts: int
+    max_tokens: int
+    gamma: int
+    top_k: int
+    rank_by: float
+    drafts: list[DraftRank]
+
+    def table(self) -> str:
+        """The ranking as a fixed-width text table with a header line and a footnote."""
+        t1 = {t: (self.t_eval_s[0] + self.t_row_s[t]) * 1e3 for t in TEMPERATURES}
+        head = (
+            f"target {self.target.name}: {t1[0.0]:.2f} ms/token greedy, {t1[0.8]:.2f} ms/token "
+            f"at T=0.8; RTT {self.rtt_s * 1e3:g} ms; acceptance from {self.n_prompts} prompts "
+            f"x {self.max_tokens} tokens, gamma {self.gamma}, top-k {self.top_k}"
+        )
+        cols = (
+            f"{'#':>2}  {'draft':<28} {'MiB':>7} {'tok/s':>7} {'a(T=0)':>7} {'a(T=0.8)':>8} "
+            f"{'b*':>3} {'speedup':>8} {'b*':>3} {'speedup':>8}"
+        )
+        sub = f"{'':>2}  {'':<28} {'':>7} {'':>7} {'':>7} {'':>8} {'greedy':>12} {'T=0.8':>12}"
+        lines = [head, sub, cols]
+        labels = draft_labels([d.path for d in self.drafts])
+        for i, d in enumerate(self.drafts, 1):
+            g, s = d.expected[0.0], d.expected[0.8]
+            label = labels[d.path]
+            name = label if len(label) <= 28 else "~" + label[-27:]
+            lines.append(
+                f"{i:>2}  {name:<28} {d.size_bytes / 2**20:>7.1f} {d.tokens_per_s:>7.1f} "
+                f"{d.acceptance[0.0].a:>7.3f} {d.acceptance[0.8].a:>8.3f} "
+                f"{g.b:>3} {g.speedup:>7.2f}x {s.b:>3} {s.speedup:>7.2f}x"
+            )
+        by = "greedy" if self.rank_by == 0.0 else "T=0.8"
+        lines.append(
+            f"ranked by expected speedup ({by}) over the target alone; b*: best drafting length; "
+            "N(b)=(1-a^(b+1))/(1-a), T(b)=b*t_draft+t_net+t_verify(b)"
+        )
+        return "\n".join(lines)
+
+    def to_json(self) -> dict[str, Any]:
+        """Everything measured, JSON-ready (seconds; acceptance per temperature as strings)."""
+
+        def acc(a: Acceptance) -> dict[str, Any]:
+            d = asdict(a)
+            for key in ("eval_s", "propose_s", "verify_row_s", "target_eval_s"):
+                del d[key]
+            return {**d, "a": a.a, "t_draft_s": a.t_draft_s, "t_row_s": a.t_row_s}
+
+        return {
+            "target": str(self.target),
+            "rtt_s": self.rtt_s,
+            "t_eval_s": self.t_eval_s,
+            "t_eval_measured_s": self.t_eval_measured_s,
+            "t_row_s": {str(t): v for t, v in self.t_row_s.items()},
+            "n_prompts": self.n_prompts,
+            "max_tokens": self.max_tokens,
+            "gamma": self.gamma,
+            "top_k": self.top_k,
+            "rank_by_temperature": self.rank_by,
+            "drafts": [
+                {
+                    "rank": i,
+                    "path": str(d.path),
+                    "size_bytes": d.size_bytes,
+                    "tokens_per_s": d.tokens_per_s,
+                    "acceptance": {str(t): acc(a) for t, a in d.acceptance.items()},
+                    "expected": {str(t): asdict(e) for t, e in d.expected.items()},
+                }
+                for i, d in enumerate(self.drafts, 1)
+            ],
+        }
+
+
+def read_prompts(path: Path) -> list[str]:
+    """Prompts from a UTF-8 text file, one per line; blank lines and lines starting with '#'
+    are skipped; a literal backslash-n in a line stands for a newline. ExportError if the
+    file is missing, unreadable or holds no prompt."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ExportError(f"prompt file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ExportError(f"cannot read prompt file {path}: {e}") from e
+    prompts = [
+        line.replace("\\n", "\n")
+        for line in text.splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+    if not prompts:
+        raise ExportError(f"prompt file {path} holds no prompt (one per line, # for comments)")
+    return prompts
+
+
+def rank_drafts(
+    target_path: Path,
+    draft_paths: Sequence[Path],
+    *,
+    prompts: Sequence[str] = DEFAULT_PROMPTS,
+    rtt_ms: float = 5.0,
+    max_tokens: int = 48,
+    gamma: int = DEFAULT_GAMMA,
+    top_k: int = DEFAULT_TOP_K,
+    max_b: int = DEFAULT_MAX_B,
+    rank_by: float = 0.0,
+    n_threads: int | None = None,
+    seed: int = 0,
+    progress: bool | None = None,
+    announce: Callable[[str], None] | None = None,
+) -> RankReport:
+    """Measure every draft against the target and rank them (module docstring: the method).
+
+    Drafts are ranked by expected speedup at temperature `rank_by` (0.0 or 0.8), then by the
+    other temperature's. Every draft must pass check_pair against the target. Raises
+    ExportError for missing or non-GGUF files, an incompatible draft (naming the first
+    difference), bad numbers, or a model llama.cpp cannot load. Acceptance counts are
+    deterministic for a given seed and thread count; timings are not.
+    """
+    from tqdm import tqdm
+
+    from ondevice.llama_runtime import LlamaConfig, LlamaError, LlamaModel, LlamaRunner
+
+    if not draft_paths:
+        raise ExportError("rank-drafts needs at least one draft")
+    if gamma < 1 or max_b < 1 or max_tokens < 1 or top_k < 1:
+        raise ExportError("--gamma, --max-b, --max-tokens and --top-k must be >= 1")
+    if not (rtt_ms >= 0 and math.isfinite(rtt_ms)):
+        raise ExportError(f"--rtt-ms must be a finite number >= 0, got {rtt_ms}")
+    if rank_by not in TEMPERATURES:
+        raise ExportError(f"can rank by temperature 0 or 0.8, not {rank_by}")
+    target_path = Path(target_path)
+    draft_paths = [Path(p) for p in draft_paths]
+    for p in draft_paths:
+        pair = check_pair(p, target_path, announce)
+        if not pair.valid:
+            raise ExportError(f"{p} cannot draft for {target_path}: {pair.mismatches[0]}")
+
+    show = sys.stderr.isatty() if progress is None else progress
+    with LlamaModel(target_path) as t_model:
+        encoded = [t_model.tokenize(p) for p in prompts]
+        if any(len(e) < 1 for e in encoded):
+            raise ExportError("a prompt tokenizes to nothing")
+        n_ctx = max(len(e) for e in encoded) + max_tokens + max(gamma, max_b) + 8
+        n_batch = max(64, max_b + 1)
+        cfg = LlamaConfig(n_ctx=n_ctx, n_batch=n_batch, n_threads=n_threads)
+        with LlamaRunner(t_model, cfg) as target:
+            if announce is not None:
+                announce(f"timing the target's batches of 1..{max_b + 1} tokens")
+            samples = target_timings(target, encoded[0], max_b + 1, _TIMING_REPEATS)
+            ranks: list[DraftRank] = []
+            rows: dict[float, list[float]] = {t: [] for t in TEMPERATURES}
+            for path in draft_paths:
+                try:
+                    d_model = LlamaModel(path)
+                except LlamaError as e:
+                    raise ExportError(f"draft {path} does not load in llama.cpp: {e}") from e
+                with d_model, LlamaRunner(d_model, cfg) as draft:
+                    n_vocab = min(d_model.n_vocab, t_model.n_vocab)
+                    accs: dict[float, Acceptance] = {}
+                    for temp in TEMPERATURES:
+                        if announce is not None:
+                            announce(f"measuring {path.name} at T={temp:g}")
+                        with tqdm(
+                            total=len(encoded),
+                            desc=f"{path.name} T={temp:g}",
+                            unit="prompt",
+                            disable=not show,
+                            file=sys.stderr,
+                        ) as bar:
+                            accs[temp] = measure_acceptance(
+                                draft,
+                                target,
+                                encoded,
+                                temperature=temp,
+                                gamma=gamma,
+                                top_k=top_k,
+                                max_tokens=max_tokens,
+                                n_vocab=n_vocab,
+                                seed=seed,
+                                on_prompt=lambda b=bar: b.update(1),
+                            )
+                        rows[temp].extend(accs[temp].verify_row_s)
+                        for m, times in accs[temp].target_eval_s.items():
+                            if m in samples:
+                                samples[m].extend(times)
+                ranks.append(
+                    DraftRank(
+                        path=path,
+                        size_bytes=path.stat().st_size,
+                        t_draft_s=accs[0.0].t_draft_s,
+                        acceptance=accs,
+                        expected={},
+                    )
+                )
+            if announce is not None:
+                announce("timing the target's batches again")
+            for m, times in target_timings(target, encoded[0], max_b + 1, _TIMING_REPEATS).items():
+                samples[m].extend(times)
+    t_measured = [statistics.median(samples[m]) for m in sorted(samples)]
+    t_eval = monotone_timings(t_measured)
+    # One verify cost per temperature for all drafts: it is the target's, not the draft's.
+    t_row = {t: statistics.median(v) for t, v in rows.items()}
+    for r in ranks:
+        for temp, acc in r.acceptance.items():
+            r.expected[temp] = best_draft_length(
+                acc.a, acc.t_draft_s, rtt_ms / 1e3, t_eval, t_row[temp], max_b
+            )
+    other = 0.8 if rank_by == 0.0 else 0.0
+    ranks.sort(key=lambda r: (-r.expected[rank_by].speedup, -r.expected[other].speedup))
+    return RankReport(
+        target=target_path,
+        rtt_s=rtt_ms / 1e3,
+        t_eval_s=t_eval,
+        t_eval_measured_s=t_measured,
+        t_row_s=t_row,
+        n_prompts=len(encoded),
+        max_tokens=max_tokens,
+        gamma=gamma,
+        top_k=top_k,
+        rank_by=rank_by,
+        drafts=ranks,
+    )
+
+
+def write_json(report: RankReport, path: Path) -> None:
+    """Write `report.to_json()` to `path` (sorted keys, 2-space indent)."""
+    from export._files import atomic_output
+
+    with atomic_output(Path(path)) as tmp:
+        tmp.write_text(json.dumps(report.to_json(), indent=2, sort_keys=True) + "\n")
