@@ -62,8 +62,10 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
         help="power meter SPEC, e.g. um25c:/dev/rfcomm0, ina219-serial:/dev/ttyACM0, jetson, "
         "rapl, sim (default sim: a power model, reported as modelled)",
     )
-    p.add_argument("--threads", type=int, default=None, help="draft threads (default: all)")
-    p.add_argument("--n-ctx", type=int, default=4096, help="draft context tokens (default 4096)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="draft threads (default: the model's sidecar, else all cores)")
+    p.add_argument("--n-ctx", type=int, default=None,
+                   help="draft context tokens (default: the model's sidecar, else 4096)")
     p.add_argument("--edge-timeout", type=float, default=15.0, help="seconds per edge reply")
     p.add_argument("--json", action="store_true", help="end with one JSON object on one line")
 
@@ -186,11 +188,28 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def draft_config(path: str, *, n_ctx: int | None, n_threads: int | None) -> Any:
+    """LlamaConfig for the draft: command-line flags, else the GGUF's sidecar (written by
+    ``model-export llm quantize --preset``), else the defaults."""
+    from ondevice.llama_runtime import LlamaConfig
+    from ondevice.model_sidecar import load_sidecar
+
+    runtime = (load_sidecar(path) or {}).get("runtime", {})
+    default = LlamaConfig()
+    gpu = runtime.get("n_gpu_layers")
+    return LlamaConfig(
+        n_ctx=n_ctx or runtime.get("n_ctx") or default.n_ctx,
+        n_threads=n_threads or runtime.get("n_threads") or default.n_threads,
+        n_gpu_layers=default.n_gpu_layers if gpu is None else gpu,
+    )
+
+
 def _run_generate(args: argparse.Namespace) -> int:
     from hw import MeterSpecError
     from ondevice import wire
     from ondevice.generate import EdgePlan, GenerateRequest, generate
-    from ondevice.llama_runtime import LlamaConfig, LlamaError
+    from ondevice.llama_runtime import LlamaError
+    from ondevice.model_sidecar import SidecarError
     from ondevice.policies import make_policy
 
     if args.max_tokens < 0 or args.temperature < 0 or args.top_k < 1:
@@ -233,11 +252,12 @@ def _run_generate(args: argparse.Namespace) -> int:
                 policy,
                 plan=plan,
                 meter_spec=args.meter,
-                llama_config=LlamaConfig(n_ctx=args.n_ctx, n_threads=args.threads),
+                llama_config=draft_config(args.draft, n_ctx=args.n_ctx, n_threads=args.threads),
                 edge_timeout_s=args.edge_timeout,
             )
         )
-    except (FileNotFoundError, LlamaError, MeterSpecError, ValueError, wire.EdgeError) as exc:
+    except (FileNotFoundError, LlamaError, MeterSpecError, ValueError, wire.EdgeError,
+            SidecarError) as exc:
         print(f"ondevice: {exc}", file=sys.stderr)
         return 1
     data = report.to_dict()
