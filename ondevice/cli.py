@@ -194,7 +194,8 @@ def draft_config(path: str, *, n_ctx: int | None, n_threads: int | None) -> Any:
     from ondevice.llama_runtime import LlamaConfig
     from ondevice.model_sidecar import load_sidecar
 
-    runtime = (load_sidecar(path) or {}).get("runtime", {})
+    # A missing model is reported where it is loaded, with the runtime's message.
+    runtime = (load_sidecar(path) or {}).get("runtime", {}) if Path(path).is_file() else {}
     default = LlamaConfig()
     gpu = runtime.get("n_gpu_layers")
     return LlamaConfig(
