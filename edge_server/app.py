@@ -1,9 +1,11 @@
-"""The edge's aiohttp application: target-model verification over one WebSocket per session.
+"""The edge's aiohttp application: target-model verification and split-DNN tails over one
+WebSocket per session.
 
-``create_app(config)`` builds the app; the target model is opened in a ``cleanup_ctx`` and
-freed after the last session. Serving (``AppRunner`` + ``TCPSite``) lives in ``cli.py``.
-Every llama.cpp call runs in one dedicated compute thread, so the event loop never blocks and
-sessions share the model without entering llama.cpp concurrently.
+``create_app(config)`` builds the app; the target model and the DNN (``config.dnn_dir``) are
+opened in a ``cleanup_ctx`` and freed after the last session. Serving (``AppRunner`` +
+``TCPSite``) lives in ``cli.py``. Every llama.cpp call runs in one dedicated compute thread, so
+the event loop never blocks and sessions share the model without entering llama.cpp
+concurrently; DNN tails run in the DNN service's own threads (``_dnn.py``).
 
 Bad input never takes the server down: a malformed frame gets an ``error`` frame and the
 socket stays open; a bug inside a session closes that session with ``error/internal``.
@@ -26,6 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from aiohttp import WSMsgType, web
 
+from edge_server._dnn import DnnEndpoint, DnnService, open_service
 from edge_server._target import TargetSession
 from edge_server.config import EdgeConfig
 from ondevice import wire
@@ -45,6 +48,7 @@ class EdgeState:
         default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="edge-compute")
     )
     sessions: dict[str, TargetSession] = field(default_factory=dict)
+    dnn: DnnService | None = None
     per_client: Counter[str] = field(default_factory=Counter)
     on_load_change: Callable[[], None] | None = None  # set by the advertiser
 
@@ -57,16 +61,23 @@ class EdgeState:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
     @property
+    def open_sessions(self) -> int:
+        """LLM sessions and DNN tasks open now."""
+        return len(self.sessions) + (len(self.dnn.sessions) if self.dnn is not None else 0)
+
+    @property
     def load(self) -> float:
-        return len(self.sessions) / self.config.max_sessions
+        return self.open_sessions / self.config.max_sessions
 
     @property
     def capabilities(self) -> list[str]:
-        return ["llm"] if self.model is not None else []
+        return (["llm"] if self.model is not None else []) + (
+            ["dnn"] if self.dnn is not None else [])
 
     @property
     def model_ids(self) -> list[str]:
-        return [self.model.model_id] if self.model is not None else []
+        return ([self.model.model_id] if self.model is not None else []) + (
+            [self.dnn.model_id] if self.dnn is not None else [])
 
 
 STATE = web.AppKey("coinfer_edge_state", EdgeState)
@@ -108,11 +119,15 @@ async def _model_ctx(app: web.Application) -> AsyncIterator[None]:
         state.model = await state.run(LlamaModel, cfg.model_path)
         state.vocab_hash = await state.run(state.model.vocab_hash)
         log.info("serving %s (vocab %s)", state.model.model_id, state.vocab_hash)
+    if cfg.dnn_dir is not None:
+        state.dnn = await state.run(open_service, cfg.dnn_dir, cfg.dnn_workers, cfg.dnn_threads)
     yield
     for sid in list(state.sessions):
         await state.run(state.sessions.pop(sid).close)
     if state.model is not None:
         await state.run(state.model.close)
+    if state.dnn is not None:
+        await asyncio.to_thread(state.dnn.close)
     state.executor.shutdown(wait=True)
 
 
@@ -125,10 +140,12 @@ async def handle_info(request: web.Request) -> web.Response:
             "protocol": wire.PROTOCOL_VERSION,
             "capabilities": state.capabilities,
             "model": model.model_id if model else None,
+            "dnn": state.dnn.model_id if state.dnn else None,
+            "dnn_splits": sorted(state.dnn.profile.splits) if state.dnn else [],
             "vocab_hash": state.vocab_hash,
             "n_vocab": model.n_vocab if model else 0,
             "n_ctx": cfg.n_ctx,
-            "sessions": len(state.sessions),
+            "sessions": state.open_sessions,
             "max_sessions": cfg.max_sessions,
             "auth": cfg.token is not None,
             "limits": {
@@ -136,6 +153,7 @@ async def handle_info(request: web.Request) -> web.Response:
                 "max_top_k": cfg.max_top_k,
                 "max_prompt_tokens": cfg.max_prompt_tokens,
                 "max_frame_bytes": cfg.max_frame_bytes,
+                "max_packet_bytes": cfg.max_packet_bytes,
                 "idle_timeout_s": cfg.idle_timeout_s,
                 "max_sessions_per_client": cfg.max_sessions_per_client,
             },
@@ -177,6 +195,39 @@ class _Connection:
         self.peer = peer
         self.sid: str | None = None
         self.session: TargetSession | None = None
+        self._dnn: DnnEndpoint | None = None
+
+    @property
+    def dnn(self) -> DnnEndpoint:
+        """This connection's DNN side (WireError when the edge serves no DNN)."""
+        if self._dnn is None:
+            if self.state.dnn is None:
+                raise wire.WireError("unknown-model", "this edge serves no DNN (started "
+                                     "without --dnn)")
+            self._dnn = DnnEndpoint(self.state.dnn, owner=id(self), send=self.send,
+                                    max_packet_bytes=self.state.config.max_packet_bytes,
+                                    on_sessions_changed=self._count)
+        return self._dnn
+
+    def _count(self, delta: int) -> None:
+        state = self.state
+        state.per_client[self.peer] += delta
+        if state.per_client[self.peer] <= 0:
+            del state.per_client[self.peer]
+        state.load_changed()
+
+    def _check_room(self) -> None:
+        """Raise too-many-sessions if the edge or this client is at its limit."""
+        state, cfg = self.state, self.state.config
+        if state.open_sessions >= cfg.max_sessions:
+            raise wire.WireError(
+                "too-many-sessions", f"edge is at its limit of {cfg.max_sessions} sessions"
+            )
+        if state.per_client[self.peer] >= cfg.max_sessions_per_client:
+            raise wire.WireError(
+                "too-many-sessions",
+                f"client {self.peer} already has {cfg.max_sessions_per_client} sessions open",
+            )
 
     async def send(self, msg: wire.Message) -> None:
         delay_ms = self.state.config.emulated_delay_ms
@@ -191,7 +242,18 @@ class _Connection:
 
     async def handle(self, msg: wire.Message, t_in: float) -> None:
         state, cfg = self.state, self.state.config
-        if isinstance(msg, wire.Round):
+        if isinstance(msg, wire.Feature):
+            await self.dnn.feature(msg, t_in)
+        elif isinstance(msg, wire.Input):
+            await self.dnn.input(msg, t_in)
+        elif isinstance(msg, wire.DnnOpen):
+            await self.close_session()
+            await self.dnn.open(msg, can_open=self._check_room)
+        elif isinstance(msg, wire.Close) and self._dnn is not None and self._dnn.owns(
+            msg.session
+        ):
+            await self._dnn.close_msg(msg)
+        elif isinstance(msg, wire.Round):
             session = self._session_for(msg.session)
             _check_round(msg, cfg, session.model.n_vocab)
             accepted, token, verify_ms = await state.run(session.verify_round, msg)
@@ -235,15 +297,9 @@ class _Connection:
             raise wire.WireError("bad-frame", "temperature must be in [0, 100] and top_k >= 1")
         if self.session is not None:
             await self.close_session()
-        if len(state.sessions) >= cfg.max_sessions:
-            raise wire.WireError(
-                "too-many-sessions", f"edge is at its limit of {cfg.max_sessions} sessions"
-            )
-        if state.per_client[self.peer] >= cfg.max_sessions_per_client:
-            raise wire.WireError(
-                "too-many-sessions",
-                f"client {self.peer} already has {cfg.max_sessions_per_client} sessions open",
-            )
+        if self._dnn is not None:
+            await self._dnn.close()
+        self._check_room()
         llama_cfg = LlamaConfig(n_ctx=cfg.n_ctx, n_threads=cfg.n_threads, kv_type=cfg.kv_type)
         session = await state.run(
             lambda: TargetSession(
@@ -302,7 +358,12 @@ async def handle_session(request: web.Request) -> web.WebSocketResponse:
                 try:
                     await conn.handle(wire.decode(msg.data), t_in)
                 except wire.WireError as exc:
-                    await conn.send(wire.Error(exc.code, exc.message))
+                    try:
+                        await conn.send(wire.Error(exc.code, exc.message))
+                    except ConnectionError:
+                        break
+                except ConnectionError:  # the device left while we answered it
+                    break
                 except Exception as exc:  # a bug in one session must not end the server
                     if ws.closed:
                         break
@@ -319,6 +380,8 @@ async def handle_session(request: web.Request) -> web.WebSocketResponse:
                 break
     finally:
         await conn.close_session()
+        if conn._dnn is not None:
+            await conn._dnn.disconnect()
         if not ws.closed:
             await ws.close()
     return ws

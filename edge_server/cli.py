@@ -29,9 +29,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="edge-server",
         description="Serve a target LLM that verifies the drafts of coinfer devices "
-        "(speculative decoding over one WebSocket per session), advertised over zeroconf.",
+        "(speculative decoding over one WebSocket per session) and/or the tails of a split DNN "
+        "(ENACHI progressive split inference), advertised over zeroconf.",
     )
     p.add_argument("--model", type=Path, help="target model, a GGUF file")
+    p.add_argument("--dnn", type=Path, metavar="DIR",
+                   help="a `model-export dnn split` directory: serve its tails (onnxruntime)")
+    p.add_argument("--dnn-workers", type=int, default=d.dnn_workers,
+                   help=f"threads running DNN tails (default {d.dnn_workers})")
+    p.add_argument("--dnn-threads", type=int, default=d.dnn_threads,
+                   help=f"onnxruntime threads per DNN call (default {d.dnn_threads})")
     p.add_argument("--host", default=d.host, help=f"address to bind (default {d.host})")
     p.add_argument(
         "--port", type=int, default=d.port, help=f"TCP port; 0 picks a free one (default {d.port})"
@@ -59,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-draft", type=int, default=d.max_draft_tokens, help="tokens per round")
     g.add_argument("--max-prompt", type=int, default=d.max_prompt_tokens, help="prompt tokens")
     g.add_argument("--max-frame-bytes", type=int, default=d.max_frame_bytes)
+    g.add_argument("--max-packet-bytes", type=int, default=d.max_packet_bytes,
+                   help="DNN feature packet or raw-input slice")
     g.add_argument("--idle-timeout", type=float, default=d.idle_timeout_s, help="seconds")
     p.add_argument(
         "--emulate-delay-ms",
@@ -81,6 +90,10 @@ def read_token(path: Path) -> str:
 def config_from_args(args: argparse.Namespace) -> EdgeConfig:
     return EdgeConfig(
         model_path=args.model,
+        dnn_dir=args.dnn,
+        dnn_workers=args.dnn_workers,
+        dnn_threads=args.dnn_threads,
+        max_packet_bytes=args.max_packet_bytes,
         host=args.host,
         port=args.port,
         advertise=not args.no_advertise,
@@ -136,7 +149,7 @@ async def serve(config: EdgeConfig) -> None:
                 caps=state.capabilities,
                 models=state.model_ids,
                 vocab_hash=state.vocab_hash,
-                sessions=len(state.sessions),
+                sessions=state.open_sessions,
                 capacity=config.max_sessions,
                 auth=config.token is not None,
                 fingerprint=fingerprint,
@@ -168,12 +181,20 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
-    if args.model is None:
-        print("edge-server: --model TARGET.gguf is required", file=sys.stderr)
+    if args.model is None and args.dnn is None:
+        print("edge-server: give --model TARGET.gguf, --dnn DIR, or both", file=sys.stderr)
         return 2
-    if not args.model.is_file():
+    if args.model is not None and not args.model.is_file():
         print(f"edge-server: model file not found: {args.model}", file=sys.stderr)
         return 2
+    if args.dnn is not None:
+        from ondevice.dnn_profile import DnnProfileError, load_dnn
+
+        try:
+            load_dnn(args.dnn)
+        except DnnProfileError as exc:
+            print(f"edge-server: {exc}", file=sys.stderr)
+            return 2
     if (args.tls_cert is None) != (args.tls_key is None):
         print("edge-server: --tls-cert and --tls-key go together", file=sys.stderr)
         return 2
@@ -182,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(serve(config))
     except KeyboardInterrupt:
         pass
-    except (OSError, ValueError, ssl.SSLError, LlamaError) as exc:
+    except (OSError, ValueError, ImportError, ssl.SSLError, LlamaError) as exc:
         print(f"edge-server: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -11,6 +11,9 @@ class EdgeConfig:
     """What the edge serves and the limits it enforces where bytes are read."""
 
     model_path: Path | None = None
+    dnn_dir: Path | None = None  # a `model-export dnn split` directory: serve its tails
+    dnn_workers: int = 1  # threads running DNN tails (each an onnxruntime call at a time)
+    dnn_threads: int = 1  # onnxruntime intra-op threads per DNN call
     host: str = "0.0.0.0"  # real deployments listen on all interfaces; tests pass 127.0.0.1
     port: int = 8470
     n_ctx: int = 4096  # tokens per session context
@@ -28,5 +31,6 @@ class EdgeConfig:
     max_top_k: int = 256  # draft distribution entries per drafted position
     max_prompt_tokens: int = 3072
     max_frame_bytes: int = 1 << 20  # 1 MiB per WebSocket frame / HTTP body
+    max_packet_bytes: int = 1 << 16  # feature packet or raw-input slice; larger: bad-packet
     idle_timeout_s: float = 300.0  # a session with no frame for this long is closed
     heartbeat_s: float = 30.0  # WebSocket ping interval

@@ -149,6 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_discover(sub)
     _add_meter(sub)
     _add_demo(sub)
+    from ondevice._classify_cli import add_classify_parser
+
+    add_classify_parser(sub)
     from ondevice.bench._cli import add_bench_parser
 
     add_bench_parser(sub)
@@ -333,6 +336,10 @@ def main(argv: list[str] | None = None) -> int:
         return _run_meter(args)
     if args.command == "demo":
         return _run_demo(args)
+    if args.command == "classify":
+        from ondevice._classify_cli import run_classify_cmd
+
+        return run_classify_cmd(args)
     if args.command == "bench":
         from ondevice.bench._cli import run_bench
 

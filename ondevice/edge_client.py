@@ -156,6 +156,8 @@ class EdgeClient:
     async def _request(self, msg: wire.Message, expect: type) -> wire.Message:
         await self._send(msg)
         reply = await self._receive()
+        while isinstance(reply, wire.Result) and expect is not wire.Result:
+            reply = await self._receive()  # late answers of a DNN task already closed
         if not isinstance(reply, expect):
             raise wire.EdgeError("bad-frame", f"expected {expect.__name__}, got {reply!r}")
         return reply
@@ -209,3 +211,39 @@ class EdgeClient:
             yield reply
             if reply.done:
                 return
+
+    # -- split inference (ENACHI): one DNN session per task ---------------------------------
+
+    async def async_dnn_open(self, msg: wire.DnnOpen) -> wire.DnnOpened:
+        """Open a task; the edge answers with this device's bandwidth share."""
+        opened = await self._request(msg, wire.DnnOpened)
+        assert isinstance(opened, wire.DnnOpened)
+        self.session_id = opened.session
+        return opened
+
+    async def async_feature(self, packet: bytes, *, evaluate: bool) -> int:
+        """Send one feature packet of the open task (no wait); returns the frame's size."""
+        assert self.session_id is not None, "async_dnn_open first"
+        frame = wire.Feature(self.session_id, packet, evaluate)
+        await self._send(frame)
+        return len(wire.encode(frame))
+
+    async def async_input(self, offset: int, data: bytes) -> None:
+        """Send a slice of the raw input of the open (split 0) task (no wait)."""
+        assert self.session_id is not None, "async_dnn_open first"
+        await self._send(wire.Input(self.session_id, offset, data))
+
+    async def async_result(self) -> wire.Result:
+        """The next ``result`` frame of the open task (late ones of closed tasks skipped)."""
+        while True:
+            reply = await self._receive()
+            if not isinstance(reply, wire.Result):
+                raise wire.EdgeError("bad-frame", f"expected Result, got {type(reply).__name__}")
+            if reply.session == self.session_id:
+                return reply
+
+    async def async_dnn_close(self) -> None:
+        """End the open task (no reply)."""
+        if self.session_id is not None:
+            sid, self.session_id = self.session_id, None
+            await self._send(wire.Close(sid))

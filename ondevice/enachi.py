@@ -17,6 +17,7 @@ Units: seconds, joules, watts, hertz, bits. V is joules per unit of accuracy.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -65,8 +66,12 @@ class PowerTracker:
     z_gain: float = 0.05  # price step per slot, relative to Z_0, per unit relative deviation
     z: float = 0.0
     z0: float = 0.0
+    start_price: float | None = None  # Z_0 (e.g. `tracking_price`); None: p_ref at mean gain
 
     def __post_init__(self) -> None:
+        if self.start_price is not None:
+            self.z = self.z0 = self.start_price
+            return
         # Start at the price that spends p_ref at the mean gain. The additive update then has
         # its fixed point where the mean of p_t equals p_ref (a multiplicative one would not).
         self.z = self.z0 = price_for_power(
@@ -93,6 +98,7 @@ class SplitOption:
     tail_s: float  # edge compute
     fractions: tuple[float, ...]  # accuracy curve: fraction of channels received ...
     accuracy: tuple[float, ...]  # ... and top-1 accuracy there (non-decreasing)
+    progressive: bool = True  # False: the edge can answer only once all bytes are in (raw input)
 
     def accuracy_at(self, fraction: float) -> float:
         return float(np.interp(min(max(fraction, 0.0), 1.0), self.fractions, self.accuracy))
@@ -107,6 +113,66 @@ class Link:
     mean_gain: float
     p_max_w: float
     rtt_s: float = 0.005
+    # Fading: gain / mean_gain at equally likely points (`rayleigh_points`); predictions
+    # average over them, one block per task. Empty: the mean gain only.
+    fading: tuple[float, ...] = ()
+    circuit_w: float = 0.0  # radio electronics power while sending, beyond the radiated p
+
+
+def rayleigh_points(n: int = 16) -> tuple[float, ...]:
+    """n equally likely values of |h|^2 / E|h|^2 under Rayleigh fading (Exp(1) quantiles at
+    the midpoints (i + 1/2) / n)."""
+    u = (np.arange(n) + 0.5) / n  # [n]
+    return tuple(float(x) for x in -np.log1p(-u))
+
+
+def tracking_price(p_ref_w: float, share: float, link: Link) -> float:
+    """The starting price Z_0 of the tracking loop for reference ``p_ref_w``.
+
+    Without fading points: `price_for_power` at the mean gain. With them: the Z at which the
+    mean over the points of the clipped water-filling power equals p_ref (bisection on log Z;
+    the clip at p_max otherwise pulls the mean below p_ref). 0 when p_ref >= p_max: every
+    slot at p_max, the only way to spend p_max on average.
+    """
+    if p_ref_w >= link.p_max_w:
+        return 0.0
+    if not link.fading:
+        return price_for_power(p_ref_w=p_ref_w, share=share, bandwidth_hz=link.bandwidth_hz,
+                               gain=link.mean_gain, noise_w_per_hz=link.noise_w_per_hz)
+    return _faded_price(p_ref_w, share, link.bandwidth_hz, link.noise_w_per_hz, link.mean_gain,
+                        link.p_max_w, link.fading)
+
+
+@functools.lru_cache(maxsize=4096)  # the outer loop asks for the same few prices every task
+def _faded_price(p_ref_w: float, share: float, bandwidth_hz: float, noise_w_per_hz: float,
+                 mean_gain: float, p_max_w: float, fading: tuple[float, ...]) -> float:
+    z_mean = price_for_power(p_ref_w=p_ref_w, share=share, bandwidth_hz=bandwidth_hz,
+                             gain=mean_gain, noise_w_per_hz=noise_w_per_hz)
+    bw = share * bandwidth_hz
+    floor = noise_w_per_hz * bw / (mean_gain * np.asarray(fading))  # [n]
+
+    def mean_power(z: float) -> float:  # the water-filling rule of `slot_power_w`, [n] at once
+        return float(np.clip(bw / (z * LN2) - floor, 0.0, p_max_w).mean())
+
+    lo, hi = math.log(z_mean) - 12.0, math.log(z_mean) + 12.0  # mean power falls as Z rises
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        if mean_power(math.exp(mid)) > p_ref_w:
+            lo = mid
+        else:
+            hi = mid
+    return math.exp(0.5 * (lo + hi))
+
+
+def slot_power_at(p_ref_w: float, share: float, link: Link, gain: float, *,
+                  tracking: bool) -> float:
+    """The power a slot of gain ``gain`` gets: the water-filling rule at the tracking loop's
+    starting price (`tracking_price`), or p_ref itself."""
+    if not tracking or p_ref_w <= 0.0:
+        return p_ref_w
+    z0 = tracking_price(p_ref_w, share, link)
+    return slot_power_w(z=z0, share=share, bandwidth_hz=link.bandwidth_hz, gain=gain,
+                        noise_w_per_hz=link.noise_w_per_hz, p_max_w=link.p_max_w)
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,42 +186,91 @@ class Choice:
 
 
 def predict(option: SplitOption, link: Link, share: float, p_ref_w: float,
-            deadline_s: float) -> tuple[float, float, float]:
+            deadline_s: float, *, progressive: bool = True,
+            tracking: bool = False) -> tuple[float, float, float]:
     """(accuracy, device energy J, time s) of a task at split ``option`` and power ``p_ref_w``:
-    the feature streams at the mean Shannon rate until all is sent or the deadline leaves no
-    time for the tail; accuracy from the profile's curve at the fraction received."""
+    the feature streams at the Shannon rate until all is sent or the deadline leaves no time
+    for the tail; accuracy from the profile's curve at the fraction received.
+
+    Without ``progressive`` the edge answers only on the whole feature: a stream the deadline
+    cuts is worth nothing (accuracy 0) and still costs the energy spent up to the deadline.
+    With ``link.fading`` the three are means over the fading points (the gain held for the
+    task), the power per point from `slot_power_at` (``tracking``: water-filling around p_ref,
+    which falls silent in deep fades; else p_ref), so outages of the deadline count.
+    """
+    acc, e, t = predict_grid(option, link, share, (p_ref_w,), deadline_s,
+                             progressive=progressive, tracking=tracking)
+    return float(acc[0]), float(e[0]), float(t[0])
+
+
+def predict_grid(option: SplitOption, link: Link, share: float, powers_w: Sequence[float],
+                 deadline_s: float, *, progressive: bool = True, tracking: bool = False
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`predict` for every reference power of ``powers_w`` at once: (accuracy [m], energy J
+    [m], time s [m]), one numpy pass over the [powers, fading points] grid."""
+    m = len(powers_w)
     if option.feature_bytes == 0:  # device-only: the whole model ran as the head
-        return option.accuracy_at(1.0), option.head_j, option.head_s
-    rate = shannon_rate_bps(share, link.bandwidth_hz, p_ref_w, link.mean_gain,
-                            link.noise_w_per_hz)
+        return (np.full(m, option.accuracy_at(1.0)), np.full(m, option.head_j),
+                np.full(m, option.head_s))
     window = deadline_s - option.head_s - option.tail_s - link.rtt_s
-    if rate <= 0.0 or window <= 0.0:
-        return 0.0, option.head_j, option.head_s
-    need_s = 8.0 * option.feature_bytes / rate
-    tx_s = min(need_s, window)
-    fraction = tx_s / need_s
-    time_s = option.head_s + tx_s + link.rtt_s + option.tail_s
-    return option.accuracy_at(fraction), option.head_j + p_ref_w * tx_s, time_s
+    if window <= 0.0:
+        return np.zeros(m), np.full(m, option.head_j), np.full(m, option.head_s)
+    x = np.asarray(link.fading or (1.0,), dtype=float)[None, :]  # [1, n] gain / mean gain
+    gain = link.mean_gain * x  # [1, n]
+    bw = share * link.bandwidth_hz
+    p_ref = np.asarray(powers_w, dtype=float)[:, None]  # [m, 1]
+    if tracking and link.fading:
+        z0 = np.array([[tracking_price(float(q), share, link) if q > 0 else -1.0]
+                       for q in powers_w])  # [m, 1]; 0: always p_max, -1: p_ref = 0
+        with np.errstate(divide="ignore"):
+            wf = np.clip(bw / (np.where(z0 > 0, z0, 1.0) * LN2)
+                         - link.noise_w_per_hz * bw / gain, 0.0, link.p_max_w)  # [m, n]
+        p = np.where(z0 > 0, wf, np.where(z0 == 0, link.p_max_w, 0.0))
+    else:
+        p = np.broadcast_to(p_ref, (m, x.shape[1]))  # [m, n]
+    if bw <= 0.0:
+        rate = np.zeros_like(p)
+    else:
+        rate = bw * np.log2(1.0 + p * gain / (link.noise_w_per_hz * bw))  # [m, n] bit/s
+    silent = rate <= 0.0  # no power in this fade: nothing goes out in the window
+    need_s = np.where(silent, np.inf, 8.0 * option.feature_bytes / np.where(silent, 1.0, rate))
+    tx_s = np.where(silent, 0.0, np.minimum(need_s, window))  # [m, n]
+    fraction = np.where(silent, 0.0, tx_s / need_s)
+    time_s = np.where(silent, option.head_s + window,
+                      option.head_s + tx_s + link.rtt_s + option.tail_s)
+    if progressive and option.progressive:
+        acc = np.interp(fraction, option.fractions, option.accuracy)
+    else:
+        acc = np.where(need_s <= window, option.accuracy_at(1.0), 0.0)
+    energy = option.head_j + (p + link.circuit_w) * tx_s
+    return acc.mean(axis=1), energy.mean(axis=1), time_s.mean(axis=1)
 
 
 def choose_task(options: Sequence[SplitOption], link: Link, share: float, *, q_j: float,
-                v: float, deadline_s: float, powers_w: Sequence[float]) -> Choice:
+                v: float, deadline_s: float, powers_w: Sequence[float],
+                progressive: bool = True, tracking: bool = False) -> Choice:
     """Outer loop: the (split, p_ref) maximizing V * Acc - Q * E among those within the deadline.
 
     ``powers_w`` is the grid of reference powers to consider (e.g. 8 levels up to p_max).
+    Ties (equal objective within 1e-12, e.g. with an empty queue) go to the lower energy.
     """
     best: Choice | None = None
     for opt in options:
-        for p in (powers_w if opt.feature_bytes else (0.0,)):
-            acc, e, t = predict(opt, link, share, p, deadline_s)
+        grid = tuple(powers_w) if opt.feature_bytes else (0.0,)
+        accs, es, ts = predict_grid(opt, link, share, grid, deadline_s,
+                                    progressive=progressive, tracking=tracking)
+        for p, acc, e, t in zip(grid, accs.tolist(), es.tolist(), ts.tolist(), strict=True):
             if t > deadline_s + 1e-9:
                 continue
             obj = v * acc - q_j * e
-            if best is None or obj > best.objective + 1e-12:
+            if best is None or obj > best.objective + 1e-12 or (
+                obj > best.objective - 1e-12 and e < best.predicted_energy_j
+            ):
                 best = Choice(opt, p, acc, e, t, obj)
     if best is None:  # nothing fits the deadline: the cheapest option, flagged by its time
         opt = min(options, key=lambda o: o.head_s)
-        acc, e, t = predict(opt, link, share, powers_w[-1], deadline_s)
+        acc, e, t = predict(opt, link, share, powers_w[-1], deadline_s, progressive=progressive,
+                            tracking=tracking)
         best = Choice(opt, powers_w[-1], acc, e, t, v * acc - q_j * e)
     return best
 
@@ -196,3 +311,29 @@ def entropy_threshold(fractions: Sequence[float], accuracy: Sequence[float],
     acc = np.asarray(accuracy, dtype=float)
     ok = np.flatnonzero(acc >= acc[-1] - tolerance)
     return float(np.asarray(entropies, dtype=float)[ok[0]])
+
+
+def pooled_entropy_threshold(entropies: Sequence[float], accuracy: Sequence[float],
+                             target: float) -> float:
+    """The largest entropy (nats) whose pooled accuracy, over predictions at or under it at
+    every fraction received, is at least ``target``; 0 (never stop) when none is.
+
+    ``entropies`` ascending with ``accuracy`` the accuracy of all predictions at or under each
+    (the profile's ``entropy_table``): it counts the confident early mistakes a curve of mean
+    entropies hides.
+    """
+    ok = [float(e) for e, a in zip(entropies, accuracy, strict=True) if a >= target]
+    return max(ok) if ok else 0.0
+
+
+def min_stop_fraction(fractions: Sequence[float], entropies: Sequence[float]) -> float:
+    """The earliest fraction at which an entropy stop may fire: where the profile's mean
+    tail entropy peaks.
+
+    With few channels received the rest sit at their calibration mean, and the tail answers
+    that average feature, often confidently and wrongly (docs/export-dnn.md, "Caution"). Mean
+    entropy then rises as real channels arrive and disagree with it, peaks, and falls as the
+    evidence accumulates; only on the falling side does a low entropy speak of the image.
+    """
+    ent = np.asarray(entropies, dtype=float)  # [n]
+    return float(np.asarray(fractions, dtype=float)[int(np.argmax(ent))])

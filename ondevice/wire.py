@@ -25,9 +25,33 @@ type ``t``     direction  keys (wire type, unit)
 ``tokens``     edge->dev  ``ids`` (bin int32[m]); ``done`` (bool); ``verify_ms`` (float, ms)
 ``close``      dev->edge  ``session`` (str)
 ``error``      edge->dev  ``code`` (str, one of ``ERROR_CODES``); ``message`` (str)
+``dnn_open``   dev->edge  one split-inference task. ``v`` protocol version (int); ``model`` DNN
+                          model id (str); ``split`` split index (int, 0 = the raw input, the
+                          whole model on the edge); ``codec`` the split's codec fingerprint (str);
+                          ``device`` device id (str); ``queue`` the device's energy queue Q
+                          (float, J); ``bits`` bits it means to send (int); ``eff`` its spectral
+                          efficiency at the full band (float, bit/s/Hz); ``deadline_ms`` (float,
+                          ms left; 0 = none)
+``dnn_opened`` edge->dev  ``session`` (str); ``share`` the device's bandwidth share (float, 0..1);
+                          ``users`` devices sharing the edge now (int); ``tail_ms`` mean tail
+                          run time of this split (float, ms)
+``feature``    dev->edge  ``session`` (str); ``packet`` one ``ondevice.feature_codec`` packet
+                          (bin); ``eval`` run the tail once this packet is in (bool)
+``input``      dev->edge  ``session`` (str); ``offset`` (int, bytes); ``data`` a slice of the raw
+                          uint8 input [C, H, W] (bin); the model runs once all bytes are in
+``result``     edge->dev  ``session`` (str); ``seq`` packets received when the tail ran (int);
+                          ``top1`` class (int); ``conf`` its probability (float); ``entropy``
+                          (float, nats); ``channels`` channels complete (int); ``tail_ms``
+                          (float, ms); ``edge_ms`` time from frame in to frame out (float, ms)
 =============  =========  ==========================================================================
 
 At temperature 0 the device sends ``k = 1`` and probability 1.0 for its argmax token.
+
+A DNN session lives for one task: ``dnn_open``, then ``feature`` (or ``input``) frames, each
+answered by a ``result`` when it asks for an evaluation (the last packet always does), then
+``close``. The device may send packets without waiting for results (they come back in order);
+results of a task it already closed may still arrive and carry that task's ``session``. A
+``feature`` frame with an empty ``packet`` only asks for an evaluation of what is in.
 """
 
 from __future__ import annotations
@@ -57,6 +81,9 @@ ERROR_CODES = frozenset(
         "tls-fingerprint",  # device side: the edge's certificate is not the pinned one
         "idle",  # the session sent nothing for the idle timeout and is closed
         "internal",  # a bug on the edge; the session is closed, the server goes on
+        "unknown-model",  # a DNN model or split this edge does not serve
+        "codec-mismatch",  # the device's feature codec (shape, order, scales) differs
+        "bad-packet",  # a feature packet or input slice that does not fit the split
     }
 )
 
@@ -141,7 +168,57 @@ class Error:
     message: str = field(default="")
 
 
-Message = Open | Opened | Round | Verdict | Generate | Tokens | Close | Error
+@dataclass(slots=True)
+class DnnOpen:
+    model: str
+    split: int  # 0 = raw input, the whole model on the edge
+    codec: str  # ondevice.dnn_profile.codec_fingerprint of the split ("" for split 0)
+    device: str
+    queue_j: float
+    bits: int
+    spectral_eff: float  # bit/s/Hz at the full band
+    deadline_ms: float
+    version: int = PROTOCOL_VERSION
+
+
+@dataclass(slots=True)
+class DnnOpened:
+    session: str
+    share: float
+    users: int
+    tail_ms: float
+
+
+@dataclass(slots=True)
+class Feature:
+    session: str
+    packet: bytes
+    evaluate: bool
+
+
+@dataclass(slots=True)
+class Input:
+    session: str
+    offset: int
+    data: bytes
+
+
+@dataclass(slots=True)
+class Result:
+    session: str
+    seq: int
+    top1: int
+    confidence: float
+    entropy: float
+    channels: int
+    tail_ms: float
+    edge_ms: float
+
+
+Message = (
+    Open | Opened | Round | Verdict | Generate | Tokens | Close | Error
+    | DnnOpen | DnnOpened | Feature | Input | Result
+)
 
 
 def _arr(a: np.ndarray, dtype: np.dtype) -> bytes:
@@ -201,9 +278,32 @@ def encode(msg: Message) -> bytes:
         body = {"t": "close", "session": msg.session}
     elif isinstance(msg, Error):
         body = {"t": "error", "code": msg.code, "message": msg.message}
-    else:  # pragma: no cover - the union above is closed
-        raise TypeError(f"not a wire message: {type(msg).__name__}")
+    else:
+        body = _encode_dnn(msg)
     return msgpack.packb(body, use_bin_type=True)
+
+
+def _encode_dnn(msg: Message) -> dict[str, Any]:
+    if isinstance(msg, Feature):
+        return {"t": "feature", "session": msg.session, "packet": bytes(msg.packet),
+                "eval": bool(msg.evaluate)}
+    if isinstance(msg, Result):
+        return {"t": "result", "session": msg.session, "seq": msg.seq, "top1": msg.top1,
+                "conf": float(msg.confidence),
+                "entropy": float(msg.entropy), "channels": msg.channels,
+                "tail_ms": float(msg.tail_ms), "edge_ms": float(msg.edge_ms)}
+    if isinstance(msg, DnnOpen):
+        return {"t": "dnn_open", "v": msg.version, "model": msg.model, "split": msg.split,
+                "codec": msg.codec, "device": msg.device, "queue": float(msg.queue_j),
+                "bits": int(msg.bits), "eff": float(msg.spectral_eff),
+                "deadline_ms": float(msg.deadline_ms)}
+    if isinstance(msg, DnnOpened):
+        return {"t": "dnn_opened", "session": msg.session, "share": float(msg.share),
+                "users": msg.users, "tail_ms": float(msg.tail_ms)}
+    if isinstance(msg, Input):
+        return {"t": "input", "session": msg.session, "offset": msg.offset,
+                "data": bytes(msg.data)}
+    raise TypeError(f"not a wire message: {type(msg).__name__}")  # pragma: no cover
 
 
 def _get(body: dict, key: str, typ: type | tuple[type, ...]) -> Any:
@@ -297,4 +397,29 @@ def decode(frame: bytes) -> Message:
         return Close(session=_get(body, "session", str))
     if kind == "error":
         return Error(code=_get(body, "code", str), message=_get(body, "message", str))
+    return _decode_dnn(kind, body)
+
+
+def _decode_dnn(kind: Any, body: dict) -> Message:
+    if kind == "feature":
+        return Feature(session=_get(body, "session", str), packet=_get(body, "packet", bytes),
+                       evaluate=_get(body, "eval", bool))
+    if kind == "result":
+        return Result(session=_get(body, "session", str), seq=_get(body, "seq", int),
+                      top1=_get(body, "top1", int),
+                      confidence=_get(body, "conf", float), entropy=_get(body, "entropy", float),
+                      channels=_get(body, "channels", int), tail_ms=_get(body, "tail_ms", float),
+                      edge_ms=_get(body, "edge_ms", float))
+    if kind == "dnn_open":
+        return DnnOpen(version=_get(body, "v", int), model=_get(body, "model", str),
+                       split=_get(body, "split", int), codec=_get(body, "codec", str),
+                       device=_get(body, "device", str), queue_j=_get(body, "queue", float),
+                       bits=_get(body, "bits", int), spectral_eff=_get(body, "eff", float),
+                       deadline_ms=_get(body, "deadline_ms", float))
+    if kind == "dnn_opened":
+        return DnnOpened(session=_get(body, "session", str), share=_get(body, "share", float),
+                         users=_get(body, "users", int), tail_ms=_get(body, "tail_ms", float))
+    if kind == "input":
+        return Input(session=_get(body, "session", str), offset=_get(body, "offset", int),
+                     data=_get(body, "data", bytes))
     raise WireError("bad-frame", f"unknown frame type {kind!r}")

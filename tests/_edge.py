@@ -41,7 +41,7 @@ class EdgeProc:
 
 @contextlib.contextmanager
 def edge_server(
-    model: Path,
+    model: Path | None,
     *args: str,
     advertise: bool = False,
     host: str = "127.0.0.1",
@@ -50,13 +50,16 @@ def edge_server(
 ) -> Iterator[EdgeProc]:
     """Run ``edge-server --model MODEL`` on ``host`` with a free port; yield it; stop it.
 
+    ``model`` None runs it without ``--model`` (give ``--dnn DIR`` in ``args``).
+
     With ``advertise`` it announces itself over zeroconf on ``host``'s interface only.
     ``prefix`` runs it inside something, e.g. ``("ip", "netns", "exec", NS)``.
     """
     fd, log_name = tempfile.mkstemp(prefix="edge-server-", suffix=".log")
     log_file = os.fdopen(fd, "w")
     cmd = [
-        *prefix, sys.executable, "-m", "edge_server.cli", "--model", str(model),
+        *prefix, sys.executable, "-m", "edge_server.cli",
+        *(["--model", str(model)] if model is not None else []),
         "--host", host, "--port", "0",
         *(["--interface", host] if advertise else ["--no-advertise"]), *args,
     ]

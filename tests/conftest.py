@@ -17,3 +17,11 @@ def fixture_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path
     from export import write_fixtures
 
     return write_fixtures(tmp_path_factory.mktemp("fixture_models"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def digits_dnn() -> Path:
+    """A digits-cnn split directory (splits 1..3, seed 0), cached between runs (tests/_dnn.py)."""
+    from _dnn import digits_split_dir
+
+    return digits_split_dir()

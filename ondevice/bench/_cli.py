@@ -44,11 +44,17 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
                        description="Benchmarks that compare the controllers with baselines.")
     bsub = p.add_subparsers(dest="bench", required=True, metavar="BENCHMARK")
     _add_gelato(bsub)
+    from ondevice.bench.enachi import add_enachi_parser
+
+    add_enachi_parser(bsub)
 
 
 def run_bench(args: argparse.Namespace) -> int:
     """Run the ``bench`` subcommand ``args`` names."""
-    runners: dict[str, Callable[[argparse.Namespace], int]] = {"gelato": _run_gelato}
+    from ondevice.bench.enachi import run_enachi
+
+    runners: dict[str, Callable[[argparse.Namespace], int]] = {"gelato": _run_gelato,
+                                                               "enachi": run_enachi}
     return runners[args.bench](args)
 
 

@@ -115,3 +115,79 @@ def test_entropy_threshold_from_profile_curve() -> None:
     ent = [2.0, 1.2, 0.5, 0.3, 0.25]
     assert entropy_threshold(fr, acc, ent, tolerance=0.01) == 0.3
     assert entropy_threshold(fr, acc, ent, tolerance=0.05) == 0.5
+
+
+# -- extensions for the device loop: fading, all-or-nothing, ties, circuit power, stop rules --
+
+def test_rayleigh_points_are_exponential_quantiles() -> None:
+    from ondevice.enachi import rayleigh_points
+
+    pts = np.array(rayleigh_points(16))
+    u = (np.arange(16) + 0.5) / 16
+    assert np.allclose(1.0 - np.exp(-pts), u)  # Exp(1) CDF at the midpoints
+    assert pts.mean() == pytest.approx(1.0, abs=0.05)
+
+
+def test_slot_power_at_is_the_trackers_first_slot() -> None:
+    from ondevice.enachi import slot_power_at
+
+    for x in (0.05, 0.5, 1.0, 3.0):
+        tr = PowerTracker(p_ref_w=0.03, share=0.5, bandwidth_hz=W, noise_w_per_hz=N0,
+                          p_max_w=0.1, mean_gain=1e-13)
+        want = tr.step(1e-13 * x)
+        assert slot_power_at(0.03, 0.5, LINK, 1e-13 * x, tracking=True) == pytest.approx(want)
+    assert slot_power_at(0.03, 0.5, LINK, 1e-15, tracking=False) == 0.03
+    assert slot_power_at(0.03, 0.5, LINK, 1e-13, tracking=True) == pytest.approx(0.03)
+
+
+def test_predict_all_or_nothing_circuit_power_and_fading() -> None:
+    from dataclasses import replace
+
+    from ondevice.enachi import rayleigh_points
+
+    rate = shannon_rate_bps(0.5, W, 0.05, 1e-13, N0)
+    tx = 8 * 2000 / rate
+    cut = 0.010 + 0.005 + 0.002 + tx / 2  # half the stream fits
+    assert predict(OPTS[1], LINK, 0.5, 0.05, cut, progressive=False)[0] == 0.0
+    assert predict(OPTS[1], LINK, 0.5, 0.05, 1.0, progressive=False)[0] == pytest.approx(0.93)
+    raw = SplitOption("raw", 0.0, 0.0, 2000, 0.002, (0.0, 1.0), (0.0, 0.9), progressive=False)
+    assert predict(raw, LINK, 0.5, 0.05, cut - 0.010)[0] == 0.0  # never partial
+    hot = replace(LINK, circuit_w=0.4)
+    assert predict(OPTS[1], hot, 0.5, 0.05, 1.0)[1] == pytest.approx(0.020 + 0.45 * tx)
+    # Fading: the mean over equally likely gains, each held for the task (naive reference).
+    faded = replace(LINK, fading=rayleigh_points(8))
+    acc, e, _ = predict(OPTS[1], faded, 0.5, 0.05, cut)
+    accs, es = [], []
+    for x in faded.fading:
+        r = shannon_rate_bps(0.5, W, 0.05, 1e-13 * x, N0)
+        need = 8 * 2000 / r
+        t = min(need, tx / 2)
+        accs.append(OPTS[1].accuracy_at(t / need))
+        es.append(0.020 + 0.05 * t)
+    assert acc == pytest.approx(np.mean(accs)) and e == pytest.approx(np.mean(es))
+    # Water-filling around a low p_ref falls silent in deep fades: outages cost accuracy.
+    low_track = predict(OPTS[1], faded, 0.5, 0.003, cut, tracking=True)[0]
+    low_const = predict(OPTS[1], faded, 0.5, 0.003, cut, tracking=False)[0]
+    assert low_track != low_const
+
+
+def test_choose_task_breaks_ties_by_energy() -> None:
+    powers = [0.01, 0.03, 0.1]
+    # With an empty queue every power that gets the whole feature through ties on accuracy:
+    # the cheapest of them wins, not the first listed.
+    c = choose_task(OPTS[:2], LINK, 0.5, q_j=0.0, v=1.0, deadline_s=10.0, powers_w=powers)
+    options = [(predict(o, LINK, 0.5, p, 10.0)[1], o.name, p) for o in OPTS[:2] for p in powers
+               if predict(o, LINK, 0.5, p, 10.0)[0] == pytest.approx(0.95)]
+    assert (c.option.name, c.p_ref_w) == min(options)[1:]
+
+
+def test_stop_rule_thresholds() -> None:
+    from ondevice.enachi import min_stop_fraction, pooled_entropy_threshold
+
+    fr = [0.0, 0.1, 0.25, 0.5, 0.75, 1.0]
+    ent = [0.1, 0.6, 0.9, 0.5, 0.2, 0.1]  # confident on the mean feature, then evidence
+    assert min_stop_fraction(fr, ent) == 0.25
+    table_e, table_a = [0.01, 0.1, 0.5, 1.0], [1.0, 0.99, 0.9, 0.7]
+    assert pooled_entropy_threshold(table_e, table_a, 0.95) == 0.1
+    assert pooled_entropy_threshold(table_e, table_a, 0.999) == 0.01
+    assert pooled_entropy_threshold(table_e, table_a, 1.01) == 0.0  # never stop
