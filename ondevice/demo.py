@@ -17,11 +17,11 @@ import asyncio
 import contextlib
 import json
 import os
-import signal
 import sys
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
+
+from ondevice.local_edge import edge_child
 
 DEFAULT_PROMPT = "The three most useful things to know about batteries are"
 DRAFT_TYPE = "q2_k"  # lowest-bit k-quant llama.cpp writes for Gemma's shapes
@@ -55,37 +55,10 @@ def gemma_draft(target: Path) -> Path:
     return out
 
 
-@contextlib.asynccontextmanager
-async def local_edge(model: Path, *, port: int = 0) -> AsyncIterator[str]:
-    """Run ``edge-server`` as a child on 127.0.0.1; yield its URL; stop it on exit."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "edge_server.cli", "--model", str(model),
-        "--host", "127.0.0.1", "--port", str(port), "--interface", LOOPBACK,
-        stdout=asyncio.subprocess.PIPE,
-        start_new_session=True,  # a Ctrl-C in the terminal reaches us; we stop the child
-    )
-    try:
-        assert proc.stdout is not None
-        url = None
-        deadline = time.monotonic() + 120
-        while url is None and time.monotonic() < deadline:
-            line = await asyncio.wait_for(proc.stdout.readline(), timeout=120)
-            if not line:
-                raise RuntimeError(f"edge-server exited with status {await proc.wait()}")
-            text = line.decode().strip()
-            if "listening on" in text:
-                url = text.rsplit(" ", 1)[-1]
-        if url is None:
-            raise RuntimeError("edge-server did not start within 120 s")
-        yield url
-    finally:
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), timeout=10)
-            except asyncio.TimeoutError:
-                proc.kill()
-                await proc.wait()
+def local_edge(model: Path, *, port: int = 0) -> contextlib.AbstractAsyncContextManager[str]:
+    """Run ``edge-server`` as a child on 127.0.0.1 (zeroconf on loopback only); yield its URL."""
+    return edge_child(["--model", str(model), "--host", "127.0.0.1", "--port", str(port),
+                       "--interface", LOOPBACK])
 
 
 async def run_demo(args: argparse.Namespace) -> int:

@@ -26,16 +26,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import signal
 import sys
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from ondevice._classify_run import ClassifyReport, ClassifyRequest, run_classify
 from ondevice.bench._enachi_report import Row, evaluate, format_table, write_json, write_png
+from ondevice.local_edge import edge_child
 
 EDGE_STARTUP_S = 60.0
 LOOPBACK = "127.0.0.1"
@@ -83,37 +82,14 @@ QUICK = {"deadlines_ms": (20.0, 60.0), "tasks": 8, "budget_tasks": 16, "users": 
          "user_tasks": 6}
 
 
-@contextlib.asynccontextmanager
-async def dnn_edge(dnn_dir: Path, *, workers: int = 2) -> AsyncIterator[str]:
+def dnn_edge(dnn_dir: Path, *, workers: int = 2) -> contextlib.AbstractAsyncContextManager[str]:
     """``edge-server --dnn DIR`` on 127.0.0.1 (no zeroconf); yields its URL."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "edge_server.cli", "--dnn", str(dnn_dir), "--host", LOOPBACK,
-        "--port", "0", "--no-advertise", "--dnn-workers", str(workers), "--max-sessions", "64",
-        "--max-sessions-per-client", "64", stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL, start_new_session=True)
-    try:
-        assert proc.stdout is not None
-        deadline = time.monotonic() + EDGE_STARTUP_S
-        url = None
-        while url is None:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise RuntimeError("edge-server did not start")
-            line = await asyncio.wait_for(proc.stdout.readline(), timeout=left)
-            if not line:
-                raise RuntimeError(f"edge-server exited with status {await proc.wait()}")
-            text = line.decode(errors="replace").strip()
-            if "listening on" in text:
-                url = text.rsplit(" ", 1)[-1]
-        yield url
-    finally:
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), timeout=15)
-            except asyncio.TimeoutError:
-                proc.kill()
-                await proc.wait()
+    return edge_child(
+        ["--dnn", str(dnn_dir), "--host", LOOPBACK, "--port", "0", "--no-advertise",
+         "--dnn-workers", str(workers), "--max-sessions", "64",
+         "--max-sessions-per-client", "64"],
+        quiet=True, startup_s=EDGE_STARTUP_S,
+    )
 
 
 def _row(model: str, part: str, label: str, rep: ClassifyReport, **extra: Any) -> Row:

@@ -18,10 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
-import sys
-import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +34,7 @@ from ondevice.bench._specs import (
 from ondevice.bench.report import BenchRow
 from ondevice.generate import METER_WAIT_S, EdgePlan, GenerateRequest, Generation
 from ondevice.llama_runtime import LlamaConfig, LlamaModel, LlamaRunner
+from ondevice.local_edge import edge_child
 from ondevice.policies import Policy
 
 EDGE_STARTUP_S = 120.0  # s for the edge to load its model and listen
@@ -95,43 +93,13 @@ def run_real_bench(rc: RealConfig, cfg: BenchConfig, *,
             os.sched_setaffinity(0, before)
 
 
-@contextlib.asynccontextmanager
-async def loopback_edge(rc: RealConfig, core: int | None) -> AsyncIterator[str]:
+def loopback_edge(rc: RealConfig, core: int | None) -> contextlib.AbstractAsyncContextManager[str]:
     """``edge-server`` for ``rc.target`` on 127.0.0.1, pinned to ``core``; yields its URL."""
-    args = ["--model", str(rc.target), "--host", LOOPBACK, "--port", "0", "--no-advertise",
-            "--threads", str(rc.edge_threads), "--n-ctx", str(rc.n_ctx)]
-    # Pin before the module runs, so every thread the edge starts inherits its core.
-    code = ("import os, runpy, sys; "
-            + (f"os.sched_setaffinity(0, {{{core}}}); " if core is not None else "")
-            + "sys.argv = ['edge-server'] + sys.argv[1:]; "
-            "runpy.run_module('edge_server.cli', run_name='__main__')")
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", code, *args, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL, start_new_session=True,
+    return edge_child(
+        ["--model", str(rc.target), "--host", LOOPBACK, "--port", "0", "--no-advertise",
+         "--threads", str(rc.edge_threads), "--n-ctx", str(rc.n_ctx)],
+        core=core, quiet=True, startup_s=EDGE_STARTUP_S,
     )
-    try:
-        assert proc.stdout is not None
-        deadline = time.monotonic() + EDGE_STARTUP_S
-        url = None
-        while url is None:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise RuntimeError(f"edge-server did not start within {EDGE_STARTUP_S:g} s")
-            line = await asyncio.wait_for(proc.stdout.readline(), timeout=left)
-            if not line:
-                raise RuntimeError(f"edge-server exited with status {await proc.wait()}")
-            text = line.decode(errors="replace").strip()
-            if "listening on" in text:
-                url = text.rsplit(" ", 1)[-1]
-        yield url
-    finally:
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), timeout=15)
-            except asyncio.TimeoutError:
-                proc.kill()
-                await proc.wait()
 
 
 @dataclass(slots=True)

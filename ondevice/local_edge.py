@@ -1,0 +1,60 @@
+"""Run an ``edge-server`` as a child process on this machine (the demo and the benchmarks).
+
+The child gets its own session, so a Ctrl-C in the terminal reaches only the parent, which
+stops the child with SIGTERM (the edge then unregisters from zeroconf and frees its models).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator, Sequence
+
+STARTUP_S = 120.0  # s: loading a large target can take this long on a slow disk
+STOP_S = 15.0  # s: SIGTERM, then SIGKILL after this long
+
+
+@contextlib.asynccontextmanager
+async def edge_child(
+    args: Sequence[str], *, core: int | None = None, quiet: bool = False,
+    startup_s: float = STARTUP_S,
+) -> AsyncIterator[str]:
+    """Start ``edge-server ARGS``; yield the URL it prints once listening; stop it on exit.
+
+    ``core`` pins the child (and every thread it starts) to one CPU; ``quiet`` drops its
+    stderr. Raises RuntimeError if it exits or stays silent past ``startup_s``.
+    """
+    code = ("import os, runpy, sys; "
+            + (f"os.sched_setaffinity(0, {{{core}}}); " if core is not None else "")
+            + "sys.argv = ['edge-server'] + sys.argv[1:]; "
+            "runpy.run_module('edge_server.cli', run_name='__main__')")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", code, *args, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL if quiet else None, start_new_session=True,
+    )
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + startup_s
+        url = None
+        while url is None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise RuntimeError(f"edge-server did not start within {startup_s:g} s")
+            line = await asyncio.wait_for(proc.stdout.readline(), timeout=left)
+            if not line:
+                raise RuntimeError(f"edge-server exited with status {await proc.wait()}")
+            text = line.decode(errors="replace").strip()
+            if "listening on" in text:
+                url = text.rsplit(" ", 1)[-1]
+        yield url
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), timeout=STOP_S)
+            except asyncio.TimeoutError:
+                proc.kill()
+                await proc.wait()
