@@ -252,6 +252,8 @@ class Generation:
             else:
                 if not self._browser.names:  # a fresh browser: let the edges answer
                     await asyncio.sleep(plan.browse_s)
+                if not self._browser.names:  # a loaded host answers late: one more window
+                    await self._browser.async_wait_change(plan.browse_s)
                 targets = await self._discover()
                 if not targets:
                     self._degrade_start("no compatible edge found by discovery")

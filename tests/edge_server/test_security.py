@@ -125,7 +125,8 @@ async def test_tls_pinning(fixture_models: tuple[Path, Path], tmp_path: Path) ->
         assert not ok.degraded and ok.edge == e.url
         found = await generate(str(draft), GenerateRequest(prompt="tls", max_tokens=6),
                                FixedPolicy(3),
-                               plan=EdgePlan(discover=True, interfaces=("127.0.0.1",)),
+                               plan=EdgePlan(discover=True, interfaces=("127.0.0.1",),
+                                             browse_s=3.0),
                                llama_config=SMALL)
         assert not found.degraded and found.edge == e.url
         done = _generate_cli(draft, e.url, "--edge-fingerprint",

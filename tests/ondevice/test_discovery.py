@@ -114,7 +114,7 @@ async def test_device_picks_compatible_least_loaded_edge(
             # The full pipeline: no --edge, discovery on loopback.
             report = await generate(
                 str(fixture_models[1]), GenerateRequest(prompt="pick me", max_tokens=12),
-                FixedPolicy(3), plan=EdgePlan(discover=True, interfaces=(LO,)),
+                FixedPolicy(3), plan=EdgePlan(discover=True, interfaces=(LO,), browse_s=3.0),
                 llama_config=SMALL,
             )
             await ws.close()
