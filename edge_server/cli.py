@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         config = config_from_args(args)
         asyncio.run(serve(config))
     except KeyboardInterrupt:
-        pass
+        return 0  # a second Ctrl-C during shutdown
     except (OSError, ValueError, ImportError, ssl.SSLError, LlamaError) as exc:
         print(f"edge-server: {exc}", file=sys.stderr)
         return 1

@@ -8,6 +8,7 @@ draft alone; an ``error`` frame from the edge surfaces as ``wire.EdgeError``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 
 import aiohttp
@@ -108,17 +109,16 @@ class EdgeClient:
         ws, http = self._ws, self._http
         self._ws, self._http = None, None
         if ws is not None and not ws.closed:
+            # A dead edge cannot be told goodbye: closing must never raise.
             if self.session_id is not None:
-                try:
+                with contextlib.suppress(
+                    aiohttp.ClientError, OSError, asyncio.TimeoutError, RuntimeError
+                ):
                     await asyncio.wait_for(
                         ws.send_bytes(wire.encode(wire.Close(self.session_id))), 1.0
                     )
-                except (aiohttp.ClientError, OSError, asyncio.TimeoutError, RuntimeError):
-                    pass
-            try:
+            with contextlib.suppress(aiohttp.ClientError, OSError, asyncio.TimeoutError):
                 await asyncio.wait_for(ws.close(), 2.0)
-            except (aiohttp.ClientError, OSError, asyncio.TimeoutError):
-                pass
         if http is not None:
             await http.close()
         self.session_id = None
