@@ -26,22 +26,14 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from export._argtypes import non_negative_int as _non_negative_int
+from export._argtypes import positive_int as _positive_int
 from export._errors import ExportError
 from export.dnn._cli import add_dnn
 
 PROG = "model-export"
 
 Handler = Callable[[argparse.Namespace], int]
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
 
 
 def _run_fixtures(args: argparse.Namespace) -> int:
@@ -164,13 +156,6 @@ def _add_llm(sub: argparse._SubParsersAction) -> None:
     _add_llm_check_pair(llm_sub)
     _add_llm_make_draft(llm_sub)
     _add_llm_rank_drafts(llm_sub)
-
-
-def _positive_int(text: str) -> int:
-    value = _non_negative_int(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError("must be >= 1, got 0")
-    return value
 
 
 def _run_llm_check_pair(args: argparse.Namespace) -> int:

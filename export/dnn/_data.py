@@ -15,6 +15,7 @@ the model's input with the profile's ``(raw - mean) / std`` per channel.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,15 +78,14 @@ def natural_images() -> list[tuple[str, np.ndarray]]:
     from PIL import Image
 
     photos: list[tuple[str, np.ndarray]] = []
-    try:
+    # Either package may be absent: each adds what it ships; the check below covers neither.
+    with contextlib.suppress(ImportError):
         from sklearn.datasets import load_sample_images
 
         sample = load_sample_images()
         for filename, image in zip(sample.filenames, sample.images, strict=True):
             photos.append((f"sklearn:{Path(filename).stem}", image))
-    except ImportError:
-        pass
-    try:
+    with contextlib.suppress(ImportError):
         import skimage.data
 
         for name in SKIMAGE_PHOTOS:
@@ -94,8 +94,6 @@ def natural_images() -> list[tuple[str, np.ndarray]]:
             except (AttributeError, ModuleNotFoundError, OSError, ValueError):
                 continue  # not bundled in this scikit-image version
             photos.append((f"skimage:{name}", image[..., :3]))
-    except ImportError:
-        pass
     if not photos:
         raise ExportError(
             "no sample photographs found: install scikit-learn and scikit-image "
