@@ -141,7 +141,8 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ondevice",
-        description="coinfer device client: speculative decoding with an edge, power meters.",
+        description="coinfer device client: speculative decoding (GELATO) and split DNN "
+        "inference (ENACHI) with an edge, on measured energy.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
