@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from export._errors import ExportError
+from export._quantize import check_gguf_file
 
 _LIST_KEYS = (
     "tokenizer.ggml.tokens",
@@ -125,26 +126,12 @@ class PairReport:
         return "\n".join(lines)
 
 
-def _check_file(path: Path) -> None:
-    if not path.exists():
-        raise ExportError(f"input model file {path} does not exist")
-    if not path.is_file():
-        raise ExportError(f"input model path {path} is not a regular file")
-    try:
-        with path.open("rb") as fh:
-            magic = fh.read(4)
-    except OSError as e:
-        raise ExportError(f"cannot read {path}: {e.strerror or e}") from e
-    if magic != b"GGUF":
-        raise ExportError(f"{path} is not a GGUF file (starts with {magic!r}, expected b'GGUF')")
-
-
 def open_reader(path: Path) -> Any:
     """A gguf.GGUFReader over `path`; ExportError for a missing, non-GGUF or corrupt file."""
     import gguf
 
     path = Path(path)
-    _check_file(path)
+    check_gguf_file(path)
     try:
         return gguf.GGUFReader(str(path))
     except (ValueError, OSError, IndexError, KeyError) as e:
@@ -216,7 +203,7 @@ def read_vocabulary(
     it again. ExportError for a missing, non-GGUF or token-less file.
     """
     path = Path(path)
-    _check_file(path)
+    check_gguf_file(path)
     st = os.stat(path)
     key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
     vocab = _cache.get(key)

@@ -77,13 +77,12 @@ class QuantizeResult:
 
 def check_gguf_file(path: Path) -> None:
     """Raise ExportError unless `path` is a readable regular file starting with the GGUF magic."""
-    _import_llama_cpp()
-    from ondevice.llama_runtime import LlamaError
-    from ondevice.llama_runtime import check_gguf_file as check
+    from ondevice.gguf_file import GgufFileError
+    from ondevice.gguf_file import check_gguf_file as check
 
     try:
         check(path)
-    except (FileNotFoundError, LlamaError) as e:
+    except (FileNotFoundError, GgufFileError) as e:
         raise ExportError(f"input {e}") from e
 
 

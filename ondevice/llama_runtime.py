@@ -24,6 +24,8 @@ from typing import TypeVar
 
 import numpy as np
 
+from ondevice import gguf_file
+
 try:
     import llama_cpp
 except ImportError as exc:  # pragma: no cover - depends on the installed extras
@@ -84,17 +86,10 @@ def _ensure_backend() -> None:
 def check_gguf_file(path: Path) -> None:
     """Raise FileNotFoundError / LlamaError with a clear message unless ``path`` is a readable
     regular file that starts with the GGUF magic."""
-    if not path.exists():
-        raise FileNotFoundError(f"model file {path} does not exist")
-    if not path.is_file():
-        raise LlamaError(f"model path {path} is not a regular file")
     try:
-        with path.open("rb") as fh:
-            magic = fh.read(4)
-    except OSError as exc:
-        raise LlamaError(f"cannot read model {path}: {exc.strerror or exc}") from exc
-    if magic != b"GGUF":
-        raise LlamaError(f"{path} is not a GGUF file (starts with {magic!r}, expected b'GGUF')")
+        gguf_file.check_gguf_file(path)
+    except gguf_file.GgufFileError as exc:
+        raise LlamaError(str(exc)) from exc
 
 
 _C = TypeVar("_C", bound="_Closing")
