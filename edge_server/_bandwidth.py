@@ -3,8 +3,8 @@
 ENACHI's edge owns the bandwidth of every device it serves (DESIGN.md section 4). Each task's
 ``dnn_open`` reports the device's energy queue Q_i (J), the bits it means to send and its
 spectral efficiency at the full band (bit/s/Hz); the book keeps the latest report per device,
-and `ondevice.enachi.allocate_bandwidth` divides the band among the devices seen in the last
-``ACTIVE_S`` seconds: w_i ~ sqrt(Q_i * bits_i / eff_i), floored so that nobody starves.
+and `ondevice.common.split_math.allocate_bandwidth` divides the band among the devices seen
+in the last ``ACTIVE_S`` seconds: w_i ~ sqrt(Q_i * bits_i / eff_i), floored so that nobody starves.
 
 Pure bookkeeping: callers pass ``now`` (``time.monotonic()`` seconds). Not thread-safe; the
 event loop owns it.
@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ondevice.enachi import allocate_bandwidth
+from ondevice.common.split_math import allocate_bandwidth
 
 ACTIVE_S = 3.0  # s: a device that opened no task for this long no longer holds a share
 SHARE_FLOOR = 0.05  # fraction of the band kept for the floors of all devices together

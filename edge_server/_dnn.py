@@ -27,9 +27,9 @@ from pathlib import Path
 import numpy as np
 
 from edge_server._bandwidth import BandwidthBook
-from ondevice import wire
-from ondevice.dnn_profile import RAW_SPLIT, DnnProfile, load_dnn, top1_summary
-from ondevice.feature_codec import CodecError, FeatureReceiver
+from ondevice.common import wire
+from ondevice.common.dnn_profile import RAW_SPLIT, DnnProfile, load_dnn, top1_summary
+from ondevice.common.feature_codec import CodecError, FeatureReceiver
 
 log = logging.getLogger(__name__)
 

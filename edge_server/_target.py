@@ -16,9 +16,9 @@ import time
 
 import numpy as np
 
-from ondevice import wire
-from ondevice.llama_runtime import LlamaConfig, LlamaModel, LlamaRunner
-from ondevice.speculative import sample_full, session_rng, verify
+from ondevice.common import wire
+from ondevice.common.llama_runtime import LlamaConfig, LlamaModel, LlamaRunner
+from ondevice.common.speculative import sample_full, session_rng, verify
 
 
 class TargetSession:

@@ -17,7 +17,7 @@ import ifaddr
 from zeroconf import InterfaceChoice, IPVersion
 from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
 
-from ondevice.discovery_record import SERVICE_TYPE
+from ondevice.common.discovery_record import SERVICE_TYPE
 
 log = logging.getLogger(__name__)
 

@@ -31,8 +31,8 @@ from aiohttp import WSMsgType, web
 from edge_server._dnn import DnnEndpoint, DnnService, open_service
 from edge_server._target import TargetSession
 from edge_server.config import EdgeConfig
-from ondevice import wire
-from ondevice.llama_runtime import LlamaConfig, LlamaModel
+from ondevice.common import wire
+from ondevice.common.llama_runtime import LlamaConfig, LlamaModel
 
 log = logging.getLogger(__name__)
 

@@ -17,9 +17,9 @@ from edge_server.advertise import EdgeAdvertiser
 from edge_server.app import STATE, create_app
 from edge_server.config import EdgeConfig
 from edge_server.tls import certificate_fingerprint
-from ondevice import wire
-from ondevice.discovery_record import encode_txt
-from ondevice.llama_runtime import LlamaError
+from ondevice.common import wire
+from ondevice.common.discovery_record import encode_txt
+from ondevice.common.llama_runtime import LlamaError
 
 log = logging.getLogger("edge_server")
 
@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"edge-server: model file not found: {args.model}", file=sys.stderr)
         return 2
     if args.dnn is not None:
-        from ondevice.dnn_profile import DnnProfileError, load_dnn
+        from ondevice.common.dnn_profile import DnnProfileError, load_dnn
 
         try:
             load_dnn(args.dnn)

@@ -36,7 +36,7 @@ import numpy as np
 
 from export import _bpe, _corpus
 from export._errors import ExportError
-from export._files import atomic_output
+from ondevice.common.files import atomic_output
 
 # Vocabulary layout: ids 0-255 are the byte tokens (id == byte value), then the learned merges,
 # then BOS and EOS. 384 in all keeps the output head small and a multiple of 32 (q4_0/q8_0 blocks).

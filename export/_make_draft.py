@@ -34,8 +34,8 @@ from typing import Any
 
 from export._check_pair import PairReport, check_pair, field_value, open_reader, read_vocabulary
 from export._errors import ExportError
-from export._files import atomic_output
 from export._quantize import QUANT_TYPES, quantize_gguf
+from ondevice.common.files import atomic_output
 
 _BLOCK_TENSOR = re.compile(r"^blk\.(\d+)\.")
 
@@ -244,7 +244,7 @@ def smoke_run(path: Path, n_threads: int = 1) -> None:
     back finite."""
     import numpy as np
 
-    from ondevice.llama_runtime import LlamaConfig, LlamaError, LlamaModel, LlamaRunner
+    from ondevice.common.llama_runtime import LlamaConfig, LlamaError, LlamaModel, LlamaRunner
 
     try:
         with LlamaModel(path) as model:

@@ -2,7 +2,7 @@
 
 `quantize_for_board` quantizes a GGUF model with the board's type (or a `--type` override),
 loads the result once in llama.cpp to read its trained context length (and to prove it
-loads), and writes ``Y.gguf.json`` (schema in ondevice/model_sidecar.py, example in
+loads), and writes ``Y.gguf.json`` (schema in ondevice/common/model_sidecar.py, example in
 docs/export-llm.md) with the recommended ``n_threads``, ``n_gpu_layers``, ``n_ctx``, the file's
 sha256, and the reason for each choice. The sidecar holds no timestamps: the same input, preset
 and type give the same sidecar bytes.
@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from export._errors import ExportError
-from export._files import atomic_output
 from export._quantize import QUANT_TYPES, QuantizeResult, quantize_gguf
-from ondevice.model_sidecar import SCHEMA, file_sha256, sidecar_path
+from ondevice.common.files import atomic_output
+from ondevice.common.model_sidecar import SCHEMA, file_sha256, sidecar_path
 
 
 @dataclass(frozen=True)
@@ -150,7 +150,7 @@ def build_sidecar(
     n_ctx_train: int,
     sha256: str,
 ) -> dict[str, Any]:
-    """The sidecar dict (schema ondevice.model_sidecar.SCHEMA) for a file made with `preset`.
+    """The sidecar dict (schema ondevice.common.model_sidecar.SCHEMA) for a file made with `preset`.
 
     ``n_ctx`` is the preset's, capped at the model's trained context `n_ctx_train` (if > 0);
     ``type`` is `qtype`, recorded as an override when `type_overridden`. Pure.
@@ -192,7 +192,7 @@ def write_sidecar(model_path: Path, sidecar: dict[str, Any]) -> Path:
 
 def _n_ctx_train(path: Path) -> int:
     """The trained context length llama.cpp reads from `path` (loading it proves it loads)."""
-    from ondevice.llama_runtime import LlamaError, LlamaModel
+    from ondevice.common.llama_runtime import LlamaError, LlamaModel
 
     try:
         with LlamaModel(path) as model:

@@ -1,140 +1,28 @@
-"""Quantize (or requantize) a GGUF LLM with llama.cpp's own quantizer.
+"""``model-export llm quantize``: llama.cpp's quantizer with a progress bar and export's errors.
 
-`quantize_gguf` checks its inputs itself (so a bad path gives one clear line instead of a
-llama.cpp log), runs `llama_cpp.llama_model_quantize` into a temporary file next to the output
-and renames it into place only on success, so a failed run leaves no partial file.
+The quantization itself is `ondevice.common.gguf_quantize` (the device's demo runs it too);
+this layer adds the per-tensor progress bar on a terminal and maps its failures to ExportError.
 """
 
 from __future__ import annotations
 
-import ctypes
-import os
-import re
 import sys
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 
 from export._errors import ExportError
-from export._files import atomic_output
+from ondevice.common import gguf_quantize
+from ondevice.common.gguf_quantize import QUANT_TYPES, QuantizeError, QuantizeResult
 
-# Type name -> name of the llama_cpp.LLAMA_FTYPE_MOSTLY_* constant. Only types that need no
-# importance matrix (the IQ* and Q2_K_S types do) are offered.
-QUANT_TYPES: dict[str, str] = {
-    "f16": "F16",
-    "bf16": "BF16",
-    "q8_0": "Q8_0",
-    "q6_k": "Q6_K",
-    "q5_k_m": "Q5_K_M",
-    "q5_k_s": "Q5_K_S",
-    "q5_1": "Q5_1",
-    "q5_0": "Q5_0",
-    "q4_k_m": "Q4_K_M",
-    "q4_k_s": "Q4_K_S",
-    "q4_1": "Q4_1",
-    "q4_0": "Q4_0",
-    "q3_k_l": "Q3_K_L",
-    "q3_k_m": "Q3_K_M",
-    "q3_k_s": "Q3_K_S",
-    "q2_k": "Q2_K",
-}
-
-# ggml.h: enum ggml_log_level {NONE, DEBUG, INFO, WARN, ERROR, CONT} (llama-cpp-python's
-# _logger.py still documents an older order).
-_GGML_LOG_LEVEL_ERROR = 4
-
-# llama.cpp logs one line per tensor while quantizing: "[  12/ 236]  blk.1.attn_q.weight - ...".
-_TENSOR_LINE = re.compile(rb"\[\s*(\d+)/\s*(\d+)\]")
-# ...and at the end "WARNING: 13 of 21 tensor(s) required fallback quantization".
-_FALLBACK_LINE = re.compile(rb"(\d+) of \d+ tensor\(s\) required fallback")
-
-
-@dataclass(frozen=True)
-class QuantizeResult:
-    """What a quantization did: paths, the type, sizes in bytes and wall time in seconds."""
-
-    in_path: Path
-    out_path: Path
-    qtype: str
-    in_bytes: int
-    out_bytes: int
-    seconds: float
-    n_tensors: int
-    n_fallback: int  # tensors llama.cpp stored in another type (row size vs block size)
-
-    def summary(self) -> str:
-        """One line for humans: sizes before and after, ratio, time."""
-        mib = 1024 * 1024
-        return (
-            f"{self.in_path.name} ({self.in_bytes / mib:.2f} MiB) -> {self.out_path} "
-            f"({self.out_bytes / mib:.2f} MiB, {self.qtype}, "
-            f"{self.out_bytes / self.in_bytes:.1%} of input) in {self.seconds:.1f} s; "
-            f"{self.n_tensors} tensors, {self.n_fallback} in a fallback type"
-        )
+__all__ = ["QUANT_TYPES", "QuantizeResult", "check_gguf_file", "quantize_gguf"]
 
 
 def check_gguf_file(path: Path) -> None:
     """Raise ExportError unless `path` is a readable regular file starting with the GGUF magic."""
-    from ondevice.gguf_file import GgufFileError
-    from ondevice.gguf_file import check_gguf_file as check
-
     try:
-        check(path)
-    except (FileNotFoundError, GgufFileError) as e:
-        raise ExportError(f"input {e}") from e
-
-
-def _import_llama_cpp() -> ModuleType:
-    try:
-        import llama_cpp
-    except ImportError as e:
-        raise ExportError("llm quantize needs llama-cpp-python: pip install 'coinfer[llm]'") from e
-    return llama_cpp
-
-
-class _LlamaLog:
-    """Temporarily route llama.cpp's log through a callback that counts tensors for progress,
-    keeps error lines for the exception message, and echoes everything when `verbose`.
-
-    The callback is global in llama.cpp; `__exit__` restores coinfer's routing into logging.
-    """
-
-    def __init__(
-        self, llama_cpp: ModuleType, on_tensor: Callable[[int, int], None], verbose: bool
-    ) -> None:
-        self._llama_cpp = llama_cpp
-        self._on_tensor = on_tensor
-        self._verbose = verbose
-        self.errors: list[str] = []
-        self.n_tensors = 0
-        self.n_fallback = 0
-
-        @llama_cpp.llama_log_callback
-        def callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
-            if self._verbose:
-                sys.stderr.write(text.decode("utf-8", "replace"))
-            if level == _GGML_LOG_LEVEL_ERROR:
-                self.errors.append(text.decode("utf-8", "replace").strip())
-            m = _TENSOR_LINE.match(text.lstrip())
-            if m:
-                self.n_tensors = int(m.group(2))
-                self._on_tensor(int(m.group(1)), self.n_tensors)
-            m = _FALLBACK_LINE.search(text)
-            if m:
-                self.n_fallback = int(m.group(1))
-
-        self._callback = callback  # keep a reference: ctypes does not
-
-    def __enter__(self) -> _LlamaLog:
-        self._llama_cpp.llama_log_set(self._callback, ctypes.c_void_p(0))
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        from ondevice.llama_runtime import route_llama_log
-
-        route_llama_log()
+        gguf_quantize.check_gguf_file(path)
+    except QuantizeError as e:
+        raise ExportError(str(e)) from e
 
 
 def quantize_gguf(
@@ -147,39 +35,12 @@ def quantize_gguf(
     progress: bool | None = None,
     announce: Callable[[str], None] | None = None,
 ) -> QuantizeResult:
-    """Quantize the GGUF model `in_path` to `qtype` (a key of QUANT_TYPES) into `out_path`.
-
-    Already-quantized inputs are requantized (allow_requantize). `nthread` <= 0 lets llama.cpp
-    use all cores. `verbose` echoes llama.cpp's log to stderr; `progress` shows a per-tensor
-    progress bar on stderr (None: only when stderr is a terminal); `announce`, if given, gets
-    one line describing the job once the inputs have passed their checks. Tensors whose rows
-    are not a multiple of the type's block size are stored in a fallback type llama.cpp picks.
-    Raises ExportError for an unknown type, an input that is missing, unreadable or not GGUF,
-    an output directory that does not exist, an output equal to the input, or a llama.cpp
-    failure; `out_path` is then left untouched.
-    """
+    """`ondevice.common.gguf_quantize.quantize_gguf` with a per-tensor progress bar on stderr
+    (`progress` None: only when stderr is a terminal); raises ExportError where it raises
+    QuantizeError, leaving `out_path` untouched."""
     from tqdm import tqdm
 
-    in_path, out_path = Path(in_path), Path(out_path)
     key = qtype.lower()
-    if key not in QUANT_TYPES:
-        raise ExportError(f"unknown quantization type {qtype!r}; valid: {', '.join(QUANT_TYPES)}")
-    check_gguf_file(in_path)
-    out_dir = out_path.parent
-    if not out_dir.is_dir():
-        raise ExportError(f"output directory {out_dir} does not exist")
-    if out_path.exists() and out_path.resolve() == in_path.resolve():
-        raise ExportError(f"output {out_path} is the input; choose another path")
-    llama_cpp = _import_llama_cpp()
-    if announce is not None:
-        size_mib = in_path.stat().st_size / (1024 * 1024)
-        announce(f"quantizing {in_path} ({size_mib:.2f} MiB) to {key} -> {out_path}")
-
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{QUANT_TYPES[key]}")
-    params.nthread = max(nthread, 0)
-    params.allow_requantize = True
-
     show = sys.stderr.isatty() if progress is None else progress
     bars: list[tqdm] = []
 
@@ -189,25 +50,13 @@ def quantize_gguf(
         for bar in bars:
             bar.update(i - bar.n)
 
-    start = time.perf_counter()
     try:
-        with atomic_output(out_path) as tmp, _LlamaLog(llama_cpp, on_tensor, verbose) as log:
-            rc = llama_cpp.llama_model_quantize(
-                os.fsencode(in_path), os.fsencode(tmp), ctypes.byref(params)
-            )
-            if rc != 0:
-                detail = "; ".join(log.errors[-3:]) or "see --verbose for llama.cpp's log"
-                raise ExportError(f"llama.cpp failed to quantize {in_path} (status {rc}): {detail}")
+        return gguf_quantize.quantize_gguf(
+            in_path, out_path, qtype, nthread=nthread, verbose=verbose, on_tensor=on_tensor,
+            announce=announce,
+        )
+    except QuantizeError as e:
+        raise ExportError(str(e)) from e
     finally:
         for bar in bars:
             bar.close()
-    return QuantizeResult(
-        in_path=in_path,
-        out_path=out_path,
-        qtype=key,
-        in_bytes=in_path.stat().st_size,
-        out_bytes=out_path.stat().st_size,
-        seconds=time.perf_counter() - start,
-        n_tensors=log.n_tensors,
-        n_fallback=log.n_fallback,
-    )

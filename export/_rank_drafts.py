@@ -1,7 +1,7 @@
 """Rank draft models for a target by their expected speculative speedup, measured here.
 
-For each draft, on this machine, with the project's own runtime (ondevice.llama_runtime) and
-rejection sampler (ondevice.speculative):
+For each draft, on this machine, with the project's own runtime (ondevice.common.llama_runtime) and
+rejection sampler (ondevice.common.speculative):
 
 - acceptance ``a``: speculative decoding of every prompt with a fixed draft length (``gamma``)
   at temperature 0 (greedy) and 0.8; the draft proposes from its top-k-truncated distribution
@@ -209,7 +209,7 @@ def measure_acceptance(
     `temperature`, `gamma` tokens per round, until `max_tokens` are produced, an end-of-generation
     token, or the context is full. Logits are cut to the first `n_vocab` ids (the vocabulary the
     two share). Prompt i uses the seeded streams session_rng(seed + i, side)."""
-    from ondevice.speculative import session_rng, top_k_proposal, verify
+    from ondevice.common.speculative import session_rng, top_k_proposal, verify
 
     stats = Acceptance(temperature=temperature)
     d_model, t_model = draft.model, target.model
@@ -448,7 +448,7 @@ def rank_drafts(
     """
     from tqdm import tqdm
 
-    from ondevice.llama_runtime import LlamaConfig, LlamaError, LlamaModel, LlamaRunner
+    from ondevice.common.llama_runtime import LlamaConfig, LlamaError, LlamaModel, LlamaRunner
 
     if not draft_paths:
         raise ExportError("rank-drafts needs at least one draft")
@@ -554,7 +554,7 @@ def rank_drafts(
 
 def write_json(report: RankReport, path: Path) -> None:
     """Write `report.to_json()` to `path` (sorted keys, 2-space indent)."""
-    from export._files import atomic_output
+    from ondevice.common.files import atomic_output
 
     with atomic_output(Path(path)) as tmp:
         tmp.write_text(json.dumps(report.to_json(), indent=2, sort_keys=True) + "\n")

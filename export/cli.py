@@ -82,7 +82,7 @@ def _run_llm_quantize(args: argparse.Namespace) -> int:
         announce=_announce,
     )
     print(result.summary())
-    from ondevice.model_sidecar import sidecar_path
+    from ondevice.common.model_sidecar import sidecar_path
 
     stale = sidecar_path(result.out_path)
     if stale.exists():  # it described the file just replaced

@@ -19,11 +19,11 @@ device's bytes to the edge and says what they cost: ``_radio.py``, ``_wifi.py``,
 """
 
 from hw._activity import Activity
+from hw._channel_factory import CHANNEL_KINDS, open_channel
 from hw._factory import METER_KINDS, open_meter, parse_spec
 from hw._integrator import EnergyIntegrator, counter_delta_j
 from hw._meter import MeterConfig, PowerMeter
 from hw._radio import (
-    CHANNEL_KINDS,
     Channel,
     ChannelSpecError,
     ConstantPower,
@@ -32,7 +32,6 @@ from hw._radio import (
     NullChannel,
     SlotPower,
     TxReport,
-    open_channel,
     shannon_bps,
 )
 from hw._types import FrameError, MeterError, MeterSpecError, PowerSample

@@ -19,8 +19,10 @@ from importlib import metadata
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+COMMON = ROOT / "ondevice" / "common"
 SOURCES = (*sorted((ROOT / "export" / "dnn").glob("*.py")),
-           ROOT / "export" / "dnn" / "profile.schema.json", ROOT / "ondevice" / "feature_codec.py")
+           ROOT / "export" / "dnn" / "profile.schema.json",
+           *(COMMON / f for f in ("feature_codec.py", "sample_photos.py", "split_math.py")))
 
 
 def _key() -> str:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ondevice.policies import FixedPolicy, RoundStats
+from ondevice.llm.policies import FixedPolicy, RoundStats
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Per-channel statistics of a split's feature: 8-bit parameters, importance, accuracy curve.
 
 All of it runs the real tail (onnxruntime) on features from the real INT8 head, and rebuilds
-partial features with `ondevice.feature_codec`, the code the device and the edge run, so the
+partial features with `ondevice.common.feature_codec`, the code the device and the edge run, so the
 profile's numbers are those of the deployed path.
 
 Importance of channel c (nats, higher = send earlier), averaged over samples::
@@ -24,7 +24,7 @@ import numpy as np
 import onnxruntime as ort
 
 from export.dnn._runtime import entropy_nats, run, softmax
-from ondevice.feature_codec import FeatureCodec, channel_params, partial_feature
+from ondevice.common.feature_codec import FeatureCodec, channel_params, partial_feature
 
 FRACTIONS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 ENTROPY_QUANTILES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)

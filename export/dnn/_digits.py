@@ -27,8 +27,8 @@ import torch
 from torch import nn
 
 from export._errors import ExportError
-from export._files import atomic_output
 from export.dnn._data import load_digits_split
+from ondevice.common.files import atomic_output
 
 VERSION = 1  # bump when the architecture or the training recipe changes (invalidates caches)
 EPOCHS = 40

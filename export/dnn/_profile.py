@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from export._errors import ExportError
-from export._files import atomic_output
+from ondevice.common.files import atomic_output
 
 PROFILE_NAME = "profile.json"
 SCHEMA_NAME = "profile.schema.json"

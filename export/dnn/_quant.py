@@ -23,7 +23,7 @@ import numpy as np
 import onnx
 
 from export._errors import ExportError
-from export._files import atomic_output
+from ondevice.common.files import atomic_output
 
 CALIB_BATCH = 16  # samples per calibration batch (memory vs. calls)
 

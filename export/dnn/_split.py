@@ -20,7 +20,6 @@ import numpy as np
 import onnx
 
 from export._errors import ExportError
-from export._files import atomic_output
 from export.dnn import _data
 from export.dnn._channels import accuracy_curve, channel_stats, importance, importance_order
 from export.dnn._graph import Boundary, GraphInfo, analyze, extract, fold_constants, graph_flops
@@ -28,7 +27,8 @@ from export.dnn._models import ModelSpec, export_onnx, resolve_model
 from export.dnn._profile import PROFILE_NAME, write_profile
 from export.dnn._quant import quantize_int8
 from export.dnn._runtime import latency_ms, run, session
-from ondevice.feature_codec import FeatureCodec
+from ondevice.common.feature_codec import FeatureCodec
+from ondevice.common.files import atomic_output
 
 DIGITS_CALIB = 256  # default calibration samples (from the training split)
 IMAGES_CALIB = 64  # default calibration crops

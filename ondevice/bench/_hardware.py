@@ -6,7 +6,7 @@ edge profile says how long the edge's target takes to verify a round: t0 + k * b
 positions evaluated (the drafted tokens plus one). Every number carries its source in the JSON
 file (``profiles/*.json``, keys of /work/shared/hardware-profiles.md).
 
-Frame sizes are exact: they are the lengths of the frames ``ondevice.wire`` encodes, which is
+Frame sizes are exact: they are the lengths of the frames ``ondevice.common.wire`` encodes, which is
 what the ``sim`` meter counts on a real run (its radio model is per message byte and per
 1460-byte packet, as here).
 """
@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from ondevice import wire
+from ondevice.common import wire
 
 MSS_BYTES = 1460  # payload of one TCP segment; as hw._activity.MSS_BYTES (1500 B MTU)
 SESSION_ID = "0" * 16  # the edge's session ids are 16 hex digits (secrets.token_hex(8))

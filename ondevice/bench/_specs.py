@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ondevice.bench.report import BenchRow
-from ondevice.policies import DEFAULT_V, POLICIES, Policy, make_policy
+from ondevice.llm.policies import DEFAULT_V, POLICIES, Policy, make_policy
 
 DEFAULT_GAMMAS = (1, 2, 4, 8)
 DEFAULT_V_SWEEP = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)  # J per token

@@ -1,7 +1,7 @@
 """``ondevice bench enachi``: ENACHI against its baselines, per deadline and per user count.
 
 Everything runs for real over loopback: an ``edge-server --dnn DIR`` subprocess serves the
-tails (onnxruntime), each device is `ondevice._classify_run.run_classify` (the code behind
+tails (onnxruntime), each device is `ondevice.dnn.run.run_classify` (the code behind
 ``ondevice classify``: INT8 heads on onnxruntime, the progressive packet loop, the controller)
 with its own ``sim`` meter and its own emulated channel, seeded identically across policies.
 Data: digits-cnn on load_digits' held-out rows (real labels); efficientnet-lite0 on the
@@ -17,7 +17,7 @@ Three parts per model, side by side in one run:
    device per task as the edge divides the band.
 
 A scenario is the channel, the device's speed (``--device-slowdown``, emulated: see
-`ondevice._dnn_device`), its compute power (the sim meter's ``core_w``) and the deadlines;
+`ondevice.dnn.head`), its compute power (the sim meter's ``core_w``) and the deadlines;
 each model has a default scenario (`SCENARIOS`) stated in docs/enachi.md. Not a timed test.
 """
 
@@ -32,9 +32,9 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from ondevice._classify_run import ClassifyReport, ClassifyRequest, run_classify
 from ondevice.bench._enachi_report import Row, evaluate, format_table, write_json, write_png
-from ondevice.local_edge import edge_child
+from ondevice.dnn.run import ClassifyReport, ClassifyRequest, run_classify
+from ondevice.edge.local import edge_child
 
 EDGE_STARTUP_S = 60.0
 LOOPBACK = "127.0.0.1"
@@ -104,7 +104,7 @@ def _row(model: str, part: str, label: str, rep: ClassifyReport, **extra: Any) -
 
 async def _models_rows(model: str, dnn_dir: Path, sc: Scenario, *, seed: int,
                        say: Callable[[str], None]) -> list[Row]:
-    from ondevice.dnn_profile import load_dnn
+    from ondevice.common.dnn_profile import load_dnn
 
     prof = load_dnn(dnn_dir)
     dataset = "digits" if prof.metric == "top1-accuracy" and prof.input_shape == (1, 8, 8) \
@@ -239,7 +239,7 @@ def _scenario(args: argparse.Namespace, name: str) -> Scenario:
 def _dnn_dirs(args: argparse.Namespace, say: Callable[[str], None]) -> list[tuple[str, Path]]:
     """(model name, directory) to bench: --dnn dirs, then --model names (exported once into
     the cache), default digits-cnn plus efficientnet-lite0 if its split is in the cache."""
-    from ondevice.dnn_profile import load_dnn
+    from ondevice.common.dnn_profile import load_dnn
 
     out = [(load_dnn(d).name, Path(d)) for d in args.dnn]
     names = list(args.model)
@@ -252,11 +252,25 @@ def _dnn_dirs(args: argparse.Namespace, say: Callable[[str], None]) -> list[tupl
         d = cache_dir() / "bench-dnn" / name
         if not (d / "profile.json").is_file():
             say(f"exporting {name} into {d} (once; model-export dnn split) ...")
-            from export.dnn import split_model
-
-            split_model(name, d, splits="auto", seed=0, announce=say)
+            export_split(name, d)
         out.append((name, d))
     return out
+
+
+def export_split(name: str, out: Path) -> None:
+    """Run ``model-export dnn split --model NAME --out OUT`` (the workstation's tool, torch and
+    all) as a child process: the device package never imports the export package."""
+    import subprocess
+
+    cmd = [sys.executable, "-m", "export", "dnn", "split", "--model", name, "--out", str(out),
+           "--splits", "auto", "--seed", "0"]
+    try:
+        subprocess.run(cmd, check=True, stdout=sys.stderr)  # stdout holds the table
+    except subprocess.CalledProcessError as exc:
+        raise SystemExit(
+            f"ondevice bench enachi: exporting {name} failed (exit {exc.returncode}); the export "
+            "needs pip install 'coinfer[export]', or pass --dnn DIR from model-export dnn split"
+        ) from None
 
 
 def cache_dir() -> Path:

@@ -32,10 +32,10 @@ from ondevice.bench._specs import (
     second_specs,
 )
 from ondevice.bench.report import BenchRow
-from ondevice.generate import METER_WAIT_S, EdgePlan, GenerateRequest, Generation
-from ondevice.llama_runtime import LlamaConfig, LlamaModel, LlamaRunner
-from ondevice.local_edge import edge_child
-from ondevice.policies import Policy
+from ondevice.common.llama_runtime import LlamaConfig, LlamaModel, LlamaRunner
+from ondevice.edge.local import edge_child
+from ondevice.llm.generate import METER_WAIT_S, EdgePlan, GenerateRequest, Generation
+from ondevice.llm.policies import Policy
 
 EDGE_STARTUP_S = 120.0  # s for the edge to load its model and listen
 LOOPBACK = "127.0.0.1"

@@ -44,7 +44,7 @@ from ondevice.bench._specs import (
 )
 from ondevice.bench.report import BenchRow
 from ondevice.bench.trace import Trace
-from ondevice.policies import Policy, RoundStats
+from ondevice.llm.policies import Policy, RoundStats
 
 ORACLE_CAP = 16  # most tokens an oracle round drafts (the policies' cap)
 PENDING_MAX = 8  # DP state bound on the draft's catch-up tokens (beyond: priced as 8, which

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from ondevice.speculative import GREEDY_EPS, entropy_nats, softmax
+from ondevice.common.speculative import GREEDY_EPS, entropy_nats, softmax
 
 TRACE_VERSION = 1
 
@@ -198,7 +198,7 @@ def record_trace(
     is called with 1 after every position. Raises ValueError if the vocabularies differ.
     Measured per-token evaluation times (ms, this machine) go into the metadata.
     """
-    from ondevice.llama_runtime import LlamaConfig, LlamaModel, LlamaRunner
+    from ondevice.common.llama_runtime import LlamaConfig, LlamaModel, LlamaRunner
 
     cfg = LlamaConfig(n_ctx=n_ctx, n_threads=n_threads)
     ent: list[float] = []

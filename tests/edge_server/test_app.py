@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from _edge import EdgeProc, Reference, edge_server
 
-from ondevice import wire
-from ondevice.generate import GenerateRequest, generate
-from ondevice.llama_runtime import LlamaConfig, LlamaModel
-from ondevice.policies import FixedPolicy
+from ondevice.common import wire
+from ondevice.common.llama_runtime import LlamaConfig, LlamaModel
+from ondevice.llm.generate import GenerateRequest, generate
+from ondevice.llm.policies import FixedPolicy
 
 LIMITS = ("--max-draft", "8", "--max-prompt", "64", "--max-frame-bytes", "65536",
           "--max-sessions", "3", "--n-ctx", "256")

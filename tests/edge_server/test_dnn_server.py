@@ -17,10 +17,10 @@ import onnxruntime as ort
 import pytest
 from _edge import EdgeProc, edge_server
 
-from ondevice import wire
-from ondevice._classify_run import ClassifyRequest, run_classify
-from ondevice.dnn_profile import DnnProfile, load_dnn, top1_summary
-from ondevice.edge_client import EdgeClient
+from ondevice.common import wire
+from ondevice.common.dnn_profile import DnnProfile, load_dnn, top1_summary
+from ondevice.dnn.run import ClassifyRequest, run_classify
+from ondevice.edge.client import EdgeClient
 
 MAX_PACKET = 4096
 

@@ -18,10 +18,10 @@ from _edge import EdgeProc, Reference, edge_server
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ondevice import wire
-from ondevice.generate import GenerateRequest, generate
-from ondevice.llama_runtime import LlamaConfig, LlamaModel
-from ondevice.policies import FixedPolicy
+from ondevice.common import wire
+from ondevice.common.llama_runtime import LlamaConfig, LlamaModel
+from ondevice.llm.generate import GenerateRequest, generate
+from ondevice.llm.policies import FixedPolicy
 
 FUZZ_SECONDS = 20.0  # bounded: the whole test stops by itself
 RSS_GROWTH_LIMIT_KB = 64 * 1024

@@ -20,11 +20,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from edge_server.tls import certificate_fingerprint
-from ondevice import wire
-from ondevice.discovery import async_discover
-from ondevice.generate import EdgePlan, GenerateRequest, generate
-from ondevice.llama_runtime import LlamaConfig, LlamaModel
-from ondevice.policies import FixedPolicy
+from ondevice.common import wire
+from ondevice.common.llama_runtime import LlamaConfig, LlamaModel
+from ondevice.edge.discovery import async_discover
+from ondevice.llm.generate import EdgePlan, GenerateRequest, generate
+from ondevice.llm.policies import FixedPolicy
 
 SMALL = LlamaConfig(n_ctx=256, n_threads=1)
 

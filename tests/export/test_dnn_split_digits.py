@@ -21,7 +21,7 @@ from dnn_helpers import digits_cache, digits_split
 from export.dnn import SplitResult, load_or_train_digits, split_model
 from export.dnn._data import load_digits_split, normalize
 from export.dnn._graph import analyze, extract
-from ondevice.feature_codec import FeatureCodec, partial_feature
+from ondevice.common.feature_codec import FeatureCodec, partial_feature
 
 SCHEMA = Path(__file__).resolve().parents[2] / "export" / "dnn" / "profile.schema.json"
 

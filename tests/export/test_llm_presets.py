@@ -12,10 +12,10 @@ import pytest
 
 from export import ExportError
 from export._presets import PRESETS, build_sidecar, quantize_for_board
-from ondevice.model_sidecar import SCHEMA, SidecarError, load_sidecar, sidecar_path
+from ondevice.common.model_sidecar import SCHEMA, SidecarError, load_sidecar, sidecar_path
 
 pytest.importorskip("llama_cpp")
-from ondevice.llama_runtime import LlamaConfig, LlamaModel, LlamaRunner
+from ondevice.common.llama_runtime import LlamaConfig, LlamaModel, LlamaRunner
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -19,7 +19,7 @@ from export._fixtures import TARGET_DIMS
 from export._make_draft import layer_types_note, make_draft
 
 pytest.importorskip("llama_cpp")
-from ondevice.llama_runtime import LlamaConfig, LlamaModel, LlamaRunner
+from ondevice.common.llama_runtime import LlamaConfig, LlamaModel, LlamaRunner
 
 REPO = Path(__file__).resolve().parents[2]
 PROMPT = "The river runs past the old mill, and the miller"

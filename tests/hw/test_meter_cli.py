@@ -1,7 +1,7 @@
-"""``ondevice meter`` (``ondevice._meter_cli.run_meter``) on an emulated UM25C.
+"""``ondevice meter`` (``ondevice.cli.meter.run_meter``) on an emulated UM25C.
 
 Lives with the hw tests because it exercises the meters end to end; the module under test
-is ``ondevice/_meter_cli.py``.
+is ``ondevice/cli/meter.py``.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import os
 import pytest
 from hw_emulators import PolledDevice, PtyPort, Trace, um_corrupt, um_frame
 
-from ondevice._meter_cli import run_meter
+from ondevice.cli.meter import run_meter
 
 OPTS = "poll_hz=25,timeout_s=0.2,backoff_s=0.05"
 POWER_W = 3.0

@@ -17,7 +17,7 @@ import pytest
 from hw import ChannelSpecError, ConstantPower, EmulatedChannel, NullChannel, open_channel
 from hw._radio import dbm_to_w, shannon_bps
 from hw._wifi import WifiChannel, parse_iw_info, parse_station_dump, txpower_mbm
-from ondevice.enachi import PowerTracker
+from ondevice.dnn.enachi import PowerTracker
 
 N0 = dbm_to_w(-174.0)
 

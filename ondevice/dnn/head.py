@@ -1,0 +1,222 @@
+"""The device's side of a split DNN: INT8 heads and the whole model on onnxruntime, the data.
+
+``DeviceDnn`` runs every onnxruntime call in a worker thread (``asyncio.to_thread``), telling
+the ``hw.Activity`` that a core is busy so that the ``sim`` meter charges it; real meters see
+the work themselves.
+
+Emulating a slower device (``device_slowdown`` > 1, ``ondevice classify --device-slowdown``):
+the real model still runs and produces the real feature, then the worker stays busy until
+``slowdown`` times the profile's latency for that part has passed (the profile was measured on
+the machine that exported the model). A device that is really that slow runs with slowdown 1.
+The benchmark uses this to put an x86 host's heads on a Raspberry-Pi-class time scale.
+
+Data: ``digits`` is load_digits' held-out split named by the profile (real labels, needs
+scikit-learn); ``samples`` is the profile's own evaluation inputs (for photos: the seeded crops
+of the shipped photographs, labelled with the unsplit fp32 model's top-1, i.e. fidelity).
+``load_image`` reads one file (``.npy`` in raw units, or any image PIL opens).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hw import Activity
+from ondevice.common.dnn_profile import DnnProfile, DnnProfileError
+
+SAMPLES_EVAL_SEED_OFFSET = 1  # export's evaluation crops use seed + 1 (export/dnn/_split.py)
+
+
+def _session(path: Path, threads: int) -> Any:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def _run(sess: Any, x: np.ndarray) -> np.ndarray:
+    return sess.run(None, {sess.get_inputs()[0].name: x})[0]
+
+
+class DeviceDnn:
+    """Heads (INT8), local tails (fallback) and the whole model of one split directory."""
+
+    def __init__(self, profile: DnnProfile, *, activity: Activity, threads: int = 1,
+                 slowdown: float = 1.0, splits: list[int] | None = None) -> None:
+        if slowdown < 1.0:
+            raise ValueError("device slowdown must be >= 1")
+        self.profile = profile
+        self.activity = activity
+        self.threads = threads
+        self.slowdown = slowdown
+        self._heads: dict[int, Any] = {}
+        self._tails: dict[int, Any] = {}
+        self._full: Any = None
+        self._splits = splits if splits is not None else sorted(profile.splits)
+        self._lock = threading.Lock()
+
+    def load(self) -> None:
+        """Open every head and the whole model (blocking; call in a thread before tasks)."""
+        for i in self._splits:
+            self._heads[i] = _session(self.profile.split(i).head_file, self.threads)
+        if self.profile.full_file.is_file():
+            self._full = _session(self.profile.full_file, self.threads)
+
+    @property
+    def has_full(self) -> bool:
+        return self._full is not None
+
+    def _busy(self, fn: Any, x: np.ndarray, emulated_s: float) -> tuple[np.ndarray, float]:
+        """Run ``fn(x)`` with a busy core, stretched to ``emulated_s`` when emulating."""
+        with self.activity.busy(float(self.threads)):
+            t0 = time.perf_counter()
+            out = fn(x)
+            left = emulated_s - (time.perf_counter() - t0) if self.slowdown > 1.0 else 0.0
+            if left > 0:
+                time.sleep(left)
+            return out, time.perf_counter() - t0
+
+    async def async_head(self, split: int, x: np.ndarray) -> tuple[np.ndarray, float]:
+        """Feature ``[C, H, W]`` float32 of normalized input ``x`` ``[1, C, H, W]``, and the
+        device seconds it took."""
+        sess = self._heads[split]
+        emulated = self.profile.split(split).head_ms / 1e3 * self.slowdown
+        out, secs = await asyncio.to_thread(self._busy, lambda a: _run(sess, a), x, emulated)
+        return out[0], secs
+
+    async def async_full(self, x: np.ndarray) -> tuple[np.ndarray, float]:
+        """Logits ``[K]`` of the whole model on the device, and the seconds it took."""
+        if self._full is None:
+            raise DnnProfileError(f"{self.profile.full_file} is missing: no device-only path")
+        emulated = self.profile.full_ms / 1e3 * self.slowdown
+        out, secs = await asyncio.to_thread(self._busy, lambda a: _run(self._full, a), x,
+                                            emulated)
+        return out[0], secs
+
+    def has_tail(self, split: int) -> bool:
+        return split in self.profile.splits and self.profile.split(split).tail_file.is_file()
+
+    async def async_tail(self, split: int, feature: np.ndarray) -> tuple[np.ndarray, float]:
+        """Logits ``[K]`` of split ``split``'s tail run on the device (the lost-edge fallback);
+        stretched like the rest: the tail holds the remaining FLOPs of the model."""
+        def tail(a: np.ndarray) -> np.ndarray:
+            with self._lock:
+                if split not in self._tails:
+                    self._tails[split] = _session(self.profile.split(split).tail_file,
+                                                  self.threads)
+            return _run(self._tails[split], a)
+
+        s = self.profile.split(split)
+        emulated = s.tail_ms / 1e3 * self.slowdown
+        out, secs = await asyncio.to_thread(self._busy, tail, feature[None], emulated)
+        return out[0], secs
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Raw-unit inputs ``[N, C, H, W]`` uint8 with reference labels ``[N]``."""
+
+    name: str
+    raw: np.ndarray
+    labels: np.ndarray
+    source: str
+    metric: str  # "top1-accuracy" (real labels) or "top1-agreement-with-fp32-model"
+
+
+def _to_uint8(raw: np.ndarray, raw_range: tuple[float, float] | None) -> np.ndarray:
+    if raw_range is None:
+        raise DnnProfileError("this model takes normalized inputs (no raw range): no images")
+    lo, hi = raw_range
+    return np.clip(np.rint(raw), max(lo, 0), min(hi, 255)).astype(np.uint8)
+
+
+def load_digits_dataset(profile: DnnProfile) -> Dataset:
+    """load_digits' rows the profile held out, with their labels (scikit-learn)."""
+    if profile.input_shape != (1, 8, 8):
+        raise DnnProfileError(f"--dataset digits needs an 8x8 grey model, {profile.name} takes "
+                              f"{list(profile.input_shape)}")
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as exc:
+        raise DnnProfileError("--dataset digits needs scikit-learn (pip install "
+                              "scikit-learn)") from exc
+    digits = load_digits()
+    idx = np.asarray(profile.eval_indices if profile.eval_indices else range(len(digits.target)))
+    raw = digits.images[idx][:, None, :, :]  # [N, 1, 8, 8] in 0..16
+    return Dataset("digits", _to_uint8(raw, profile.raw_range), digits.target[idx].astype(
+        np.int64), f"sklearn load_digits, {len(idx)} rows held out by the export",
+        "top1-accuracy")
+
+
+def load_samples_dataset(profile: DnnProfile, reference: Any = None) -> Dataset:
+    """The profile's evaluation inputs; for photo models the export's seeded crops labelled by
+    ``reference(raw) -> top-1 [N]`` (the unsplit model), since the photos carry no labels."""
+    if profile.input_shape == (1, 8, 8) and profile.metric == "top1-accuracy":
+        return load_digits_dataset(profile)
+    c, h, w = profile.input_shape
+    if c != 3:
+        raise DnnProfileError(f"no built-in samples for a {c}-channel model")
+    from ondevice.common.sample_photos import NoPhotosError, natural_images, random_crops
+
+    n = int(profile.raw["data"]["evaluation"]["samples"])
+    seed = int(profile.raw.get("seed", 0)) + SAMPLES_EVAL_SEED_OFFSET
+    try:  # the export's own crops, drawn by the same function
+        crops, _ = random_crops(natural_images(), n, h, w, seed)  # [N, H, W, 3] uint8
+    except NoPhotosError as exc:
+        raise DnnProfileError(str(exc)) from exc
+    raw = np.ascontiguousarray(crops.transpose(0, 3, 1, 2))  # [N, 3, H, W]
+    if reference is None:
+        raise DnnProfileError("samples of a photo model need the unsplit model as reference")
+    labels = np.asarray(reference(raw), dtype=np.int64)
+    return Dataset("samples", raw, labels, f"{n} seeded crops of the shipped photos "
+                   f"(seed {seed})", "top1-agreement-with-fp32-model")
+
+
+def reference_top1(profile: DnnProfile) -> Any:
+    """A function raw ``[N, C, H, W]`` -> the unsplit fp32 model's top-1 ``[N]``."""
+    sess = _session(profile.full_file, 1)
+
+    def top1(raw: np.ndarray) -> np.ndarray:
+        x = profile.normalize(raw)
+        return np.concatenate([_run(sess, x[i:i + 16]).argmax(axis=1)
+                               for i in range(0, len(x), 16)])
+
+    return top1
+
+
+def load_image(path: Path, profile: DnnProfile) -> np.ndarray:
+    """One input ``[C, H, W]`` uint8 in the model's raw units from an image file or ``.npy``."""
+    c, h, w = profile.input_shape
+    if path.suffix == ".npy":
+        a = np.load(path)
+        if a.shape == (h, w) and c == 1:
+            a = a[None]
+        if a.shape == (h, w, c):
+            a = a.transpose(2, 0, 1)
+        if a.shape != (c, h, w):
+            raise DnnProfileError(f"{path}: shape {a.shape}, the model takes {(c, h, w)}")
+        return _to_uint8(a, profile.raw_range)
+    try:
+        from PIL import Image
+    except ImportError as exc:
+        raise DnnProfileError("reading images needs Pillow (pip install pillow)") from exc
+    try:
+        img = Image.open(path)
+        img = img.convert("L" if c == 1 else "RGB").resize((w, h), Image.BILINEAR)
+    except OSError as exc:
+        raise DnnProfileError(f"cannot read image {path}: {exc}") from None
+    a = np.asarray(img, dtype=np.float32)
+    a = a[None] if c == 1 else a.transpose(2, 0, 1)
+    if profile.raw_range is None:
+        raise DnnProfileError("this model takes normalized inputs: give a .npy")
+    lo, hi = profile.raw_range
+    return _to_uint8(lo + a / 255.0 * (hi - lo), profile.raw_range)

@@ -1,0 +1,249 @@
+"""The device's side of one edge session: an ``async with`` WebSocket client.
+
+All sends go through ``_request``. Any transport failure (refused connection, reset, closed
+socket, timeout) surfaces as ``EdgeUnavailable`` so the generation loop can degrade to the
+draft alone; an ``error`` frame from the edge surfaces as ``wire.EdgeError``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+
+import aiohttp
+import numpy as np
+
+from ondevice.common import wire
+
+DEFAULT_TIMEOUT_S = 15.0  # s; a verify round on a loaded edge stays well under this
+
+
+class EdgeUnavailable(ConnectionError):
+    """The edge cannot be reached or stopped answering."""
+
+
+def client_ssl(url: str, fingerprint: str | None) -> aiohttp.Fingerprint | bool:
+    """TLS setting for ``url``: pin the certificate's SHA-256 (hex) when given.
+
+    A pinned self-signed edge certificate is accepted only if its DER SHA-256 matches; without
+    a fingerprint an ``https`` edge must present a certificate the system trusts.
+    """
+    if url.startswith("https://") and fingerprint:
+        return aiohttp.Fingerprint(bytes.fromhex(fingerprint.replace(":", "")))
+    return True
+
+
+class EdgeClient:
+    """One session on an edge. ``on_bytes(tx, rx)`` is told of every frame's size."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        max_frame_bytes: int = 1 << 22,
+        on_bytes: Callable[[int, int], None] | None = None,
+        token: str | None = None,
+        fingerprint: str | None = None,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.token = token
+        self.fingerprint = fingerprint
+        self.timeout_s = timeout_s
+        self.max_frame_bytes = max_frame_bytes
+        self.on_bytes = on_bytes
+        self.session_id: str | None = None
+        self.opened: wire.Opened | None = None
+        self._http: aiohttp.ClientSession | None = None
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+
+    async def __aenter__(self) -> EdgeClient:
+        self._http = aiohttp.ClientSession()
+        ws_url = self.url.replace("http://", "ws://", 1).replace("https://", "wss://", 1)
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
+        try:
+            self._ws = await asyncio.wait_for(
+                self._http.ws_connect(
+                    ws_url + wire.WS_PATH,
+                    timeout=aiohttp.ClientWSTimeout(ws_close=2.0),
+                    max_msg_size=self.max_frame_bytes,
+                    headers=headers,
+                    ssl=client_ssl(self.url, self.fingerprint),
+                ),
+                self.timeout_s,
+            )
+        except aiohttp.WSServerHandshakeError as exc:
+            await self.async_close()
+            if exc.status == 401:
+                raise wire.EdgeError(
+                    "unauthorized",
+                    f"edge {self.url} refused the bearer token"
+                    " (set --token-file or COINFER_TOKEN)",
+                ) from exc
+            raise EdgeUnavailable(f"edge {self.url} refused the session: {exc}") from exc
+        except aiohttp.ServerFingerprintMismatch as exc:
+            await self.async_close()
+            raise wire.EdgeError(
+                "tls-fingerprint",
+                f"edge {self.url} presented a certificate with sha256 {exc.got.hex()},"
+                f" expected {exc.expected.hex()}",
+            ) from exc
+        except aiohttp.ClientConnectorCertificateError as exc:
+            await self.async_close()
+            raise wire.EdgeError(
+                "tls-fingerprint",
+                f"edge {self.url} presented a certificate this device does not trust ({exc});"
+                " pin it with --edge-fingerprint or let discovery supply the advertised one",
+            ) from exc
+        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+            await self.async_close()
+            raise EdgeUnavailable(f"cannot reach edge {self.url}: {exc}") from exc
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.async_close()
+
+    async def async_close(self) -> None:
+        """Close the session and the socket. Idempotent; never raises for a dead edge."""
+        ws, http = self._ws, self._http
+        self._ws, self._http = None, None
+        if ws is not None and not ws.closed:
+            # A dead edge cannot be told goodbye: closing must never raise.
+            if self.session_id is not None:
+                with contextlib.suppress(
+                    aiohttp.ClientError, OSError, asyncio.TimeoutError, RuntimeError
+                ):
+                    await asyncio.wait_for(
+                        ws.send_bytes(wire.encode(wire.Close(self.session_id))), 1.0
+                    )
+            with contextlib.suppress(aiohttp.ClientError, OSError, asyncio.TimeoutError):
+                await asyncio.wait_for(ws.close(), 2.0)
+        if http is not None:
+            await http.close()
+        self.session_id = None
+
+    async def _send(self, msg: wire.Message) -> None:
+        if self._ws is None or self._ws.closed:
+            raise EdgeUnavailable(f"connection to {self.url} is closed")
+        frame = wire.encode(msg)
+        if self.on_bytes:
+            self.on_bytes(len(frame), 0)
+        try:
+            await self._ws.send_bytes(frame)
+        except (aiohttp.ClientError, OSError, RuntimeError) as exc:
+            raise EdgeUnavailable(f"lost edge {self.url}: {exc}") from exc
+
+    async def _receive(self) -> wire.Message:
+        assert self._ws is not None
+        try:
+            msg = await self._ws.receive(timeout=self.timeout_s)
+        except asyncio.TimeoutError as exc:
+            raise EdgeUnavailable(
+                f"edge {self.url} did not answer in {self.timeout_s:g} s"
+            ) from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise EdgeUnavailable(f"lost edge {self.url}: {exc}") from exc
+        if msg.type != aiohttp.WSMsgType.BINARY:
+            raise EdgeUnavailable(f"edge {self.url} closed the session ({msg.type.name})")
+        if self.on_bytes:
+            self.on_bytes(0, len(msg.data))
+        reply = wire.decode(msg.data)
+        if isinstance(reply, wire.Error):
+            raise wire.EdgeError(reply.code, reply.message)
+        return reply
+
+    async def _request(self, msg: wire.Message, expect: type) -> wire.Message:
+        await self._send(msg)
+        reply = await self._receive()
+        while isinstance(reply, wire.Result) and expect is not wire.Result:
+            reply = await self._receive()  # late answers of a DNN task already closed
+        if not isinstance(reply, expect):
+            raise wire.EdgeError("bad-frame", f"expected {expect.__name__}, got {reply!r}")
+        return reply
+
+    async def async_open(
+        self,
+        prompt: list[int],
+        *,
+        vocab_hash: str,
+        draft_model: str,
+        temperature: float,
+        seed: int,
+        top_k: int,
+    ) -> wire.Opened:
+        """Start a session: the edge prefills ``prompt`` (all but its last token)."""
+        opened = await self._request(
+            wire.Open(
+                prompt=np.asarray(prompt, dtype=np.int32),
+                vocab_hash=vocab_hash,
+                draft_model=draft_model,
+                temperature=temperature,
+                seed=seed,
+                top_k=top_k,
+            ),
+            wire.Opened,
+        )
+        assert isinstance(opened, wire.Opened)
+        self.session_id = opened.session
+        self.opened = opened
+        return opened
+
+    async def async_round(
+        self, draft: np.ndarray, q_ids: np.ndarray, q_probs: np.ndarray
+    ) -> wire.Verdict:
+        """Verify one drafted round. Shapes: ``draft [n]``, ``q_ids/q_probs [n, k]``."""
+        assert self.session_id is not None, "async_open first"
+        verdict = await self._request(
+            wire.Round(self.session_id, draft, q_ids, q_probs), wire.Verdict
+        )
+        assert isinstance(verdict, wire.Verdict)
+        return verdict
+
+    async def async_generate(self, max_tokens: int) -> AsyncIterator[wire.Tokens]:
+        """Let the target generate alone; yields token chunks until one has ``done``."""
+        assert self.session_id is not None, "async_open first"
+        await self._send(wire.Generate(self.session_id, max_tokens))
+        while True:
+            reply = await self._receive()
+            if not isinstance(reply, wire.Tokens):
+                raise wire.EdgeError("bad-frame", f"expected Tokens, got {reply!r}")
+            yield reply
+            if reply.done:
+                return
+
+    # -- split inference (ENACHI): one DNN session per task ---------------------------------
+
+    async def async_dnn_open(self, msg: wire.DnnOpen) -> wire.DnnOpened:
+        """Open a task; the edge answers with this device's bandwidth share."""
+        opened = await self._request(msg, wire.DnnOpened)
+        assert isinstance(opened, wire.DnnOpened)
+        self.session_id = opened.session
+        return opened
+
+    async def async_feature(self, packet: bytes, *, evaluate: bool) -> int:
+        """Send one feature packet of the open task (no wait); returns the frame's size."""
+        assert self.session_id is not None, "async_dnn_open first"
+        frame = wire.Feature(self.session_id, packet, evaluate)
+        await self._send(frame)
+        return len(wire.encode(frame))
+
+    async def async_input(self, offset: int, data: bytes) -> None:
+        """Send a slice of the raw input of the open (split 0) task (no wait)."""
+        assert self.session_id is not None, "async_dnn_open first"
+        await self._send(wire.Input(self.session_id, offset, data))
+
+    async def async_result(self) -> wire.Result:
+        """The next ``result`` frame of the open task (late ones of closed tasks skipped)."""
+        while True:
+            reply = await self._receive()
+            if not isinstance(reply, wire.Result):
+                raise wire.EdgeError("bad-frame", f"expected Result, got {type(reply).__name__}")
+            if reply.session == self.session_id:
+                return reply
+
+    async def async_dnn_close(self) -> None:
+        """End the open task (no reply)."""
+        if self.session_id is not None:
+            sid, self.session_id = self.session_id, None
+            await self._send(wire.Close(sid))

@@ -1,0 +1,519 @@
+"""``ondevice generate``: the speculative generation loop over a draft model and an edge.
+
+The loop owns no math: the policy decides drafting, ``DraftStream`` drafts and commits, the
+edge verifies, and the meter measures. llama.cpp calls run in a worker thread so the event
+loop stays free for the socket and the meter.
+
+Losing the edge (refused, reset, timed out) never loses output: tokens already verified stay
+committed, the unverified draft of the failed round is dropped, and the draft model finishes
+the generation alone with ``degraded`` set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from hw import Activity, PowerMeter, open_meter
+from ondevice.common import wire
+from ondevice.common.llama_runtime import LlamaConfig, LlamaModel, LlamaRunner
+from ondevice.edge.client import EdgeClient, EdgeUnavailable
+from ondevice.edge.discovery import EdgeBrowser, rank_edges
+from ondevice.llm.draft import DraftStream
+from ondevice.llm.policies import Policy, RoundStats
+
+log = logging.getLogger(__name__)
+
+METER_WAIT_S = 3.0  # s to wait for a meter's first reading before generating anyway
+# Refusals that mean the user's configuration is wrong: with an explicit --edge they end the
+# command; an edge found by discovery that refuses is skipped instead.
+FATAL_EDGE_ERRORS = frozenset({"vocab-mismatch", "unauthorized", "tls-fingerprint", "protocol"})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GenerateRequest:
+    prompt: str
+    max_tokens: int = 128
+    temperature: float = 0.0
+    seed: int = 0
+    top_k: int = 32  # support of the truncated draft distribution sent per drafted token
+    add_bos: bool = True
+
+
+@dataclass(slots=True, kw_only=True)
+class Report:
+    """What ``--json`` prints. Times in seconds unless the key says ms; energy in joules."""
+
+    text: str
+    tokens: list[int]
+    n_tokens: int
+    prompt_tokens: int
+    policy: str
+    policy_settings: dict[str, Any]
+    edge: str | None
+    edges: list[str]
+    degraded: bool
+    degraded_at_token: int | None
+    rejected_edges: list[dict[str, str]]  # edges discovery found but could not use, and why
+    segments: list[dict[str, Any]]  # who produced tokens [from_token, to_token): an edge URL or
+    # "draft" (the draft model alone)
+    stop_reason: str  # "max_tokens" | "eos" | "context"
+    elapsed_s: float
+    tokens_per_s: float
+    rounds: int
+    drafted: int
+    accepted: int
+    acceptance: float | None  # accepted / drafted
+    mean_drafted: float | None
+    mean_draft_ms: float | None
+    mean_verify_ms: float | None
+    mean_rtt_ms: float | None
+    overhead_ms_per_round: float | None  # round time not spent drafting or verifying
+    energy_j: float
+    energy_source: str  # "measured" | "modelled"
+    j_per_token: float | None
+    mean_power_w: float | None
+    budget_w: float | None  # the long-term power budget, if any
+    budget_j_per_token: float | None  # or the energy-per-token budget
+    budget_met: bool | None  # mean power (or J/token) within 3 % of the budget
+    meter: str
+    meter_coverage: float  # fraction of the window covered by real samples
+    window_monotonic_s: tuple[float, float]  # generation window, time.monotonic() seconds
+    temperature: float
+    seed: int
+    errors: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(slots=True)
+class _Totals:
+    rounds: int = 0
+    drafted: int = 0
+    accepted: int = 0
+    draft_s: float = 0.0
+    verify_s: float = 0.0
+    rtt_s: float = 0.0
+    round_s: float = 0.0
+    overhead_s: float = 0.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EdgePlan:
+    """Which edges a generation may use.
+
+    ``url`` is tried first when given. With ``discover``, zeroconf (on ``interfaces``; empty =
+    all) finds compatible edges when there is no ``url``, and again whenever the edge in use
+    is lost, while the draft carries on alone.
+    """
+
+    url: str | None = None
+    fingerprint: str | None = None  # pinned TLS certificate SHA-256 (hex) for ``url``
+    discover: bool = False
+    interfaces: tuple[str, ...] = ()
+    token: str | None = None
+    browse_s: float = 2.0
+    timeout_s: float = 15.0  # per edge reply
+
+
+@dataclass(frozen=True, slots=True)
+class _Target:
+    url: str
+    fingerprint: str | None
+
+
+class Generation:
+    """One prompt's generation, from the first edge contact to the last token."""
+
+    def __init__(
+        self,
+        draft_model: LlamaModel,
+        request: GenerateRequest,
+        policy: Policy,
+        *,
+        edge_url: str | None = None,
+        plan: EdgePlan | None = None,
+        meter: PowerMeter,
+        activity: Activity,
+        llama_config: LlamaConfig | None = None,
+        edge_timeout_s: float = 15.0,
+        browser: EdgeBrowser | None = None,
+    ) -> None:
+        self.model = draft_model
+        self.request = request
+        self.policy = policy
+        self.plan = plan or EdgePlan(url=edge_url, timeout_s=edge_timeout_s)
+        self.meter = meter
+        self.activity = activity
+        self.llama_config = llama_config or LlamaConfig()
+        self.totals = _Totals()
+        self.degraded = False
+        self.degraded_at: int | None = None
+        self.edges_used: list[str] = []
+        self.failed: list[str] = []
+        self.rejected: list[dict[str, str]] = []
+        self.segments: list[dict[str, Any]] = []
+        self.errors: list[str] = []
+        self.stop_reason = "max_tokens"
+        self._threads = self.llama_config.n_threads or 1
+        self._vocab_hash: str | None = None
+        self._browser = browser  # a caller's long-lived browser, else one per run
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _on_bytes(self, tx: int, rx: int) -> None:
+        if tx:
+            self.activity.add_tx_bytes(tx)
+        if rx:
+            self.activity.add_rx_bytes(rx)
+
+    async def _busy(self, fn, *args, **kwargs):  # type: ignore[no-untyped-def]
+        """Run a llama.cpp call in a worker thread, telling the activity model it is busy."""
+
+        def job():  # type: ignore[no-untyped-def]
+            with self.activity.busy(self._threads):
+                return fn(*args, **kwargs)
+
+        return await asyncio.to_thread(job)
+
+    def _remaining(self, stream: DraftStream) -> int:
+        return self.request.max_tokens - len(stream.out)
+
+    def _accept_tokens(self, stream: DraftStream, tokens: list[int]) -> bool:
+        """Commit tokens, cutting at an end-of-generation token or the budget; True if done."""
+        room = self._remaining(stream)
+        for i, t in enumerate(tokens[:room]):
+            if self.model.is_eog(t):
+                stream.commit(tokens[:i])
+                self.stop_reason = "eos"
+                return True
+        stream.commit(tokens[:room])
+        return self._remaining(stream) <= 0
+
+    def _degrade(self, stream: DraftStream, url: str, exc: BaseException) -> None:
+        if not self.degraded:
+            self.degraded = True
+            self.degraded_at = len(stream.out)
+        self.failed.append(url)
+        self.errors.append(f"{url}: {exc}")
+        log.warning("edge %s lost after %d tokens (%s); continuing on the draft alone",
+                    url, len(stream.out), exc)
+
+    async def _discover(self) -> list[_Target]:
+        """Compatible edges known now, best first, excluding those that failed in this run."""
+
+        assert self._browser is not None
+        records = await self._browser.async_records()
+        usable, rejected = rank_edges(records, vocab_hash=self._vocab_hash, exclude=self.failed)
+        for r in rejected:
+            entry = {"url": r.record.url, "name": r.record.name, "reason": r.reason}
+            if entry not in self.rejected:
+                self.rejected.append(entry)
+                log.warning("not using edge %s: %s", r.record.url, r.reason)
+        return [_Target(r.url, r.fingerprint or None) for r in usable]
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    async def run(self, runner: LlamaRunner) -> Report:
+        req, plan = self.request, self.plan
+        prompt_ids = self.model.tokenize(req.prompt, add_special=req.add_bos)
+        room = runner.n_ctx - len(prompt_ids)
+        if room <= 0:
+            raise ValueError(
+                f"prompt of {len(prompt_ids)} tokens does not fit n_ctx {runner.n_ctx}"
+            )
+        stream = DraftStream(
+            runner, prompt_ids, temperature=req.temperature, top_k=req.top_k, seed=req.seed
+        )
+        budget = min(req.max_tokens, room - 1)
+        if budget < req.max_tokens:
+            self.stop_reason = "context"
+        use_edge = bool(self.policy.mode != "device-only" and (plan.url or plan.discover))
+        async with contextlib.AsyncExitStack() as stack:
+            if use_edge and plan.discover and self._browser is None:
+                self._browser = await stack.enter_async_context(
+                    EdgeBrowser(interfaces=plan.interfaces, token=plan.token)
+                )
+            return await self._run(stream, budget, use_edge, len(prompt_ids))
+
+    async def _run(self, stream: DraftStream, budget: int, use_edge: bool, n_prompt: int
+                   ) -> Report:
+        plan = self.plan
+        targets: list[_Target] = []
+        if use_edge:
+            self._vocab_hash = await asyncio.to_thread(self.model.vocab_hash)
+            if plan.url:
+                targets = [_Target(plan.url, plan.fingerprint)]
+            else:
+                if not self._browser.names:  # a fresh browser: let the edges answer
+                    await asyncio.sleep(plan.browse_s)
+                if not self._browser.names:  # a loaded host answers late: one more window
+                    await self._browser.async_wait_change(plan.browse_s)
+                targets = await self._discover()
+                if not targets:
+                    self._degrade_start("no compatible edge found by discovery")
+        t0 = time.monotonic()
+        done = budget <= 0
+        while not done:
+            while targets and not done:
+                target = targets.pop(0)
+                done = await self._with_edge(stream, budget, target)
+                if not done:
+                    targets = []  # lost mid-run: rediscover while the draft carries on
+            if not done:
+                done, targets = await self._alone(
+                    stream, budget, rediscover=self._browser is not None
+                )
+        t1 = time.monotonic()
+        return self._report(stream, t0, t1, n_prompt)
+
+    def _segment(self, source: str, start: int, stream: DraftStream) -> None:
+        end = len(stream.out)
+        if end > start:
+            self.segments.append({"source": source, "from_token": start, "to_token": end})
+
+    def _degrade_start(self, why: str) -> None:
+        self.degraded, self.degraded_at = True, 0
+        self.errors.append(why)
+        log.warning("%s; generating on the draft alone", why)
+
+    async def _alone(
+        self, stream: DraftStream, budget: int, *, rediscover: bool
+    ) -> tuple[bool, list[_Target]]:
+        """Generate on the draft alone until done, or until rediscovery finds an edge."""
+        finder = asyncio.create_task(self._find_edges()) if rediscover else None
+        start = len(stream.out)
+        try:
+            while len(stream.out) < budget:
+                if finder is not None and finder.done():
+                    return False, finder.result()
+                token = await self._busy(stream.generate_alone)
+                if self.model.is_eog(token):
+                    stream.out.pop()
+                    self.stop_reason = "eos"
+                    return True, []
+            return True, []
+        finally:
+            self._segment("draft", start, stream)
+            if finder is not None and not finder.done():
+                finder.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await finder
+
+    async def _find_edges(self) -> list[_Target]:
+        """Edges to resume on: look now, then after every change (or ``browse_s``) until one
+        turns up. Runs as a task beside the draft; cancelled when generation ends."""
+        assert self._browser is not None
+        while True:
+            try:
+                targets = await self._discover()
+            except OSError as exc:  # e.g. the interface went down: try again later
+                log.info("rediscovery failed: %s", exc)
+                targets = []
+            if targets:
+                return targets
+            await self._browser.async_wait_change(self.plan.browse_s)
+
+    async def _with_edge(self, stream: DraftStream, budget: int, target: _Target) -> bool:
+        """Generate through one edge until done or the edge is lost; True when done."""
+        req, plan = self.request, self.plan
+        start = len(stream.out)
+        try:
+            async with EdgeClient(
+                target.url,
+                timeout_s=plan.timeout_s,
+                on_bytes=self._on_bytes,
+                token=plan.token,
+                fingerprint=target.fingerprint,
+            ) as edge:
+                await edge.async_open(
+                    stream.seq,
+                    vocab_hash=self._vocab_hash or "",
+                    draft_model=self.model.model_id,
+                    temperature=req.temperature,
+                    seed=req.seed + len(stream.out),  # a resumed stream draws fresh numbers
+                    top_k=req.top_k,
+                )
+                self.edges_used.append(target.url)
+                if self.policy.mode == "edge-only":
+                    return await self._edge_only(edge, stream, budget)
+                return await self._speculate(edge, stream, budget)
+        except (EdgeUnavailable, wire.EdgeError, wire.WireError) as exc:
+            if isinstance(exc, wire.EdgeError) and exc.code in FATAL_EDGE_ERRORS and not (
+                self.plan.discover and self.plan.url is None
+            ):
+                raise
+            self._degrade(stream, target.url, exc)
+            return False
+        finally:
+            self._segment(target.url, start, stream)
+
+    async def _edge_only(self, edge: EdgeClient, stream: DraftStream, budget: int) -> bool:
+        left = budget - len(stream.out)
+        async for chunk in edge.async_generate(left):
+            self.totals.verify_s += chunk.verify_ms / 1e3
+            if self._accept_tokens(stream, chunk.ids.tolist()):
+                return True
+        return len(stream.out) >= budget
+
+    async def _speculate(self, edge: EdgeClient, stream: DraftStream, budget: int) -> bool:
+        policy, tot = self.policy, self.totals
+        while len(stream.out) < budget:
+            left = budget - len(stream.out)
+            n_max = max(0, min(policy.round_budget(), left - 1))
+            r0 = time.monotonic()
+            drafted = await self._busy(
+                stream.draft,
+                n_max,
+                policy.keep_drafting,
+                want_entropy=policy.needs_entropy,
+                is_eog=self.model.is_eog,
+            )
+            s0 = time.monotonic()
+            verdict = await edge.async_round(drafted.ids, drafted.q_ids, drafted.q_probs)
+            r1 = time.monotonic()
+            n = int(drafted.ids.shape[0])
+            if not 0 <= verdict.accepted <= n:
+                raise wire.EdgeError("bad-frame", f"edge accepted {verdict.accepted} of {n}")
+            produced = drafted.ids[: verdict.accepted].tolist() + [verdict.token]
+            before = len(stream.out)
+            done = self._accept_tokens(stream, produced)
+            rtt_s = r1 - s0
+            tot.rounds += 1
+            tot.drafted += n
+            tot.accepted += verdict.accepted
+            tot.draft_s += drafted.draft_s
+            tot.verify_s += verdict.verify_ms / 1e3
+            tot.rtt_s += rtt_s
+            tot.round_s += r1 - r0
+            tot.overhead_s += (r1 - r0) - drafted.draft_s - verdict.verify_ms / 1e3
+            policy.observe(
+                RoundStats(
+                    drafted=n,
+                    accepted=verdict.accepted,
+                    produced=len(stream.out) - before,
+                    draft_s=drafted.draft_s,
+                    rtt_s=rtt_s,
+                    verify_s=verdict.verify_ms / 1e3,
+                    round_s=r1 - r0,
+                    energy_j=self.meter.energy_j(r0, r1),
+                    draft_energy_j=self.meter.energy_j(r0, s0),
+                    entropies=drafted.entropies,
+                    catchup_tokens=drafted.catchup_tokens,
+                )
+            )
+            if done:
+                return True
+        return True
+
+    def _report(self, stream: DraftStream, t0: float, t1: float, n_prompt: int) -> Report:
+        tot = self.totals
+        elapsed = max(t1 - t0, 1e-9)
+        n_out = len(stream.out)
+        energy = self.meter.energy_j(t0, t1)
+        r = tot.rounds
+
+        def per_round(x: float, scale: float = 1e3) -> float | None:
+            return x / r * scale if r else None
+
+        budget = getattr(self.policy, "budget", None)
+        budget_w = budget.power_w if budget is not None else None
+        budget_jpt = budget.j_per_token if budget is not None else None
+        met = None
+        if budget_w is not None:
+            met = energy / elapsed <= budget_w * 1.03
+        elif budget_jpt is not None and n_out:
+            met = energy / n_out <= budget_jpt * 1.03
+
+        return Report(
+            text=self.model.detokenize(stream.out),
+            tokens=list(stream.out),
+            n_tokens=n_out,
+            prompt_tokens=n_prompt,
+            policy=self.policy.name,
+            policy_settings=self.policy.describe(),
+            edge=self.edges_used[-1] if self.edges_used else None,
+            edges=list(self.edges_used),
+            degraded=self.degraded,
+            degraded_at_token=self.degraded_at,
+            rejected_edges=self.rejected,
+            segments=self.segments,
+            stop_reason=self.stop_reason,
+            elapsed_s=elapsed,
+            tokens_per_s=n_out / elapsed,
+            rounds=r,
+            drafted=tot.drafted,
+            accepted=tot.accepted,
+            acceptance=tot.accepted / tot.drafted if tot.drafted else None,
+            mean_drafted=tot.drafted / r if r else None,
+            mean_draft_ms=per_round(tot.draft_s),
+            mean_verify_ms=per_round(tot.verify_s),
+            mean_rtt_ms=per_round(tot.rtt_s),
+            overhead_ms_per_round=per_round(tot.overhead_s),
+            energy_j=energy,
+            energy_source="measured" if self.meter.measured else "modelled",
+            j_per_token=energy / n_out if n_out else None,
+            mean_power_w=energy / elapsed,
+            budget_w=budget_w,
+            budget_j_per_token=budget_jpt,
+            budget_met=met,
+            meter=self.meter.kind,
+            meter_coverage=self.meter.coverage(t0, t1),
+            window_monotonic_s=(t0, t1),
+            temperature=self.request.temperature,
+            seed=self.request.seed,
+            errors=self.errors,
+        )
+
+
+async def generate(
+    draft_path: str,
+    request: GenerateRequest,
+    policy: Policy,
+    *,
+    edge_url: str | None = None,
+    plan: EdgePlan | None = None,
+    meter_spec: str = "sim",
+    llama_config: LlamaConfig | None = None,
+    edge_timeout_s: float = 15.0,
+    browser: EdgeBrowser | None = None,
+) -> Report:
+    """Load the draft, open the meter, run one generation, and report.
+
+    ``plan`` says which edges to use; ``edge_url`` alone is shorthand for one explicit edge
+    without discovery. A long-running caller passes its own open ``browser`` so discovery
+    answers are already in hand.
+    """
+    cfg = llama_config or LlamaConfig()
+    model = await asyncio.to_thread(LlamaModel, draft_path)
+    try:
+        runner = await asyncio.to_thread(LlamaRunner, model, cfg)
+        try:
+            activity = Activity()
+            async with open_meter(meter_spec, activity=activity) as meter:
+                # Start the window with a reading in hand (a serial meter takes a poll).
+                await meter.async_wait_sample(METER_WAIT_S)
+                gen = Generation(
+                    model,
+                    request,
+                    policy,
+                    plan=plan or EdgePlan(url=edge_url, timeout_s=edge_timeout_s),
+                    meter=meter,
+                    activity=activity,
+                    llama_config=cfg,
+                    browser=browser,
+                )
+                return await gen.run(runner)
+        finally:
+            await asyncio.to_thread(runner.close)
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.to_thread(model.close)
+
+
+__all__ = ["EdgePlan", "GenerateRequest", "Generation", "Report", "generate"]

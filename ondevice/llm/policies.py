@@ -1,0 +1,272 @@
+"""Drafting policies: how many tokens the device drafts per round, and whether to use the edge.
+
+A policy is a small state object with no I/O. The generation loop asks it, every round, for a
+budget (``round_budget``), asks it after every drafted token whether to draft one more
+(``keep_drafting``, the per-token inner loop), and tells it what happened (``observe``). The
+transport never looks inside a policy, so GELATO and AdaEDL plug in here without touching it.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+from ondevice.llm import gelato
+
+Mode = Literal["speculative", "device-only", "edge-only"]
+
+
+@dataclass(frozen=True, slots=True)
+class RoundStats:
+    """What one draft-verify round did. Times in seconds, energy in joules."""
+
+    drafted: int
+    accepted: int
+    produced: int  # tokens committed by the round (accepted + 1, less any cut at the end)
+    draft_s: float
+    rtt_s: float  # send of the round frame to receipt of the verdict
+    verify_s: float  # the edge's batched target evaluation, as it reports
+    round_s: float  # whole round, wall clock
+    energy_j: float  # device energy over the round (from the meter)
+    draft_energy_j: float = 0.0  # of which while drafting
+    entropies: list[float] = field(default_factory=list)  # per drafted token, nats (if asked)
+    # Committed tokens the draft evaluated at the round's start beyond the one it drafts from
+    # (0 or 1 after a drafted round; more after rounds that drafted nothing, or the prompt):
+    # that catch-up is in draft_s but is not the cost of the tokens drafted.
+    catchup_tokens: int = 0
+
+
+class Policy(ABC):
+    """Decides drafting; ``mode`` says which path of the generation loop runs."""
+
+    name: str = "policy"
+    mode: Mode = "speculative"
+    needs_entropy: bool = False  # whether keep_drafting wants the draft's entropy
+
+    @abstractmethod
+    def round_budget(self) -> int:
+        """Most tokens to draft this round (the loop also caps it by what is left to generate)."""
+
+    def keep_drafting(self, drafted: int, entropy_nats: float | None) -> bool:
+        """After ``drafted`` tokens this round (the last with this entropy), draft another?"""
+        return True
+
+    def observe(self, stats: RoundStats) -> None:  # noqa: B027 - optional hook
+        """Learn from a finished round (default: nothing to learn)."""
+
+    def describe(self) -> dict[str, object]:
+        """Settings to put in the report."""
+        return {}
+
+
+class FixedPolicy(Policy):
+    """Draft exactly ``gamma`` tokens per round (distributed SD as in DSSD)."""
+
+    name = "fixed"
+
+    def __init__(self, gamma: int) -> None:
+        if gamma < 1:
+            raise ValueError(f"gamma must be >= 1, got {gamma}")
+        self.gamma = gamma
+
+    def round_budget(self) -> int:
+        return self.gamma
+
+    def describe(self) -> dict[str, object]:
+        return {"gamma": self.gamma}
+
+
+class DeviceOnlyPolicy(Policy):
+    """The draft model generates alone; the edge is never contacted."""
+
+    name = "device-only"
+    mode: Mode = "device-only"
+
+    def round_budget(self) -> int:
+        return 0
+
+
+class EdgeOnlyPolicy(Policy):
+    """The edge's target generates alone and streams tokens back."""
+
+    name = "edge-only"
+    mode: Mode = "edge-only"
+
+    def round_budget(self) -> int:
+        return 0
+
+
+class AdaEdlPolicy(Policy):
+    """AdaEDL: stop drafting once the entropy bound 1 - sqrt(c H) drops below ``threshold``;
+    no energy control. Capped at ``cap`` tokens per round."""
+
+    name = "adaedl"
+    needs_entropy = True
+
+    def __init__(self, *, threshold: float = 0.5, c: float = gelato.ADAEDL_C, cap: int = 16):
+        self.threshold, self.c, self.cap = threshold, c, cap
+
+    def round_budget(self) -> int:
+        return self.cap
+
+    def keep_drafting(self, drafted: int, entropy_nats: float | None) -> bool:
+        assert entropy_nats is not None
+        return gelato.adaedl_bound(entropy_nats, self.c) >= self.threshold
+
+    def describe(self) -> dict[str, object]:
+        return {"threshold": self.threshold, "c": self.c, "cap": self.cap}
+
+
+class HfHeuristicPolicy(Policy):
+    """Hugging Face's assisted-generation schedule: +2 after a fully accepted round, else -1."""
+
+    name = "hf-heuristic"
+
+    def __init__(self, *, start: int = 4, cap: int = 16) -> None:
+        self.gamma, self.cap = start, cap
+        self._sum = 0
+        self._rounds = 0
+
+    def round_budget(self) -> int:
+        return self.gamma
+
+    def observe(self, stats: RoundStats) -> None:
+        if stats.drafted and stats.accepted == stats.drafted:
+            self.gamma = min(self.gamma + 2, self.cap)
+        elif stats.drafted:
+            self.gamma = max(self.gamma - 1, 1)
+        self._sum += stats.drafted
+        self._rounds += 1
+
+    def describe(self) -> dict[str, object]:
+        return {"final_gamma": self.gamma, "cap": self.cap}
+
+
+DEFAULT_V = 2.0  # J per token: the queue's price of one expected token (see docs/gelato.md)
+
+
+class GelatoPolicy(Policy):
+    """GELATO: drift-plus-penalty reference budget per round and entropy early exit per token.
+
+    ``budget`` None means no energy constraint (the queue stays empty and the policy maximizes
+    tokens per second). Measured round energy drives the virtual queue.
+    """
+
+    name = "gelato"
+    needs_entropy = True
+
+    def __init__(
+        self, *, v: float = DEFAULT_V, budget: gelato.Budget | None = None, cap: int = 16,
+        estimates: gelato.Estimates | None = None,
+    ) -> None:
+        if v <= 0:
+            raise ValueError("V must be > 0")
+        self.v, self.budget, self.cap = v, budget, cap
+        self.q_j = 0.0
+        self.est = estimates or gelato.Estimates()
+        self.acceptance = gelato.AcceptanceModel()
+        self._ref = 0
+        self._score = 0.0
+        self._survival = 1.0
+        self._model = self.est.model()
+        self.rounds = 0
+        self.q_sum = 0.0
+        self.ref_sum = 0
+        self.energy_j = 0.0
+        self.time_s = 0.0
+        self.tokens = 0
+
+    WARMUP = (2, 4, 1, 3)  # first rounds' budgets: varied, so verify time vs b is measurable
+    EXPLORE_EVERY = 16  # when the optimum is not to draft, still draft one token this often
+
+    def round_budget(self) -> int:
+        self._model = self.est.model()
+        self._ref, self._score = gelato.choose_budget(
+            self._model, self.q_j, self.v, self.budget, self.cap
+        )
+        self._survival = 1.0
+        if self.rounds < len(self.WARMUP):
+            self._ref = self.WARMUP[self.rounds]
+            return self._ref
+        if self._ref == 0 and self.rounds % self.EXPLORE_EVERY == 0 and self._could_pay():
+            return 1  # keep the acceptance and draft-cost estimates alive
+        return min(2 * self._ref, self.cap)
+
+    def _could_pay(self) -> bool:
+        """Whether drafting would be chosen if every drafted token were accepted (a = A_MAX):
+        if not, probing acceptance is pointless, and each probe costs a draft forward plus the
+        draft's catch-up on every token committed since its last draft."""
+        best = replace(self._model, a=gelato.A_MAX)
+        return gelato.choose_budget(best, self.q_j, self.v, self.budget, self.cap)[0] > 0
+
+    def keep_drafting(self, drafted: int, entropy_nats: float | None) -> bool:
+        assert entropy_nats is not None
+        a = self.acceptance.predict(entropy_nats)
+        self._survival *= a
+        return gelato.keep_drafting(
+            v=self.v, q_j=self.q_j, score=self._score, survival=self._survival, a_next=a,
+            e_draft_j=self._model.e_draft_j, t_draft_s=self._model.t_draft_s,
+            budget=self.budget,
+        )
+
+    def observe(self, stats: RoundStats) -> None:
+        self.est.observe(
+            drafted=stats.drafted, accepted=stats.accepted, draft_s=stats.draft_s,
+            rtt_s=stats.rtt_s, verify_s=stats.verify_s, round_s=stats.round_s,
+            energy_j=stats.energy_j, draft_energy_j=stats.draft_energy_j,
+            catchup_tokens=stats.catchup_tokens,
+        )
+        self.acceptance.observe_round(stats.entropies, stats.accepted)
+        if self.budget is not None:
+            allowance = self.budget.allowance_j(stats.round_s, stats.produced)
+            self.q_j = gelato.queue_update(self.q_j, stats.energy_j, allowance)
+        self.rounds += 1
+        self.q_sum += self.q_j
+        self.ref_sum += self._ref
+        self.energy_j += stats.energy_j
+        self.time_s += stats.round_s
+        self.tokens += stats.produced
+
+    def describe(self) -> dict[str, object]:
+        prior_mse, learned_mse = self.acceptance.brier()
+        out: dict[str, object] = {
+            "V": self.v,
+            "cap": self.cap,
+            "queue_j": self.q_j,
+            "mean_queue_j": self.q_sum / self.rounds if self.rounds else 0.0,
+            "mean_reference_budget": self.ref_sum / self.rounds if self.rounds else None,
+            "acceptance_brier_prior": prior_mse,
+            "acceptance_brier_learned": learned_mse,
+            "acceptance_calibration": self.acceptance.calibration(),
+        }
+        if self.budget is not None:
+            out["budget"] = {"power_w": self.budget.power_w,
+                             "j_per_token": self.budget.j_per_token}
+        return out
+
+
+POLICIES = ("gelato", "fixed", "adaedl", "hf-heuristic", "device-only", "edge-only")
+
+
+def make_policy(
+    name: str, *, gamma: int = 4, v: float = DEFAULT_V, power_budget_w: float | None = None,
+    energy_per_token_j: float | None = None,
+) -> Policy:
+    """Build a policy by its ``--policy`` name."""
+    if name == "gelato":
+        budget = None
+        if power_budget_w is not None or energy_per_token_j is not None:
+            budget = gelato.Budget(power_w=power_budget_w, j_per_token=energy_per_token_j)
+        return GelatoPolicy(v=v, budget=budget)
+    if name == "fixed":
+        return FixedPolicy(gamma)
+    if name == "adaedl":
+        return AdaEdlPolicy()
+    if name == "hf-heuristic":
+        return HfHeuristicPolicy()
+    if name == "device-only":
+        return DeviceOnlyPolicy()
+    if name == "edge-only":
+        return EdgeOnlyPolicy()
+    raise ValueError(f"unknown policy {name!r}; choose one of {', '.join(POLICIES)}")

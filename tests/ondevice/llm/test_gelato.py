@@ -1,0 +1,252 @@
+"""GELATO's controller: hand-computed cases, estimator convergence, and long synthetic runs."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from _edge import EdgeProc, Reference
+
+from ondevice.common.llama_runtime import LlamaConfig
+from ondevice.llm import gelato
+from ondevice.llm.gelato import (
+    AcceptanceModel,
+    Budget,
+    Ewma,
+    LinearFit,
+    RoundModel,
+    choose_budget,
+    expected_tokens,
+    keep_drafting,
+    queue_update,
+)
+from ondevice.llm.generate import GenerateRequest, generate
+from ondevice.llm.policies import (
+    AdaEdlPolicy,
+    FixedPolicy,
+    GelatoPolicy,
+    HfHeuristicPolicy,
+    Policy,
+    RoundStats,
+)
+
+MODEL = RoundModel(a=0.8, t_draft_s=0.02, t_net_s=0.01, t_verify0_s=0.03,
+                   t_verify_per_token_s=0.0, e_draft_j=0.1, p_wait_w=2.0)
+
+
+def test_expected_tokens() -> None:
+    assert expected_tokens(0.5, 0) == 1.0
+    assert expected_tokens(0.5, 2) == pytest.approx(1 + 0.5 + 0.25)
+    assert expected_tokens(1.0, 3) == 4.0
+    assert expected_tokens(0.0, 5) == 1.0
+
+
+def test_queue_update() -> None:
+    assert queue_update(0.0, 2.0, 1.5) == pytest.approx(0.5)
+    assert queue_update(0.5, 1.0, 3.0) == 0.0
+    assert queue_update(4.0, 1.0, 1.0) == 4.0
+
+
+def test_choose_budget_without_constraint_maximizes_throughput() -> None:
+    # N(b)/T(b) with a = 0.8, T(b) = 0.04 + 0.02 b, by hand:
+    ratios = [expected_tokens(0.8, b) / (0.04 + 0.02 * b) for b in range(9)]
+    best = int(np.argmax(ratios))
+    b, score = choose_budget(MODEL, q_j=0.0, v=1.0, budget=None, cap=8)
+    assert b == best == 2  # 2.44 / 0.08 = 30.5 beats b = 1 (30.0) and b = 3 (29.5)
+    assert score == pytest.approx(ratios[2])
+
+
+def test_choose_budget_backs_off_when_the_queue_grows() -> None:
+    budget = Budget(power_w=2.5)
+    b0, _ = choose_budget(MODEL, q_j=0.0, v=1.0, budget=budget, cap=8)
+    b1, _ = choose_budget(MODEL, q_j=5.0, v=1.0, budget=budget, cap=8)
+    b2, _ = choose_budget(MODEL, q_j=50.0, v=1.0, budget=budget, cap=8)
+    assert b0 >= b1 >= b2 and b2 == 0
+    # Hand check of one objective value: b = 2, Q = 5, V = 1.
+    t = 0.04 + 0.04
+    e = 2 * 0.1 + (t - 0.04) * 2.0
+    want = (1.0 * expected_tokens(0.8, 2) - 5.0 * (e - 2.5 * t)) / t
+    m = MODEL
+    got = (1.0 * expected_tokens(m.a, 2) - 5.0 * (m.energy_j(2) - budget.allowance_j(
+        m.time_s(2), expected_tokens(m.a, 2)))) / m.time_s(2)
+    assert got == pytest.approx(want)
+
+
+def test_energy_per_token_budget_allowance() -> None:
+    assert Budget(j_per_token=0.2).allowance_j(10.0, 3.0) == pytest.approx(0.6)
+    assert Budget(power_w=4.0).allowance_j(0.5, 99.0) == pytest.approx(2.0)
+    with pytest.raises(ValueError):
+        Budget()
+    with pytest.raises(ValueError):
+        Budget(power_w=1.0, j_per_token=1.0)
+
+
+def test_inner_rule_marginal_value() -> None:
+    common = dict(e_draft_j=0.1, t_draft_s=0.02)
+    # V S a = 1 * 0.9 * 0.9 = 0.81 > Q e + score t = 1 * 0.1 + 10 * 0.02 = 0.3
+    assert keep_drafting(v=1.0, q_j=1.0, score=10.0, survival=0.9, a_next=0.9, **common)
+    # 0.81 * 0.3 = 0.243 < 0.3
+    assert not keep_drafting(v=1.0, q_j=1.0, score=10.0, survival=0.27, a_next=0.9, **common)
+    # With an empty queue only time matters.
+    assert keep_drafting(v=1.0, q_j=0.0, score=10.0, survival=0.3, a_next=0.9, **common)
+
+
+def test_ewma_converges() -> None:
+    e = Ewma(10.0, alpha=0.05)
+    rng = np.random.default_rng(0)
+    for x in rng.normal(3.0, 0.5, 2000):
+        e.update(x)
+    assert e.value == pytest.approx(3.0, abs=0.1)
+
+
+def test_linear_fit_recovers_slope_and_falls_back() -> None:
+    fit = LinearFit(0.5, 0.5)
+    rng = np.random.default_rng(1)
+    for _ in range(300):
+        b = int(rng.integers(0, 9))
+        fit.update(b, 0.02 + 0.003 * b + rng.normal(0, 1e-4))
+    c0, c1 = fit.coef()
+    assert c0 == pytest.approx(0.02, abs=1e-3) and c1 == pytest.approx(0.003, abs=3e-4)
+    const = LinearFit(0.5, 0.5, slope_ratio=0.1)
+    for _ in range(50):
+        const.update(4.0, 0.028)  # only b = 4 ever seen: level c0 (1 + 0.1 * 4) = 0.028
+    c0, c1 = const.coef()
+    assert c0 == pytest.approx(0.02) and c1 == pytest.approx(0.002)
+
+
+def test_acceptance_model_learns_from_outcomes() -> None:
+    model = AcceptanceModel()
+    first_bin_center = model.edges[1] / 2
+    assert model.predict(0.0) == pytest.approx(gelato.adaedl_bound(first_bin_center))
+    rng = np.random.default_rng(2)
+    true = lambda h: 0.9 * math.exp(-h / 3)  # noqa: E731
+    for _ in range(20000):
+        h = float(rng.uniform(0, 6))
+        model.observe(h, bool(rng.random() < true(h)))
+    for h in (0.5, 2.0, 4.0):
+        assert model.predict(h) == pytest.approx(true(h), abs=0.06)
+    prior_mse, learned_mse = model.brier()
+    assert learned_mse < prior_mse
+    # Round bookkeeping: two accepted, the third rejected, the fourth never judged.
+    m2 = AcceptanceModel(prior_count=0.0001)
+    m2.observe_round([0.1, 0.1, 3.0, 5.0], n_accepted=2)
+    assert m2.seen.sum() == 3
+    assert m2.predict(0.1) == pytest.approx(gelato.A_MAX)
+    assert m2.predict(3.0) == pytest.approx(gelato.A_MIN)
+
+
+class _World:
+    """A synthetic device and edge: per-token entropies and acceptances, fixed costs."""
+
+    def __init__(self, seed: int) -> None:
+        self.rng = np.random.default_rng(seed)
+        self.t_draft, self.p_draft, self.p_wait = 0.02, 4.0, 2.5
+        self.t_rt = 0.06  # network + verify
+
+    def token(self) -> tuple[float, bool]:
+        h = float(self.rng.gamma(2.0, 0.6))
+        return h, bool(self.rng.random() < 0.95 * math.exp(-h / 2.5))
+
+    def run(self, policy: Policy, rounds: int) -> tuple[float, float, int]:
+        energy = time = 0.0
+        tokens = 0
+        for _ in range(rounds):
+            cap = policy.round_budget()
+            ents, oks = [], []
+            for j in range(cap):
+                h, ok = self.token()
+                ents.append(h)
+                oks.append(ok)
+                if not policy.keep_drafting(j + 1, h):
+                    break
+            n = len(ents)
+            acc = next((i for i, ok in enumerate(oks) if not ok), n)
+            t_d = n * self.t_draft
+            e_d = t_d * self.p_draft
+            t = t_d + self.t_rt
+            e = e_d + self.t_rt * self.p_wait
+            policy.observe(RoundStats(drafted=n, accepted=acc, produced=acc + 1, draft_s=t_d,
+                                      rtt_s=self.t_rt, verify_s=0.03, round_s=t, energy_j=e,
+                                      draft_energy_j=e_d, entropies=ents))
+            energy, time, tokens = energy + e, time + t, tokens + acc + 1
+        return energy, time, tokens
+
+
+def _fixed_extremes(rounds: int = 1500) -> tuple[float, float]:
+    """The lowest power and the lowest J/token any fixed drafting length reaches here."""
+    watts, jpt = [], []
+    for b in range(0, 9):
+        policy = FixedPolicy(b) if b else _NoDraft()
+        e, t, n = _World(30 + b).run(policy, rounds)
+        watts.append(e / t)
+        jpt.append(e / n)
+    return min(watts), min(jpt)
+
+
+class _NoDraft(FixedPolicy):
+    def __init__(self) -> None:
+        self.gamma = 0
+
+
+def test_binding_power_budget_is_met_in_the_long_run() -> None:
+    free_e, free_t, _ = _World(3).run(GelatoPolicy(v=2.0), 3000)
+    free_w = free_e / free_t
+    floor_w, _ = _fixed_extremes()
+    assert floor_w < free_w
+    budget_w = floor_w + 0.5 * (free_w - floor_w)  # feasible, and binding
+    policy = GelatoPolicy(v=2.0, budget=Budget(power_w=budget_w))
+    e, t, _ = _World(4).run(policy, 6000)
+    assert e / t == pytest.approx(budget_w, rel=0.03)
+    assert policy.q_j > 0.0
+
+
+def test_slack_budget_leaves_the_queue_empty_and_throughput_unchanged() -> None:
+    free = GelatoPolicy(v=2.0)
+    e0, t0, n0 = _World(5).run(free, 3000)
+    slack = GelatoPolicy(v=2.0, budget=Budget(power_w=2 * e0 / t0))
+    _, t1, n1 = _World(5).run(slack, 3000)
+    assert slack.q_j == 0.0
+    assert n1 / t1 == pytest.approx(n0 / t0, rel=0.02)
+
+
+def test_energy_per_token_budget_is_met() -> None:
+    e0, _, n0 = _World(6).run(GelatoPolicy(v=2.0), 3000)
+    _, floor_jpt = _fixed_extremes()
+    assert floor_jpt < e0 / n0
+    target = floor_jpt + 0.5 * (e0 / n0 - floor_jpt)
+    policy = GelatoPolicy(v=2.0, budget=Budget(j_per_token=target))
+    e, _, n = _World(7).run(policy, 6000)
+    assert e / n == pytest.approx(target, rel=0.03)
+
+
+def test_larger_v_trades_energy_for_speed() -> None:
+    rates, powers = [], []
+    for v in (0.25, 2.0, 16.0):
+        budget = Budget(power_w=4.0)
+        e, t, n = _World(8).run(GelatoPolicy(v=v, budget=budget), 3000)
+        rates.append(n / t)
+        powers.append(e / t)
+    assert rates[0] <= rates[1] <= rates[2]
+    assert powers[0] <= powers[1] <= powers[2]
+
+
+@pytest.mark.parametrize(
+    "make", [lambda: GelatoPolicy(), AdaEdlPolicy, HfHeuristicPolicy],
+    ids=["gelato", "adaedl", "hf-heuristic"],
+)
+async def test_control_changes_speed_never_text(
+    make, fixture_models: tuple[Path, Path], edge: EdgeProc  # type: ignore[no-untyped-def]
+) -> None:
+    ref = Reference(fixture_models[0])
+    try:
+        for prompt in ("The river", "A computer does"):
+            report = await generate(str(fixture_models[1]),
+                                    GenerateRequest(prompt=prompt, max_tokens=48), make(),
+                                    edge_url=edge.url, llama_config=LlamaConfig(n_ctx=512,
+                                                                                n_threads=1))
+            assert report.tokens == ref.greedy(prompt, 48), prompt
+            assert not report.degraded
+    finally:
+        ref.close()
