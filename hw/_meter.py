@@ -81,6 +81,9 @@ class PowerMeter(abc.ABC):
         self.latest: PowerSample | None = None
         self.reconnects = 0
         self.bad_frames = 0
+        # Why the meter is not reading now (set on a failure, cleared by the next sample): what
+        # a user must see instead of a silent "- W".
+        self.last_error: str | None = None
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._pending: concurrent.futures.Future[Any] | None = None
         self._task: asyncio.Task[None] | None = None
@@ -213,6 +216,7 @@ class PowerMeter(abc.ABC):
                     backoff_s, failures = cfg.backoff_s, 0
                 failures += 1
                 self.reconnects += 1
+                self.last_error = _describe_error(err)
                 self.integrator.mark_break()
                 level = logging.WARNING if failures == 1 else logging.DEBUG
                 _LOG.log(level, "%s meter %s: %s; retrying in %.2f s", self.kind,
@@ -248,6 +252,7 @@ class PowerMeter(abc.ABC):
             for s in samples:
                 if self.integrator.add(s):
                     self.latest = s
+                    self.last_error = None
             if self.latest is not None and self._first_sample is not None:
                 self._first_sample.set()
             if self.streaming:

@@ -5,6 +5,20 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from _mdns_guard import MdnsWatch
+
+
+@pytest.fixture(autouse=True)
+def mdns_only_on_loopback(request: pytest.FixtureRequest):
+    """Fail a test during which zeroconf (this process or a child) joined the mDNS group on an
+    interface of this machine other than loopback: tests browse and advertise only on 127.0.0.1
+    or inside network namespaces they made (those have their own tables and are not seen)."""
+    watch = MdnsWatch().start()
+    yield
+    joined = watch.stop()
+    if joined:
+        pytest.fail(f"{request.node.nodeid} joined mDNS on {sorted(joined)}: pass --interface "
+                    "127.0.0.1 (or --no-discover) so zeroconf stays on loopback", pytrace=False)
 
 
 @pytest.fixture(scope="session")

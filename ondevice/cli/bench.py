@@ -14,6 +14,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ondevice.cli._interrupt import EXIT_INTERRUPTED
+from ondevice.common.argtypes import non_negative_float as NONNEG
+from ondevice.common.argtypes import positive_float as POS
+from ondevice.common.argtypes import positive_int as POS_INT
+
 DEFAULT_OUT = Path("bench-out")
 REAL_V_SWEEP = (0.5, 2.0, 8.0)  # real runs cost minutes per policy: a shorter default sweep
 
@@ -55,7 +60,14 @@ def run_bench(args: argparse.Namespace) -> int:
 
     runners: dict[str, Callable[[argparse.Namespace], int]] = {"gelato": _run_gelato,
                                                                "enachi": run_enachi}
-    return runners[args.bench](args)
+    try:
+        return runners[args.bench](args)
+    except KeyboardInterrupt:
+        # Results are written once all policies ran side by side: a part would compare
+        # policies measured under different conditions, so nothing partial is written.
+        print(f"\nondevice bench {args.bench}: interrupted; no results written",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 # -- gelato ---------------------------------------------------------------------------------
@@ -84,12 +96,12 @@ def _add_gelato(bsub: argparse._SubParsersAction) -> None:
                    help="draft GGUF (default: the demo's requantized Gemma draft)")
     m.add_argument("--prompts", type=Path, metavar="FILE",
                    help="prompts: a JSON list, or one per line (default: 10 built in)")
-    m.add_argument("--n-prompts", type=int, help="use only the first N prompts")
-    m.add_argument("--max-tokens", type=int, help="tokens per prompt (record 128, real 64)")
-    m.add_argument("--temperature", type=float, default=0.0,
+    m.add_argument("--n-prompts", type=POS_INT, help="use only the first N prompts")
+    m.add_argument("--max-tokens", type=POS_INT, help="tokens per prompt (record 128, real 64)")
+    m.add_argument("--temperature", type=NONNEG, default=0.0,
                    help="0 = greedy (default); record: also the acceptance probabilities at "
                    "this T; sim: replay sampled acceptances (the trace must have them)")
-    m.add_argument("--top-k", type=int, default=32, help="draft top-k sent per token (32)")
+    m.add_argument("--top-k", type=POS_INT, default=32, help="draft top-k sent per token (32)")
     s = p.add_argument_group("sim")
     s.add_argument("--profile", action="append", default=[], metavar="NAME|FILE",
                    help=f"device profile, repeatable (default all: "
@@ -97,32 +109,32 @@ def _add_gelato(bsub: argparse._SubParsersAction) -> None:
     s.add_argument("--edge-profile", action="append", default=[], metavar="NAME|FILE",
                    help=f"edge profile, repeatable (default all: "
                    f"{', '.join(profile_names('edge'))})")
-    s.add_argument("--repeat", type=int, default=8,
+    s.add_argument("--repeat", type=POS_INT, default=8,
                    help="replay the trace this many times per run: a long run (default 8)")
     c = p.add_argument_group("policies")
     c.add_argument("--policies", type=_names, default=POLICIES,
                    help=f"comma-separated (default all: {','.join(POLICIES)})")
     c.add_argument("--gammas", type=_ints, default=DEFAULT_GAMMAS,
                    help="fixed gammas (default 1,2,4,8)")
-    c.add_argument("--V", dest="v", type=float, default=DEFAULT_V,
+    c.add_argument("--V", dest="v", type=POS, default=DEFAULT_V,
                    help=f"gelato's V for the unconstrained and matched runs (default {DEFAULT_V})")
     c.add_argument("--V-sweep", dest="v_sweep", type=_floats,
                    help="V values swept at the budget (default sim "
                    f"{','.join(f'{v:g}' for v in DEFAULT_V_SWEEP)}; real "
                    f"{','.join(f'{v:g}' for v in REAL_V_SWEEP)})")
     b = c.add_mutually_exclusive_group()
-    b.add_argument("--power-budget", type=float, metavar="W",
+    b.add_argument("--power-budget", type=POS, metavar="W",
                    help="the sweep's budget (default: automatic, halfway between the least "
                    "mean power of any run and unconstrained gelato's)")
-    b.add_argument("--energy-per-token", type=float, metavar="J", help="or a J/token budget")
+    b.add_argument("--energy-per-token", type=POS, metavar="J", help="or a J/token budget")
     c.add_argument("--no-matched", action="store_true",
                    help="skip gelato runs budgeted at fixed-4's, adaedl's and hf's J/token")
-    c.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 per prompt (default 1)")
+    c.add_argument("--seeds", type=POS_INT, default=1, help="seeds 0..N-1 per prompt (default 1)")
     r = p.add_argument_group("real")
     r.add_argument("--meter", default="sim", help="power meter SPEC (default sim: modelled)")
-    r.add_argument("--threads", type=int, default=1, help="draft threads (default 1)")
-    r.add_argument("--edge-threads", type=int, default=1, help="edge threads (default 1)")
-    r.add_argument("--n-ctx", type=int, default=1024, help="context tokens (default 1024)")
+    r.add_argument("--threads", type=POS_INT, default=1, help="draft threads (default 1)")
+    r.add_argument("--edge-threads", type=POS_INT, default=1, help="edge threads (default 1)")
+    r.add_argument("--n-ctx", type=POS_INT, default=1024, help="context tokens (default 1024)")
     r.add_argument("--no-pin", action="store_true", help="do not pin device and edge to cores")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT,
                    help=f"output directory (default ./{DEFAULT_OUT})")

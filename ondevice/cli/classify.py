@@ -8,7 +8,8 @@ import json
 import sys
 from pathlib import Path
 
-from ondevice.cli._edge_access import read_token
+from ondevice.cli._edge_access import interface_error, read_token
+from ondevice.common import argtypes
 
 
 def add_classify_parser(sub: argparse._SubParsersAction) -> None:
@@ -41,20 +42,21 @@ def add_classify_parser(sub: argparse._SubParsersAction) -> None:
                      help="digits: load_digits' held-out rows with labels (scikit-learn); "
                      "samples: the export's evaluation inputs (photos: fidelity to the "
                      "unsplit model)")
-    p.add_argument("--limit", type=int, metavar="N", help="first N inputs of the dataset")
+    p.add_argument("--limit", type=argtypes.positive_int, metavar="N",
+                   help="first N inputs of the dataset")
     p.add_argument("--policy", default="enachi", choices=POLICIES,
                    help="enachi (default) or a baseline")
-    p.add_argument("--split", type=int, metavar="S",
+    p.add_argument("--split", type=argtypes.non_negative_int, metavar="S",
                    help="fixed-split: the split point (default: least predicted latency); "
                    "enachi, no-progressive, constant-power: use only this split")
-    p.add_argument("--deadline-ms", type=float, metavar="D",
+    p.add_argument("--deadline-ms", type=argtypes.positive_float, metavar="D",
                    help="each task is due D ms after it arrives (default: no deadline)")
-    p.add_argument("--period-ms", type=float, metavar="T",
+    p.add_argument("--period-ms", type=argtypes.non_negative_float, metavar="T",
                    help="a task arrives every T ms (default: the deadline; 0 = back to back)")
-    p.add_argument("--power-budget", type=float, metavar="W",
+    p.add_argument("--power-budget", type=argtypes.positive_float, metavar="W",
                    help="long-term average power the inference may add to the device (compute "
                    "above idle + radio), watts")
-    p.add_argument("--V", dest="v", type=float, default=DEFAULT_V,
+    p.add_argument("--V", dest="v", type=argtypes.positive_float, default=DEFAULT_V,
                    help="accuracy weight against the energy queue, in allowances "
                    f"(default {DEFAULT_V}); larger favours accuracy over the budget")
     p.add_argument("--meter", default="sim",
@@ -62,17 +64,19 @@ def add_classify_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--channel", default="none",
                    help="radio SPEC: emulated:bw=2,snr_db=10,fading=rayleigh,coherence_ms=50,"
                    "seed=0 | wifi:IFACE | none (default)")
-    p.add_argument("--idle-w", type=float, metavar="W",
+    p.add_argument("--idle-w", type=argtypes.non_negative_float, metavar="W",
                    help="the device's idle power (default: sim's model, else measured 1 s)")
-    p.add_argument("--device-slowdown", type=float, default=1.0, metavar="X",
+    p.add_argument("--device-slowdown", type=argtypes.positive_float, default=1.0, metavar="X",
                    help="emulate a device X times slower than the machine that profiled the "
                    "model (compute stretched, reported; default 1 = this device as it is)")
-    p.add_argument("--threads", type=int, default=1, help="onnxruntime threads (default 1)")
-    p.add_argument("--stop-tolerance", type=float, default=0.01,
+    p.add_argument("--threads", type=argtypes.positive_int, default=1,
+                   help="onnxruntime threads (default 1)")
+    p.add_argument("--stop-tolerance", type=argtypes.non_negative_float, default=0.01,
                    help="accuracy the entropy stop may give up against all channels, from the "
                    "profile's curve (default 0.01)")
     p.add_argument("--device-id", help="this device's name at the edge (default: random)")
-    p.add_argument("--edge-timeout", type=float, default=5.0, help="seconds per edge reply")
+    p.add_argument("--edge-timeout", type=argtypes.positive_float, default=5.0,
+                   help="seconds per edge reply")
     p.add_argument("--quiet", action="store_true", help="no per-task lines")
     p.add_argument("--json", action="store_true", help="end with one JSON object on one line")
 
@@ -91,8 +95,9 @@ def run_classify_cmd(args: argparse.Namespace) -> int:
 
     try:
         token = read_token(args.token_file)
-        if args.deadline_ms is not None and args.deadline_ms <= 0:
-            raise ValueError("--deadline-ms must be > 0")
+        problem = interface_error(args.interface)
+        if problem:
+            raise ValueError(problem)
         if args.device_slowdown < 1:
             raise ValueError("--device-slowdown must be >= 1")
         if args.power_budget is not None and args.policy not in (

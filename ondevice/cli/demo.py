@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+from ondevice.cli._interrupt import EXIT_INTERRUPTED, Aborted, run_interruptible
+from ondevice.common import argtypes
 from ondevice.edge.local import edge_child
 from ondevice.llm.gemma import gemma_draft, gemma_target
 
@@ -33,7 +35,9 @@ def local_edge(model: Path, *, port: int = 0) -> contextlib.AbstractAsyncContext
                        "--interface", LOOPBACK])
 
 
-async def run_demo(args: argparse.Namespace) -> int:
+async def run_demo(args: argparse.Namespace, stop: asyncio.Event | None = None) -> int:
+    """The demo; once ``stop`` is set (Ctrl-C) the generation ends after its current round and
+    the demo still prints the text and the report, then stops its edge."""
     from ondevice.llm.generate import EdgePlan, GenerateRequest, generate
     from ondevice.llm.policies import make_policy
     from ondevice.llm.report import format_report
@@ -49,7 +53,7 @@ async def run_demo(args: argparse.Namespace) -> int:
         )
         plan = EdgePlan(discover=True, interfaces=(LOOPBACK,))
         policy = make_policy(args.policy, gamma=args.gamma, power_budget_w=args.power_budget)
-        report = await generate(str(draft), request, policy, plan=plan)
+        report = await generate(str(draft), request, policy, plan=plan, stop=stop)
         if report.edge != url:
             print(f"demo: discovery chose {report.edge}, not the demo's edge {url}",
                   file=sys.stderr)
@@ -70,19 +74,24 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "it, start a local edge server on 127.0.0.1, generate, print the report, shut down.",
     )
     p.add_argument("--prompt", default=None, help="prompt text (default: a built-in one)")
-    p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument("--max-tokens", type=argtypes.positive_int, default=64,
+                   help="tokens to generate (default 64)")
     p.add_argument("--policy", default="gelato", choices=("gelato", "fixed", "adaedl",
                                                           "hf-heuristic"),
                    help="drafting policy (default gelato)")
-    p.add_argument("--gamma", type=int, default=4, help="tokens per round for --policy fixed")
-    p.add_argument("--power-budget", type=float, metavar="W",
+    p.add_argument("--gamma", type=argtypes.positive_int, default=4,
+                   help="tokens per round for --policy fixed")
+    p.add_argument("--power-budget", type=argtypes.positive_float, metavar="W",
                    help="gelato: average power budget (default: none, maximize tokens/s)")
     p.add_argument("--json", action="store_true")
 
 
 def run(args: argparse.Namespace) -> int:
+    """Exit 0, or 130 after Ctrl-C (the text so far and the report are still printed)."""
     try:
-        return asyncio.run(run_demo(args))
-    except KeyboardInterrupt:
+        status, interrupted = run_interruptible(lambda stop: run_demo(args, stop),
+                                                what="stopping the demo")
+    except (Aborted, KeyboardInterrupt):  # a second Ctrl-C, or one before the loop ran
         print("\nondevice demo: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
+    return EXIT_INTERRUPTED if interrupted else status

@@ -8,7 +8,9 @@ import json
 import sys
 from pathlib import Path
 
-from ondevice.cli._edge_access import read_token
+from ondevice.cli._edge_access import interface_error, read_token
+from ondevice.cli._interrupt import EXIT_INTERRUPTED
+from ondevice.common import argtypes
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -17,7 +19,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="list the edges advertised on the local network",
         description="Browse zeroconf for _coinfer._tcp.local. and measure each edge's RTT.",
     )
-    p.add_argument("--timeout", type=float, default=2.0, metavar="S",
+    p.add_argument("--timeout", type=argtypes.positive_float, default=2.0, metavar="S",
                    help="seconds to listen (default 2)")
     p.add_argument("--interface", action="append", default=[], metavar="IP",
                    help="browse on the interface with this IPv4 address (repeatable)")
@@ -30,12 +32,22 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         token = read_token(args.token_file)
-    except (ValueError, OSError) as exc:
+        problem = interface_error(args.interface)
+        if problem:
+            raise ValueError(problem)
+    except ValueError as exc:
         print(f"ondevice: {exc}", file=sys.stderr)
         return 2
-    edges = asyncio.run(
-        async_discover(timeout_s=args.timeout, interfaces=args.interface, token=token)
-    )
+    try:
+        edges = asyncio.run(
+            async_discover(timeout_s=args.timeout, interfaces=args.interface, token=token)
+        )
+    except KeyboardInterrupt:
+        print("ondevice: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except OSError as exc:
+        print(f"ondevice: cannot browse zeroconf: {exc}", file=sys.stderr)
+        return 1
     edges.sort(key=lambda e: (e.load, e.rtt_ms if e.rtt_ms is not None else 1e9))
     if not edges:
         print(f"no coinfer edge answered within {args.timeout:g} s", file=sys.stderr)

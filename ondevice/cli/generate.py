@@ -3,56 +3,67 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
-from ondevice.cli._edge_access import add_edge_access, read_token
+from ondevice.cli._edge_access import add_edge_access, edge_access_error, read_token
+from ondevice.cli._interrupt import EXIT_INTERRUPTED, Aborted, run_interruptible
+from ondevice.common import argtypes
 from ondevice.llm.report import format_report
 
 DEFAULT_TOP_K = 32
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from ondevice.llm.policies import POLICIES
+    from ondevice.llm.policies import DEFAULT_V, POLICIES
 
     p = sub.add_parser(
         "generate",
         help="generate text with a draft model, verified by an edge (speculative decoding)",
         description="Draft tokens on this device and have the edge's target model verify them. "
-        "The output follows the target model's distribution exactly (greedy at temperature 0).",
+        "The output follows the target model's distribution exactly (greedy at temperature 0). "
+        "Ctrl-C stops after the current round and still prints the text and the report "
+        "(exit 130); a second Ctrl-C aborts.",
     )
     p.add_argument("--draft", required=True, help="draft model, a GGUF file")
     p.add_argument(
         "--edge",
-        help="edge URL, e.g. http://192.168.1.20:8470 (default: find one with zeroconf); "
-        "if it is lost, discovery finds another unless --no-discover",
+        help="edge URL, e.g. http://192.168.1.20:8470 (default: find one with zeroconf)",
     )
     add_edge_access(p)
-    p.add_argument("--no-discover", action="store_true",
+    d = p.add_mutually_exclusive_group()
+    d.add_argument("--discover", action="store_true",
+                   help="with --edge: also browse zeroconf, to resume on another edge if it is "
+                   "lost (without --edge, discovery is the default)")
+    d.add_argument("--no-discover", action="store_true",
                    help="never browse zeroconf; without --edge, run on the draft alone")
-    p.add_argument("--prompt", required=True, help="prompt text")
-    p.add_argument("--max-tokens", type=int, default=128, help="tokens to generate (default 128)")
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    p.add_argument("--require-edge", action="store_true",
+                   help="fail (exit 1, with the edge's reason) instead of finishing on the draft "
+                   "alone when no edge can be used")
+    p.add_argument("--prompt", required=True, type=argtypes.non_empty_text, help="prompt text")
+    p.add_argument("--max-tokens", type=argtypes.positive_int, default=128,
+                   help="tokens to generate (default 128)")
+    p.add_argument("--temperature", type=argtypes.non_negative_float, default=0.0,
+                   help="0 = greedy (default)")
+    p.add_argument("--seed", type=argtypes.seed, default=0,
+                   help="sampling seed, 0..2^63-1 (default 0)")
     p.add_argument("--policy", default="gelato", choices=POLICIES,
                    help="drafting policy (default gelato)")
-    p.add_argument("--gamma", type=int, default=4, help="tokens per round for --policy fixed")
-    from ondevice.llm.policies import DEFAULT_V
-
+    p.add_argument("--gamma", type=argtypes.positive_int, default=4,
+                   help="tokens per round for --policy fixed (at most the edge's limit)")
     b = p.add_mutually_exclusive_group()
-    b.add_argument("--power-budget", type=float, metavar="W",
+    b.add_argument("--power-budget", type=argtypes.positive_float, metavar="W",
                    help="gelato: long-term average device power budget, watts")
-    b.add_argument("--energy-per-token", type=float, metavar="J",
+    b.add_argument("--energy-per-token", type=argtypes.positive_float, metavar="J",
                    help="gelato: long-term device energy budget per generated token, joules")
-    p.add_argument("--V", dest="v", type=float, default=DEFAULT_V,
+    p.add_argument("--V", dest="v", type=argtypes.positive_float, default=DEFAULT_V,
                    help=f"gelato: throughput-vs-energy weight, J per token (default {DEFAULT_V});"
                    " larger V favours tokens/s, smaller V tracks the budget more tightly")
     p.add_argument(
         "--top-k",
-        type=int,
+        type=argtypes.positive_int,
         default=DEFAULT_TOP_K,
         help="support of the truncated draft distribution sent per drafted token"
         f" (default {DEFAULT_TOP_K})",
@@ -63,11 +74,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="power meter SPEC, e.g. um25c:/dev/rfcomm0, ina219-serial:/dev/ttyACM0, jetson, "
         "rapl, sim (default sim: a power model, reported as modelled)",
     )
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--meter-optional", action="store_true",
+                   help="generate even if the meter gives no reading (energy reported as none); "
+                   "by default a meter that gives none within 3 s is an error")
+    p.add_argument("--threads", type=argtypes.positive_int, default=None,
                    help="draft threads (default: the model's sidecar, else all cores)")
-    p.add_argument("--n-ctx", type=int, default=None,
+    p.add_argument("--n-ctx", type=argtypes.positive_int, default=None,
                    help="draft context tokens (default: the model's sidecar, else 4096)")
-    p.add_argument("--edge-timeout", type=float, default=15.0, help="seconds per edge reply")
+    p.add_argument("--edge-timeout", type=argtypes.positive_float, default=15.0,
+                   help="seconds per edge reply")
     p.add_argument("--json", action="store_true", help="end with one JSON object on one line")
 
 
@@ -89,17 +104,21 @@ def draft_config(path: str, *, n_ctx: int | None, n_threads: int | None) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Usage errors (bad flags, unreadable token file, unsafe edge access) exit 2, failures to
+    run 1, Ctrl-C 130 (after printing what was generated)."""
     from hw import MeterSpecError
     from ondevice.common import wire
     from ondevice.common.llama_runtime import LlamaError
     from ondevice.common.model_sidecar import SidecarError
-    from ondevice.llm.generate import EdgePlan, GenerateRequest, generate
+    from ondevice.llm.generate import (
+        EdgePlan,
+        EdgeRequired,
+        GenerateRequest,
+        MeterUnavailable,
+        generate,
+    )
     from ondevice.llm.policies import make_policy
 
-    if args.max_tokens < 0 or args.temperature < 0 or args.top_k < 1:
-        print("ondevice: --max-tokens and --temperature must be >= 0, --top-k >= 1",
-              file=sys.stderr)
-        return 2
     try:
         if (args.power_budget is not None or args.energy_per_token is not None) and (
             args.policy != "gelato"
@@ -109,17 +128,22 @@ def run(args: argparse.Namespace) -> int:
                              power_budget_w=args.power_budget,
                              energy_per_token_j=args.energy_per_token)
         token = read_token(args.token_file)
-    except (ValueError, OSError) as exc:
+        problem = edge_access_error(args, token)
+        if problem:
+            raise ValueError(problem)
+    except ValueError as exc:
         print(f"ondevice: {exc}", file=sys.stderr)
         return 2
     plan = EdgePlan(
         url=args.edge,
         fingerprint=args.edge_fingerprint,
-        discover=not args.no_discover,
+        discover=(args.discover or args.edge is None) and not args.no_discover,
         interfaces=tuple(args.interface),
         token=token,
         browse_s=args.browse,
         timeout_s=args.edge_timeout,
+        require_edge=args.require_edge,
+        allow_plaintext_token=args.allow_plaintext_token,
     )
     request = GenerateRequest(
         prompt=args.prompt,
@@ -129,8 +153,8 @@ def run(args: argparse.Namespace) -> int:
         top_k=args.top_k,
     )
     try:
-        report = asyncio.run(
-            generate(
+        report, interrupted = run_interruptible(
+            lambda stop: generate(
                 args.draft,
                 request,
                 policy,
@@ -138,8 +162,20 @@ def run(args: argparse.Namespace) -> int:
                 meter_spec=args.meter,
                 llama_config=draft_config(args.draft, n_ctx=args.n_ctx, n_threads=args.threads),
                 edge_timeout_s=args.edge_timeout,
-            )
+                stop=stop,
+                require_meter=not args.meter_optional,
+            ),
+            what="stopping the generation",
         )
+    except MeterUnavailable as exc:
+        print(f"ondevice: {exc}; check the meter, or pass --meter-optional", file=sys.stderr)
+        return 1
+    except EdgeRequired as exc:
+        print(f"ondevice: --require-edge: {exc}", file=sys.stderr)
+        return 1
+    except Aborted:
+        print("ondevice: aborted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except (FileNotFoundError, LlamaError, MeterSpecError, ValueError, wire.EdgeError,
             SidecarError) as exc:
         print(f"ondevice: {exc}", file=sys.stderr)
@@ -149,4 +185,4 @@ def run(args: argparse.Namespace) -> int:
     print(format_report(data), file=sys.stderr if args.json else sys.stdout)
     if args.json:
         print(json.dumps(data))
-    return 0
+    return EXIT_INTERRUPTED if interrupted else 0

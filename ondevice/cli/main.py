@@ -40,7 +40,11 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    return COMMANDS[args.command][1](args)
+    try:
+        return COMMANDS[args.command][1](args)
+    except KeyboardInterrupt:  # before a command's own handling began (e.g. while importing)
+        print("\nondevice: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 import time
 from typing import TextIO
 
 from hw import MeterError, PowerMeter, open_meter
+from ondevice.cli._interrupt import EXIT_INTERRUPTED, Aborted, run_interruptible
+from ondevice.common import argtypes
 
 __all__ = ["run_meter"]
 
@@ -27,8 +30,11 @@ def _live_line(meter: PowerMeter, t0_s: float, now_s: float) -> str:
     volts = f"{s.voltage_v:7.3f} V" if s and s.voltage_v is not None else "      - V"
     amps = f"{s.current_a:7.4f} A" if s and s.current_a is not None else "      - A"
     joules = meter.energy_j(t0_s, now_s) if s else 0.0
-    return (f"{meter.kind}: {watts} {volts} {amps} {joules:10.3f} J "
+    line = (f"{meter.kind}: {watts} {volts} {amps} {joules:10.3f} J "
             f"{meter.sample_rate_hz:5.1f} Hz  {now_s - t0_s:6.1f} s")
+    if meter.last_error:  # say why there is no reading, and that it keeps trying
+        line += f"  no reading: {meter.last_error}; retrying"
+    return line
 
 
 def summarize(meter: PowerMeter, t0_s: float, t1_s: float) -> dict[str, object]:
@@ -40,8 +46,8 @@ def summarize(meter: PowerMeter, t0_s: float, t1_s: float) -> dict[str, object]:
         "source": meter.kind,
         "measured": meter.measured,
         "seconds": round(seconds, 3),
-        "energy_j": round(energy_j, 4),
-        "mean_w": round(energy_j / seconds, 4) if seconds > 0 else 0.0,
+        "energy_j": round(energy_j, 4) if samples else None,  # no reading is not 0 J
+        "mean_w": round(energy_j / seconds, 4) if samples and seconds > 0 else None,
         "samples": len(samples),
         "sample_rate_hz": round(len(samples) / seconds, 2) if seconds > 0 else 0.0,
         "min_w": round(min(samples), 4) if samples else None,
@@ -50,6 +56,7 @@ def summarize(meter: PowerMeter, t0_s: float, t1_s: float) -> dict[str, object]:
         "gaps": [[round(a - t0_s, 3), round(b - t0_s, 3)] for a, b in meter.gaps(t0_s, t1_s)],
         "reconnects": meter.reconnects,
         "bad_frames": meter.bad_frames,
+        "error": None if samples else (meter.last_error or "no samples"),
     }
 
 
@@ -57,6 +64,10 @@ def _print_summary(summary: dict[str, object], out: TextIO) -> None:
     gaps = summary["gaps"]
     assert isinstance(gaps, list)
     label = "measured" if summary["measured"] else "modelled"
+    if summary["energy_j"] is None:
+        print(f"{summary['source']}: no reading in {summary['seconds']} s "
+              f"({summary['error']})", file=out)
+        return
     print(f"{summary['source']} ({label}): {summary['energy_j']} J over {summary['seconds']} s, "
           f"mean {summary['mean_w']} W, {summary['samples']} samples "
           f"({summary['sample_rate_hz']} Hz), coverage {summary['coverage']:.0%}, "
@@ -64,13 +75,16 @@ def _print_summary(summary: dict[str, object], out: TextIO) -> None:
 
 
 async def run_meter(spec: str, seconds: float | None, as_json: bool,
-                    out: TextIO = sys.stdout) -> int:
-    """Read ``spec`` for ``seconds`` (or until cancelled, e.g. Ctrl-C) and print a summary.
+                    out: TextIO = sys.stdout, stop: asyncio.Event | None = None) -> int:
+    """Read ``spec`` for ``seconds`` (or until ``stop`` is set or the task is cancelled, e.g.
+    Ctrl-C) and print a summary.
 
     On a terminal the readout (W, V, A, cumulative J, sample rate) refreshes in place;
     otherwise a readout line is printed every second unless ``as_json``. With ``as_json``
-    the last line is one JSON object (see :func:`summarize`). Returns the exit status:
-    0, or 2 for a bad SPEC or a meter that cannot start (message on stderr).
+    the last line is one JSON object (see :func:`summarize`). While the meter gives no
+    reading the readout says why and that it retries. Returns the exit status: 0; 1 when the
+    meter gave no reading at all (energy is then null, not 0); 130 when ``stop`` was set; 2
+    for a bad SPEC or a meter that cannot start (message on stderr).
     """
     try:
         meter = open_meter(spec)
@@ -84,10 +98,16 @@ async def run_meter(spec: str, seconds: float | None, as_json: bool,
             end_s = t0_s + seconds if seconds is not None else None
             last_line_s = t0_s
             try:
-                while end_s is None or time.monotonic() < end_s:
+                while (end_s is None or time.monotonic() < end_s) and not (
+                    stop is not None and stop.is_set()
+                ):
                     now_s = time.monotonic()
                     step_s = REFRESH_S if end_s is None else min(REFRESH_S, end_s - now_s)
-                    await asyncio.sleep(max(step_s, 0.0))
+                    if stop is None:
+                        await asyncio.sleep(max(step_s, 0.0))
+                    else:
+                        with contextlib.suppress(asyncio.TimeoutError):
+                            await asyncio.wait_for(stop.wait(), max(step_s, 0.0))
                     now_s = time.monotonic()
                     if tty:
                         out.write("\r\x1b[2K" + _live_line(meter, t0_s, now_s))
@@ -109,7 +129,10 @@ async def run_meter(spec: str, seconds: float | None, as_json: bool,
     _print_summary(summary, out)
     if as_json:
         print(json.dumps(summary), file=out, flush=True)
-    return 0
+    if summary["error"] is not None:
+        print(f"ondevice meter: no reading from {spec}: {summary['error']}", file=sys.stderr)
+        return 1
+    return 130 if stop is not None and stop.is_set() else 0
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -119,7 +142,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Show live power readings (W, V, A, cumulative J, sample rate).",
     )
     p.add_argument("--meter", required=True, help="meter SPEC, e.g. um25c:/dev/rfcomm0 or sim")
-    p.add_argument("--seconds", type=float, default=None, help="stop after this many seconds")
+    p.add_argument("--seconds", type=argtypes.positive_float, default=None,
+                   help="stop after this many seconds (default: at Ctrl-C)")
     p.add_argument("--json", action="store_true", help="end with one JSON object on one line")
 
 
@@ -127,9 +151,13 @@ def run(args: argparse.Namespace) -> int:
     from hw import MeterSpecError
 
     try:
-        return asyncio.run(run_meter(args.meter, args.seconds, args.json))
+        status, _ = run_interruptible(
+            lambda stop: run_meter(args.meter, args.seconds, args.json, stop=stop),
+            what="summarizing",
+        )
     except MeterSpecError as exc:
         print(f"ondevice: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        return 130
+    except Aborted:
+        return EXIT_INTERRUPTED
+    return status

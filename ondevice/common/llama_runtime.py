@@ -7,20 +7,25 @@ vocabulary) and re-evaluates more than a speculative round needs. Here a call to
 decodes a batch of tokens at the current end of the KV cache and marks only the positions whose
 logits the caller asked for; the logits come back as a zero-copy view of llama.cpp's buffer.
 
-Not thread-safe: one caller at a time (the asyncio code runs it in a worker thread).
+One caller at a time (the asyncio code runs it in a worker thread). Every call into llama.cpp
+holds the model's lock, which its contexts share, so ``close()`` from any thread waits for a
+call in flight instead of freeing memory under it (Ctrl-C during a decode must not segfault);
+a call after ``close()`` raises ``LlamaError``.
 """
 
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import logging
 import os
+import threading
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -93,10 +98,33 @@ def check_gguf_file(path: Path) -> None:
 
 
 _C = TypeVar("_C", bound="_Closing")
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _native(method: _F) -> _F:
+    """Run ``method`` holding the object's lock, and only while its native memory is alive."""
+
+    @functools.wraps(method)
+    def locked(self: _Closing, *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            if not self._alive():
+                raise LlamaError(f"{type(self).__name__} is closed")
+            return method(self, *args, **kwargs)
+
+    return locked  # type: ignore[return-value]
 
 
 class _Closing(ABC):
-    """``with`` support and a finalizer for objects owning llama.cpp memory via ``close()``."""
+    """``with`` support and a finalizer for objects owning llama.cpp memory via ``close()``.
+
+    ``_lock`` serializes every native call with ``close()`` (see the module docstring).
+    """
+
+    _lock: threading.RLock
+
+    @abstractmethod
+    def _alive(self) -> bool:
+        """True until ``close()`` has freed the native memory."""
 
     @abstractmethod
     def close(self) -> None:
@@ -116,6 +144,8 @@ class LlamaModel(_Closing):
     """A loaded GGUF model and its vocabulary; contexts (``LlamaRunner``) share it."""
 
     def __init__(self, path: str | os.PathLike[str], *, n_gpu_layers: int = 0) -> None:
+        self._lock = threading.RLock()  # shared by the contexts made from this model
+        self._model = None
         self.path = Path(path)
         check_gguf_file(self.path)
         _ensure_backend()
@@ -132,11 +162,19 @@ class LlamaModel(_Closing):
         )
         self._vocab_hash: str | None = None
 
+    def _alive(self) -> bool:
+        return bool(getattr(self, "_model", None))
+
     def close(self) -> None:
-        """Free the model. Idempotent; contexts made from it must be closed first."""
-        if getattr(self, "_model", None):
-            llama_cpp.llama_model_free(self._model)
-            self._model = None
+        """Free the model. Idempotent; contexts made from it must be closed first. Waits for
+        a call in flight in another thread."""
+        lock = getattr(self, "_lock", None)
+        if lock is None:  # __init__ failed before the lock existed
+            return
+        with lock:
+            if self._alive():
+                llama_cpp.llama_model_free(self._model)
+                self._model = None
 
     @property
     def model_id(self) -> str:
@@ -149,6 +187,7 @@ class LlamaModel(_Closing):
     def is_eog(self, token: int) -> bool:
         return token in self._eog
 
+    @_native
     def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
         """Token ids of ``text``; a BOS is prepended when the model asks for one."""
         raw = text.encode("utf-8")
@@ -159,6 +198,7 @@ class LlamaModel(_Closing):
             raise LlamaError(f"tokenization needs {-n} tokens, more than {cap}")
         return list(buf[:n])
 
+    @_native
     def piece(self, token: int) -> bytes:
         """The bytes of one token (special tokens render as nothing)."""
         buf = ctypes.create_string_buffer(64)
@@ -171,6 +211,7 @@ class LlamaModel(_Closing):
     def detokenize(self, tokens: Sequence[int]) -> str:
         return b"".join(self.piece(t) for t in tokens).decode("utf-8", errors="replace")
 
+    @_native
     def vocab_hash(self) -> str:
         """SHA-256 over every token's text and attributes: equal iff ids mean the same."""
         if self._vocab_hash is None:
@@ -190,6 +231,8 @@ class LlamaRunner(_Closing):
     """
 
     def __init__(self, model: LlamaModel, config: LlamaConfig | None = None) -> None:
+        self._lock = model._lock
+        self._ctx = None
         self.model = model
         self.config = config or LlamaConfig()
         self.n_vocab = model.n_vocab
@@ -207,7 +250,10 @@ class LlamaRunner(_Closing):
             raise ValueError(
                 f"unknown KV cache type {self.config.kv_type!r}; choose from {', '.join(KV_TYPES)}"
             ) from None
-        self._ctx = llama_cpp.llama_init_from_model(model._model, cparams)
+        with self._lock:
+            if not model._alive():
+                raise LlamaError(f"model {model.model_id} is closed")
+            self._ctx = llama_cpp.llama_init_from_model(model._model, cparams)
         if not self._ctx:
             raise LlamaError(f"llama.cpp could not create a context of {self.config.n_ctx} tokens")
         self.n_ctx: int = llama_cpp.llama_n_ctx(self._ctx)
@@ -219,12 +265,20 @@ class LlamaRunner(_Closing):
         self._batch = llama_cpp.llama_batch_init(self.config.n_batch, 0, 1)
         self.tokens: list[int] = []
 
+    def _alive(self) -> bool:
+        return bool(getattr(self, "_ctx", None))
+
     def close(self) -> None:
-        """Free the context and batch. Idempotent."""
-        if getattr(self, "_ctx", None):
-            llama_cpp.llama_batch_free(self._batch)
-            llama_cpp.llama_free(self._ctx)
-            self._ctx = None
+        """Free the context and batch. Idempotent; waits for a call in flight in another
+        thread."""
+        lock = getattr(self, "_lock", None)
+        if lock is None:  # __init__ failed before the lock existed
+            return
+        with lock:
+            if self._alive():
+                llama_cpp.llama_batch_free(self._batch)
+                llama_cpp.llama_free(self._ctx)
+                self._ctx = None
 
     # -- evaluation -----------------------------------------------------------------------
 
@@ -232,6 +286,7 @@ class LlamaRunner(_Closing):
     def n_past(self) -> int:
         return len(self.tokens)
 
+    @_native
     def truncate(self, n: int) -> None:
         """Drop cached positions >= n (roll back rejected draft tokens)."""
         if n >= len(self.tokens):
@@ -240,6 +295,7 @@ class LlamaRunner(_Closing):
             raise LlamaError(f"llama.cpp could not remove positions {n}.. from the cache")
         del self.tokens[n:]
 
+    @_native
     def eval(self, tokens: Sequence[int], n_logits: int = 1) -> np.ndarray:
         """Decode ``tokens`` at positions n_past.. and return logits of the last ``n_logits``.
 

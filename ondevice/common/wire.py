@@ -79,6 +79,7 @@ ERROR_CODES = frozenset(
         "too-many-sessions",
         "unauthorized",  # missing or wrong bearer token (HTTP 401 before the socket opens)
         "tls-fingerprint",  # device side: the edge's certificate is not the pinned one
+        "insecure",  # device side: a TLS pin on http://, or a token in plaintext to another host
         "idle",  # the session sent nothing for the idle timeout and is closed
         "internal",  # a bug on the edge; the session is closed, the server goes on
         "unknown-model",  # a DNN model or split this edge does not serve

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 from collections.abc import AsyncIterator, Callable
+from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import numpy as np
@@ -21,6 +24,35 @@ DEFAULT_TIMEOUT_S = 15.0  # s; a verify round on a loaded edge stays well under 
 
 class EdgeUnavailable(ConnectionError):
     """The edge cannot be reached or stopped answering."""
+
+
+def is_loopback_url(url: str) -> bool:
+    """True when ``url``'s host is this machine (127.0.0.0/8, ::1 or localhost)."""
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def transport_problem(url: str, *, token: str | None, fingerprint: str | None,
+                      allow_plaintext_token: bool = False) -> str | None:
+    """Why connecting to ``url`` this way would be unsafe, or None.
+
+    - A TLS pin (``fingerprint``) on an ``http://`` URL would be silently meaningless.
+    - A bearer token sent over ``http://`` to another host travels in the clear; allowed only
+      with ``allow_plaintext_token`` (loopback never leaves the machine, so it is fine).
+    """
+    plain = not url.startswith("https://")
+    if plain and fingerprint:
+        return (f"a TLS certificate pin was given for {url}, which is not https://: use the "
+                "https:// URL of an edge started with --tls-cert/--tls-key, or drop the pin")
+    if plain and token and not allow_plaintext_token and not is_loopback_url(url):
+        return (f"the bearer token would travel in plaintext to {url}: use https:// (edge-server"
+                " --tls-cert/--tls-key), or accept the risk with --allow-plaintext-token")
+    return None
 
 
 def client_ssl(url: str, fingerprint: str | None) -> aiohttp.Fingerprint | bool:
@@ -46,7 +78,13 @@ class EdgeClient:
         on_bytes: Callable[[int, int], None] | None = None,
         token: str | None = None,
         fingerprint: str | None = None,
+        allow_plaintext_token: bool = False,
     ) -> None:
+        """Raises ``wire.EdgeError("insecure")`` when ``transport_problem`` finds one."""
+        problem = transport_problem(url, token=token, fingerprint=fingerprint,
+                                    allow_plaintext_token=allow_plaintext_token)
+        if problem is not None:
+            raise wire.EdgeError("insecure", problem)
         self.url = url.rstrip("/")
         self.token = token
         self.fingerprint = fingerprint
@@ -98,8 +136,31 @@ class EdgeClient:
             ) from exc
         except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
             await self.async_close()
-            raise EdgeUnavailable(f"cannot reach edge {self.url}: {exc}") from exc
+            hint = ""
+            if isinstance(exc, aiohttp.ServerDisconnectedError) and self.url.startswith("http:"):
+                hint = " (if the edge serves TLS, use its https:// URL)"
+            raise EdgeUnavailable(f"cannot reach edge {self.url}: {exc or type(exc).__name__}"
+                                  f"{hint}") from exc
         return self
+
+    async def async_info(self) -> dict[str, Any]:
+        """The edge's ``GET /v1/info`` (model, context, limits), over this client's session."""
+        assert self._http is not None, "async with the client first"
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
+        try:
+            async with self._http.get(
+                self.url + wire.INFO_PATH, headers=headers,
+                ssl=client_ssl(self.url, self.fingerprint),
+                timeout=aiohttp.ClientTimeout(total=self.timeout_s),
+            ) as resp:
+                if resp.status != 200:
+                    raise EdgeUnavailable(f"edge {self.url} answered /v1/info with {resp.status}")
+                info = await resp.json()
+        except (aiohttp.ClientError, OSError, asyncio.TimeoutError, ValueError) as exc:
+            raise EdgeUnavailable(f"edge {self.url}: /v1/info failed: {exc}") from exc
+        if not isinstance(info, dict):
+            raise EdgeUnavailable(f"edge {self.url}: /v1/info is not a JSON object")
+        return info
 
     async def __aexit__(self, *exc: object) -> None:
         await self.async_close()

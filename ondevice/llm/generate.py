@@ -31,7 +31,24 @@ log = logging.getLogger(__name__)
 METER_WAIT_S = 3.0  # s to wait for a meter's first reading before generating anyway
 # Refusals that mean the user's configuration is wrong: with an explicit --edge they end the
 # command; an edge found by discovery that refuses is skipped instead.
-FATAL_EDGE_ERRORS = frozenset({"vocab-mismatch", "unauthorized", "tls-fingerprint", "protocol"})
+FATAL_EDGE_ERRORS = frozenset(
+    {"vocab-mismatch", "unauthorized", "tls-fingerprint", "protocol", "insecure"}
+)
+# What a user can do when an edge refuses a generation for one of these reasons.
+_FIXES = {
+    "prompt-too-long": "shorten the prompt, or start edge-server with a larger --max-prompt "
+                       "and --n-ctx",
+    "too-many-sessions": "try again later, or raise edge-server --max-sessions",
+    "context-full": "ask for fewer tokens, or start edge-server with a larger --n-ctx",
+}
+
+
+class EdgeRequired(RuntimeError):
+    """The edge could not be used and the caller asked not to fall back to the draft alone."""
+
+
+class MeterUnavailable(RuntimeError):
+    """A real meter gave no reading before generation and the caller required one."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -58,10 +75,11 @@ class Report:
     edges: list[str]
     degraded: bool
     degraded_at_token: int | None
+    degraded_reason: str | None  # why the draft finished alone, and what would fix it
     rejected_edges: list[dict[str, str]]  # edges discovery found but could not use, and why
     segments: list[dict[str, Any]]  # who produced tokens [from_token, to_token): an edge URL or
     # "draft" (the draft model alone)
-    stop_reason: str  # "max_tokens" | "eos" | "context"
+    stop_reason: str  # "max_tokens" | "eos" | "context" | "interrupted"
     elapsed_s: float
     tokens_per_s: float
     rounds: int
@@ -73,8 +91,9 @@ class Report:
     mean_verify_ms: float | None
     mean_rtt_ms: float | None
     overhead_ms_per_round: float | None  # round time not spent drafting or verifying
-    energy_j: float
-    energy_source: str  # "measured" | "modelled"
+    energy_j: float | None  # None when the meter gave no reading in the window
+    energy_source: str  # "measured" | "modelled" | "none" (see energy_note)
+    energy_note: str | None  # why there is no measurement, when there is none
     j_per_token: float | None
     mean_power_w: float | None
     budget_w: float | None  # the long-term power budget, if any
@@ -85,6 +104,7 @@ class Report:
     window_monotonic_s: tuple[float, float]  # generation window, time.monotonic() seconds
     temperature: float
     seed: int
+    draft_limit: int | None = None  # the edge's max drafted tokens per round, when it bounds us
     errors: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -119,6 +139,8 @@ class EdgePlan:
     token: str | None = None
     browse_s: float = 2.0
     timeout_s: float = 15.0  # per edge reply
+    require_edge: bool = False  # raise EdgeRequired instead of finishing on the draft alone
+    allow_plaintext_token: bool = False  # send the token over http:// to another host
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,8 +165,10 @@ class Generation:
         llama_config: LlamaConfig | None = None,
         edge_timeout_s: float = 15.0,
         browser: EdgeBrowser | None = None,
+        stop: asyncio.Event | None = None,
     ) -> None:
         self.model = draft_model
+        self._stop = stop  # set: finish the step in flight, then end with what is committed
         self.request = request
         self.policy = policy
         self.plan = plan or EdgePlan(url=edge_url, timeout_s=edge_timeout_s)
@@ -154,6 +178,9 @@ class Generation:
         self.totals = _Totals()
         self.degraded = False
         self.degraded_at: int | None = None
+        self.degraded_reason: str | None = None
+        self._max_draft: int | None = None  # the edge's per-round limit (from /v1/info)
+        self._clamp_warned = False
         self.edges_used: list[str] = []
         self.failed: list[str] = []
         self.rejected: list[dict[str, str]] = []
@@ -181,6 +208,13 @@ class Generation:
 
         return await asyncio.to_thread(job)
 
+    def _stopping(self) -> bool:
+        """True once the caller asked to stop (Ctrl-C); the loops check it between steps."""
+        if self._stop is not None and self._stop.is_set():
+            self.stop_reason = "interrupted"
+            return True
+        return False
+
     def _remaining(self, stream: DraftStream) -> int:
         return self.request.max_tokens - len(stream.out)
 
@@ -195,14 +229,21 @@ class Generation:
         stream.commit(tokens[:room])
         return self._remaining(stream) <= 0
 
-    def _degrade(self, stream: DraftStream, url: str, exc: BaseException) -> None:
+    def _note_degraded(self, at: int, reason: str) -> None:
+        """Record that the draft carries on alone from token ``at``, or raise EdgeRequired."""
+        if self.plan.require_edge:
+            raise EdgeRequired(reason)
         if not self.degraded:
-            self.degraded = True
-            self.degraded_at = len(stream.out)
+            self.degraded, self.degraded_at, self.degraded_reason = True, at, reason
+        self.errors.append(reason)
+        log.warning("%s; continuing on the draft alone from token %d (--require-edge makes "
+                    "this an error)", reason, at)
+
+    def _degrade(self, stream: DraftStream, url: str, exc: BaseException) -> None:
         self.failed.append(url)
-        self.errors.append(f"{url}: {exc}")
-        log.warning("edge %s lost after %d tokens (%s); continuing on the draft alone",
-                    url, len(stream.out), exc)
+        reason = f"edge {url}: {exc}"
+        fix = _FIXES.get(exc.code) if isinstance(exc, wire.EdgeError) else None
+        self._note_degraded(len(stream.out), f"{reason}; fix: {fix}" if fix else reason)
 
     async def _discover(self) -> list[_Target]:
         """Compatible edges known now, best first, excluding those that failed in this run."""
@@ -257,8 +298,9 @@ class Generation:
                 targets = await self._discover()
                 if not targets:
                     self._degrade_start("no compatible edge found by discovery")
+        log.info("generating up to %d tokens with policy %s", budget, self.policy.name)
         t0 = time.monotonic()
-        done = budget <= 0
+        done = budget <= 0 or self._stopping()
         while not done:
             while targets and not done:
                 target = targets.pop(0)
@@ -269,6 +311,7 @@ class Generation:
                 done, targets = await self._alone(
                     stream, budget, rediscover=self._browser is not None
                 )
+            done = done or self._stopping()
         t1 = time.monotonic()
         return self._report(stream, t0, t1, n_prompt)
 
@@ -278,9 +321,7 @@ class Generation:
             self.segments.append({"source": source, "from_token": start, "to_token": end})
 
     def _degrade_start(self, why: str) -> None:
-        self.degraded, self.degraded_at = True, 0
-        self.errors.append(why)
-        log.warning("%s; generating on the draft alone", why)
+        self._note_degraded(0, why)
 
     async def _alone(
         self, stream: DraftStream, budget: int, *, rediscover: bool
@@ -289,7 +330,7 @@ class Generation:
         finder = asyncio.create_task(self._find_edges()) if rediscover else None
         start = len(stream.out)
         try:
-            while len(stream.out) < budget:
+            while len(stream.out) < budget and not self._stopping():
                 if finder is not None and finder.done():
                     return False, finder.result()
                 token = await self._busy(stream.generate_alone)
@@ -330,7 +371,10 @@ class Generation:
                 on_bytes=self._on_bytes,
                 token=plan.token,
                 fingerprint=target.fingerprint,
+                allow_plaintext_token=plan.allow_plaintext_token,
             ) as edge:
+                limits = (await edge.async_info()).get("limits", {})
+                self._max_draft = limits.get("max_draft_tokens")
                 await edge.async_open(
                     stream.seq,
                     vocab_hash=self._vocab_hash or "",
@@ -357,15 +401,24 @@ class Generation:
         left = budget - len(stream.out)
         async for chunk in edge.async_generate(left):
             self.totals.verify_s += chunk.verify_ms / 1e3
-            if self._accept_tokens(stream, chunk.ids.tolist()):
+            if self._accept_tokens(stream, chunk.ids.tolist()) or self._stopping():
                 return True
         return len(stream.out) >= budget
 
     async def _speculate(self, edge: EdgeClient, stream: DraftStream, budget: int) -> bool:
         policy, tot = self.policy, self.totals
         while len(stream.out) < budget:
+            if self._stopping():
+                return True
             left = budget - len(stream.out)
-            n_max = max(0, min(policy.round_budget(), left - 1))
+            wanted = policy.round_budget()
+            n_max = max(0, min(wanted, left - 1))
+            if self._max_draft is not None and n_max > self._max_draft:
+                n_max = self._max_draft
+                if not self._clamp_warned:
+                    self._clamp_warned = True
+                    log.warning("drafting at most %d tokens per round: the edge's limit "
+                                "(policy asked for %d)", self._max_draft, wanted)
             r0 = time.monotonic()
             drafted = await self._busy(
                 stream.draft,
@@ -415,7 +468,15 @@ class Generation:
         tot = self.totals
         elapsed = max(t1 - t0, 1e-9)
         n_out = len(stream.out)
-        energy = self.meter.energy_j(t0, t1)
+        coverage = self.meter.coverage(t0, t1)
+        energy: float | None = self.meter.energy_j(t0, t1)
+        source = "measured" if self.meter.measured else "modelled"
+        note = None
+        if self.meter.measured and coverage <= 0.0:
+            # Zero coverage is no measurement: an extrapolated 0 J would read as a result.
+            energy, source = None, "none"
+            note = (f"meter {self.meter.kind} {self.meter.describe()} gave no reading during "
+                    f"the generation ({self.meter.last_error or 'no samples'})")
         r = tot.rounds
 
         def per_round(x: float, scale: float = 1e3) -> float | None:
@@ -425,9 +486,9 @@ class Generation:
         budget_w = budget.power_w if budget is not None else None
         budget_jpt = budget.j_per_token if budget is not None else None
         met = None
-        if budget_w is not None:
+        if energy is not None and budget_w is not None:
             met = energy / elapsed <= budget_w * 1.03
-        elif budget_jpt is not None and n_out:
+        elif energy is not None and budget_jpt is not None and n_out:
             met = energy / n_out <= budget_jpt * 1.03
 
         return Report(
@@ -441,6 +502,7 @@ class Generation:
             edges=list(self.edges_used),
             degraded=self.degraded,
             degraded_at_token=self.degraded_at,
+            degraded_reason=self.degraded_reason,
             rejected_edges=self.rejected,
             segments=self.segments,
             stop_reason=self.stop_reason,
@@ -456,17 +518,19 @@ class Generation:
             mean_rtt_ms=per_round(tot.rtt_s),
             overhead_ms_per_round=per_round(tot.overhead_s),
             energy_j=energy,
-            energy_source="measured" if self.meter.measured else "modelled",
-            j_per_token=energy / n_out if n_out else None,
-            mean_power_w=energy / elapsed,
+            energy_source=source,
+            energy_note=note,
+            j_per_token=energy / n_out if energy is not None and n_out else None,
+            mean_power_w=energy / elapsed if energy is not None else None,
             budget_w=budget_w,
             budget_j_per_token=budget_jpt,
             budget_met=met,
             meter=self.meter.kind,
-            meter_coverage=self.meter.coverage(t0, t1),
+            meter_coverage=coverage,
             window_monotonic_s=(t0, t1),
             temperature=self.request.temperature,
             seed=self.request.seed,
+            draft_limit=self._max_draft if self._clamp_warned else None,
             errors=self.errors,
         )
 
@@ -482,12 +546,17 @@ async def generate(
     llama_config: LlamaConfig | None = None,
     edge_timeout_s: float = 15.0,
     browser: EdgeBrowser | None = None,
+    stop: asyncio.Event | None = None,
+    require_meter: bool = True,
 ) -> Report:
     """Load the draft, open the meter, run one generation, and report.
 
     ``plan`` says which edges to use; ``edge_url`` alone is shorthand for one explicit edge
     without discovery. A long-running caller passes its own open ``browser`` so discovery
-    answers are already in hand.
+    answers are already in hand. Once ``stop`` is set the generation ends after the step in
+    flight and reports what it has committed (``stop_reason`` "interrupted"). A measured meter
+    that gives no reading within ``METER_WAIT_S`` raises MeterUnavailable when
+    ``require_meter``; otherwise the report says ``energy_source`` "none" and why.
     """
     cfg = llama_config or LlamaConfig()
     model = await asyncio.to_thread(LlamaModel, draft_path)
@@ -497,7 +566,13 @@ async def generate(
             activity = Activity()
             async with open_meter(meter_spec, activity=activity) as meter:
                 # Start the window with a reading in hand (a serial meter takes a poll).
-                await meter.async_wait_sample(METER_WAIT_S)
+                if not await meter.async_wait_sample(METER_WAIT_S) and meter.measured and (
+                    require_meter
+                ):
+                    raise MeterUnavailable(
+                        f"meter {meter_spec} gave no reading in {METER_WAIT_S:g} s"
+                        f" ({meter.last_error or 'no samples'})"
+                    )
                 gen = Generation(
                     model,
                     request,
@@ -507,6 +582,7 @@ async def generate(
                     activity=activity,
                     llama_config=cfg,
                     browser=browser,
+                    stop=stop,
                 )
                 return await gen.run(runner)
         finally:
@@ -516,4 +592,12 @@ async def generate(
             await asyncio.to_thread(model.close)
 
 
-__all__ = ["EdgePlan", "GenerateRequest", "Generation", "Report", "generate"]
+__all__ = [
+    "EdgePlan",
+    "EdgeRequired",
+    "GenerateRequest",
+    "Generation",
+    "MeterUnavailable",
+    "Report",
+    "generate",
+]

@@ -21,6 +21,8 @@ def format_report(report: dict[str, Any]) -> str:
         f"edge          {report['edge'] or '-'}" + ("  (DEGRADED: finished on the draft alone"
                                                    f" from token {report['degraded_at_token']})"
                                                    if report["degraded"] else ""),
+        *([f"degraded      {report['degraded_reason']}"]
+          if report.get("degraded_reason") else []),
         f"tokens        {report['n_tokens']} in {report['elapsed_s']:.2f} s"
         f" = {report['tokens_per_s']:.1f} tokens/s ({report['stop_reason']})",
         f"rounds        {report['rounds']}, mean drafted {f(report['mean_drafted'], '.2f')},"
@@ -31,8 +33,10 @@ def format_report(report: dict[str, Any]) -> str:
         *([f"budget        {report['budget_w']} W / {report['budget_j_per_token']} J/token:"
            f" {'met' if report['budget_met'] else 'NOT met'}"]
           if report.get("budget_met") is not None else []),
-        f"energy        {report['energy_j']:.3f} J {report['energy_source']} ({report['meter']}),"
-        f" {f(report['j_per_token'], '.4f')} J/token, {f(report['mean_power_w'], '.2f')} W,"
-        f" coverage {report['meter_coverage']:.0%}",
+        (f"energy        {report['energy_j']:.3f} J {report['energy_source']}"
+         f" ({report['meter']}), {f(report['j_per_token'], '.4f')} J/token,"
+         f" {f(report['mean_power_w'], '.2f')} W, coverage {report['meter_coverage']:.0%}"
+         if report["energy_j"] is not None else
+         f"energy        none: {report.get('energy_note') or 'no measurement'}"),
     ]
     return "\n".join(lines)

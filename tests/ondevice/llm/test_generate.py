@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from _edge import EdgeProc, KillEdgeAfter, Reference, edge_server
-from test_speculative import P_REJECT, chi2_pvalue
+from _stats import P_REJECT, chi2_pvalue
 
 from hw import Activity, open_meter
 from ondevice.common.llama_runtime import LlamaConfig, LlamaModel, LlamaRunner

@@ -1,0 +1,95 @@
+"""argparse value types shared by the ``ondevice``, ``edge-server`` and ``model-export`` commands.
+
+Each takes the flag's text and returns the value, or raises ``argparse.ArgumentTypeError`` with
+a message naming the value and the allowed range; argparse prefixes the flag, prints the usage
+line and exits with status 2 (a usage error), so no bad value reaches the code as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+def _int_at_least(text: str, minimum: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """An integer >= 0."""
+    return _int_at_least(text, 0)
+
+
+def positive_int(text: str) -> int:
+    """An integer >= 1."""
+    return _int_at_least(text, 1)
+
+
+def port(text: str) -> int:
+    """A TCP port, 0..65535 (0: the system picks a free one)."""
+    value = _int_at_least(text, 0)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"must be a TCP port 0..65535, got {value}")
+    return value
+
+
+def _float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """A finite number >= 0."""
+    value = _float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """A finite number > 0."""
+    value = _float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def fingerprint(text: str) -> str:
+    """A certificate's SHA-256 as 64 hex digits, colons allowed (``AB:CD:...``); returned as
+    64 lower-case hex digits."""
+    value = text.replace(":", "").strip().lower()
+    if not _HEX64.fullmatch(value):
+        raise argparse.ArgumentTypeError(
+            f"expected the certificate's SHA-256: 64 hex digits, colons allowed "
+            f"(as edge-server prints it), got {text!r}"
+        )
+    return value
+
+
+def non_empty_text(text: str) -> str:
+    """Text with at least one non-space character."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
+
+
+def seed(text: str) -> int:
+    """A sampling seed, 0..2**63-1 (what every side's random generator accepts)."""
+    value = _int_at_least(text, 0)
+    if value >= 1 << 63:
+        raise argparse.ArgumentTypeError(f"must be < 2^63, got {value}")
+    return value
