@@ -38,12 +38,17 @@ class BandwidthBook:
         self.floor = floor
         self._devices: dict[str, _Report] = {}
 
-    def report(self, device: str, *, queue_j: float, bits: float, spectral_eff: float,
-               now: float, owner: int) -> None:
-        """Record a device's state at the start of a task."""
+    @staticmethod
+    def check(*, queue_j: float, bits: float, spectral_eff: float) -> None:
+        """Raise ValueError unless a report with these values would be accepted."""
         for name, v in (("queue", queue_j), ("bits", bits), ("spectral efficiency", spectral_eff)):
             if not math.isfinite(v) or v < 0.0:
                 raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+
+    def report(self, device: str, *, queue_j: float, bits: float, spectral_eff: float,
+               now: float, owner: int) -> None:
+        """Record a device's state at the start of a task (ValueError as ``check``)."""
+        self.check(queue_j=queue_j, bits=bits, spectral_eff=spectral_eff)
         self._devices[device] = _Report(queue_j, bits, spectral_eff, now, owner)
 
     def active(self, now: float) -> list[str]:

@@ -6,7 +6,8 @@ task, progressive evaluation of what has arrived, and the bandwidth shares of al
 the raw input). Every onnxruntime call runs in the service's own thread pool, so the event
 loop never blocks and LLM verification (the app's compute thread) is not held up by tails.
 
-``DnnEndpoint`` is one WebSocket's DNN side: at most one open task, its packets fed to a
+``DnnEndpoint`` is one WebSocket's DNN side: at most one open task (its place under the
+session limits is the connection's business, ``app._Connection``), its packets fed to a
 ``FeatureReceiver``; a packet that asks for an evaluation is answered with a ``result`` frame
 (top-1, confidence, entropy) computed on the received channels, the rest at their calibration
 mean. Bad packets raise ``wire.WireError`` (an ``error`` frame; the socket stays open).
@@ -138,17 +139,22 @@ Send = Callable[[wire.Message], Awaitable[None]]
 
 
 class DnnEndpoint:
-    """One connection's DNN side: open, packets, evaluations, close."""
+    """One connection's DNN side: open, packets, evaluations, close.
 
-    def __init__(self, service: DnnService, *, owner: int, send: Send, max_packet_bytes: int,
-                 on_sessions_changed: Callable[[int], None]) -> None:
+    Opening is two steps so that a refused ``dnn_open`` changes nothing: ``check_open``
+    raises every refusal and touches no state; ``start`` (after the connection has taken a
+    place under the session limits) replaces the open task, if any, and cannot fail. The
+    connection owns the session limits; this class only keeps the task.
+    """
+
+    def __init__(self, service: DnnService, *, owner: int, send: Send,
+                 max_packet_bytes: int) -> None:
         self.service = service
         self.owner = owner
         self.send = send
         self.max_packet_bytes = max_packet_bytes
         self.sid: str | None = None
         self.task: DnnTask | None = None
-        self._changed = on_sessions_changed  # +1 / -1 open sessions
         self._evaluator: asyncio.Task[None] | None = None
         self._wanted = False
         self._wanted_t_in = 0.0
@@ -162,7 +168,13 @@ class DnnEndpoint:
     def owns(self, sid: str) -> bool:
         return self.sid is not None and sid == self.sid
 
-    async def open(self, msg: wire.DnnOpen, *, can_open: Callable[[], None]) -> None:
+    @property
+    def is_open(self) -> bool:
+        """A task is open on this connection."""
+        return self.sid is not None
+
+    def check_open(self, msg: wire.DnnOpen) -> None:
+        """Raise the ``WireError`` this edge refuses ``msg`` with, if any. Changes nothing."""
         svc, p = self.service, self.service.profile
         if msg.version != wire.PROTOCOL_VERSION:
             raise wire.WireError("protocol", f"device speaks protocol {msg.version}, edge "
@@ -185,20 +197,25 @@ class DnnEndpoint:
             raise wire.WireError("bad-frame", f"device id must be 1..{MAX_DEVICE_ID} characters")
         if not (math.isfinite(msg.deadline_ms) and msg.deadline_ms >= 0.0):
             raise wire.WireError("bad-frame", "deadline_ms must be a finite number >= 0")
-        now = time.monotonic()
         try:
-            svc.book.report(msg.device, queue_j=msg.queue_j, bits=float(msg.bits),
-                            spectral_eff=msg.spectral_eff, now=now, owner=self.owner)
+            svc.book.check(queue_j=msg.queue_j, bits=float(msg.bits),
+                           spectral_eff=msg.spectral_eff)
         except ValueError as exc:
             raise wire.WireError("bad-frame", str(exc)) from None
-        await self.close()
-        can_open()  # raises too-many-sessions
+
+    def start(self, msg: wire.DnnOpen) -> wire.DnnOpened:
+        """Open the task of a ``msg`` that passed ``check_open`` (closing the open one, if
+        any) and return the reply for the device."""
+        svc = self.service
+        now = time.monotonic()
+        svc.book.report(msg.device, queue_j=msg.queue_j, bits=float(msg.bits),
+                        spectral_eff=msg.spectral_eff, now=now, owner=self.owner)
+        self.close()
         self.sid = secrets.token_hex(8)
         self.task = DnnTask(svc, msg.split, msg.device)
         svc.sessions[self.sid] = self.task
-        self._changed(+1)
         share, users = svc.book.share(msg.device, now)
-        await self.send(wire.DnnOpened(self.sid, share, users, svc.tail_ms[msg.split]))
+        return wire.DnnOpened(self.sid, share, users, svc.tail_ms[msg.split])
 
     async def feature(self, msg: wire.Feature, t_in: float) -> None:
         task = self._task(msg.session)
@@ -256,22 +273,17 @@ class DnnEndpoint:
             with contextlib.suppress(Exception):
                 await self.send(wire.Error("internal", f"{type(exc).__name__}: {exc}"))
 
-    async def close_msg(self, msg: wire.Close) -> None:
-        self._task(msg.session)
-        await self.close()
-
-    async def close(self) -> None:
+    def close(self) -> None:
         """End the open task, if any. Idempotent."""
         if self.sid is None:
             return
         self.service.sessions.pop(self.sid, None)
         self.sid, self.task = None, None
         self._wanted = False
-        self._changed(-1)
 
     async def disconnect(self) -> None:
         """The socket closed: end the task and drop this connection's devices from the book."""
-        await self.close()
+        self.close()
         self.service.book.forget_owner(self.owner)
         ev, self._evaluator = self._evaluator, None
         if ev is not None and not ev.done():

@@ -20,6 +20,16 @@ from ondevice.common import wire
 from ondevice.common.llama_runtime import LlamaConfig, LlamaModel, LlamaRunner
 from ondevice.common.speculative import sample_full, session_rng, verify
 
+MAX_SEED = 2**64 - 1  # the wire's largest unsigned integer; session_rng takes 0..MAX_SEED
+
+
+def context_size(model: LlamaModel, llama_config: LlamaConfig) -> int:
+    """The context llama.cpp gives a session opened with ``llama_config``: it rounds the
+    requested ``n_ctx`` up (e.g. 128 to 256), so ask it once, with a context made and freed
+    here. Raises LlamaError when such a context cannot be made at all."""
+    with LlamaRunner(model, llama_config) as runner:
+        return runner.n_ctx
+
 
 class TargetSession:
     """One device's stream against the target model."""

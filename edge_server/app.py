@@ -20,8 +20,7 @@ import json
 import logging
 import secrets
 import time
-from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -29,7 +28,8 @@ import numpy as np
 from aiohttp import WSMsgType, web
 
 from edge_server._dnn import DnnEndpoint, DnnService, open_service
-from edge_server._target import TargetSession
+from edge_server._limits import SessionSlots, Slot
+from edge_server._target import MAX_SEED, TargetSession, context_size
 from edge_server.config import EdgeConfig
 from ondevice.common import wire
 from ondevice.common.llama_runtime import LlamaConfig, LlamaModel
@@ -44,13 +44,19 @@ class EdgeState:
     config: EdgeConfig
     model: LlamaModel | None = None
     vocab_hash: str = ""
+    n_ctx: int = 0  # the context llama.cpp gives each session (set when the model loads)
     executor: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="edge-compute")
     )
     sessions: dict[str, TargetSession] = field(default_factory=dict)
     dnn: DnnService | None = None
-    per_client: Counter[str] = field(default_factory=Counter)
+    slots: SessionSlots = field(init=False)  # the session limits, held from before a build
     on_load_change: Callable[[], None] | None = None  # set by the advertiser
+
+    def __post_init__(self) -> None:
+        cfg = self.config
+        self.slots = SessionSlots(cfg.max_sessions, cfg.max_sessions_per_client)
+        self.n_ctx = cfg.n_ctx  # until the model is loaded and llama.cpp is asked
 
     def load_changed(self) -> None:
         if self.on_load_change is not None:
@@ -59,6 +65,16 @@ class EdgeState:
     async def run(self, fn, *args):  # type: ignore[no-untyped-def]
         """Run a llama.cpp call in the compute thread."""
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    @property
+    def llama_config(self) -> LlamaConfig:
+        cfg = self.config
+        return LlamaConfig(n_ctx=cfg.n_ctx, n_threads=cfg.n_threads, kv_type=cfg.kv_type)
+
+    @property
+    def max_prompt_tokens(self) -> int:
+        """The longest prompt an ``open`` may carry: the limit, within the real context."""
+        return min(self.config.max_prompt_tokens, self.n_ctx - 1)
 
     @property
     def open_sessions(self) -> int:
@@ -85,15 +101,24 @@ STATE = web.AppKey("coinfer_edge_state", EdgeState)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+def _token_matches(given: str, token: str) -> bool:
+    """Constant-time comparison of a header's token with ours. aiohttp hands header bytes that
+    are not UTF-8 over as surrogate escapes: encoded back they are the bytes sent, which are
+    never the (UTF-8) token; nothing here raises on them."""
+    try:
+        raw = given.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a lone surrogate no decoder of header bytes produces
+        return False
+    return hmac.compare_digest(raw, token.encode("utf-8"))
+
+
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Require ``Authorization: Bearer TOKEN`` when the edge has a token (constant-time check)."""
     token = request.app[STATE].config.token
     if token is not None:
         scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            given.strip().encode(), token.encode()
-        ):
+        if scheme.lower() != "bearer" or not _token_matches(given.strip(), token):
             reason = "missing bearer token" if not given else "wrong bearer token"
             raise web.HTTPUnauthorized(
                 text=json.dumps({"error": "unauthorized", "message": reason}),
@@ -118,7 +143,9 @@ async def _model_ctx(app: web.Application) -> AsyncIterator[None]:
     if cfg.model_path is not None:
         state.model = await state.run(LlamaModel, cfg.model_path)
         state.vocab_hash = await state.run(state.model.vocab_hash)
-        log.info("serving %s (vocab %s)", state.model.model_id, state.vocab_hash)
+        state.n_ctx = await state.run(context_size, state.model, state.llama_config)
+        log.info("serving %s (vocab %s, n_ctx %d)", state.model.model_id, state.vocab_hash,
+                 state.n_ctx)
     if cfg.dnn_dir is not None:
         state.dnn = await state.run(open_service, cfg.dnn_dir, cfg.dnn_workers, cfg.dnn_threads)
     yield
@@ -144,18 +171,21 @@ async def handle_info(request: web.Request) -> web.Response:
             "dnn_splits": sorted(state.dnn.profile.splits) if state.dnn else [],
             "vocab_hash": state.vocab_hash,
             "n_vocab": model.n_vocab if model else 0,
-            "n_ctx": cfg.n_ctx,
+            "n_ctx": state.n_ctx,
             "sessions": state.open_sessions,
             "max_sessions": cfg.max_sessions,
             "auth": cfg.token is not None,
             "limits": {
                 "max_draft_tokens": cfg.max_draft_tokens,
                 "max_top_k": cfg.max_top_k,
-                "max_prompt_tokens": cfg.max_prompt_tokens,
+                "max_prompt_tokens": state.max_prompt_tokens,
                 "max_frame_bytes": cfg.max_frame_bytes,
                 "max_packet_bytes": cfg.max_packet_bytes,
                 "idle_timeout_s": cfg.idle_timeout_s,
                 "max_sessions_per_client": cfg.max_sessions_per_client,
+                "header_timeout_s": cfg.header_timeout_s,
+                "max_pending_connections": cfg.max_pending_connections,
+                "keepalive_timeout_s": cfg.keepalive_timeout_s,
             },
         }
     )
@@ -187,7 +217,14 @@ def _check_round(msg: wire.Round, cfg: EdgeConfig, n_vocab: int) -> None:
 
 
 class _Connection:
-    """One WebSocket: at most one open session on it."""
+    """One WebSocket: at most one open session on it, an LLM session or a DNN task.
+
+    That session holds one place under the edge's session limits (``slot``), taken before
+    the session is built and kept by the socket while it has a session. Opening another
+    session on the socket replaces the open one and keeps its place. Every refusal (a frame
+    that fails validation, ``too-many-sessions``) leaves the open session as it was: the old
+    session is closed only once the new one is built.
+    """
 
     def __init__(self, state: EdgeState, ws: web.WebSocketResponse, peer: str) -> None:
         self.state = state
@@ -195,6 +232,7 @@ class _Connection:
         self.peer = peer
         self.sid: str | None = None
         self.session: TargetSession | None = None
+        self.slot: Slot | None = None
         self._dnn: DnnEndpoint | None = None
 
     @property
@@ -205,29 +243,47 @@ class _Connection:
                 raise wire.WireError("unknown-model", "this edge serves no DNN (started "
                                      "without --dnn)")
             self._dnn = DnnEndpoint(self.state.dnn, owner=id(self), send=self.send,
-                                    max_packet_bytes=self.state.config.max_packet_bytes,
-                                    on_sessions_changed=self._count)
+                                    max_packet_bytes=self.state.config.max_packet_bytes)
         return self._dnn
 
-    def _count(self, delta: int) -> None:
-        state = self.state
-        state.per_client[self.peer] += delta
-        if state.per_client[self.peer] <= 0:
-            del state.per_client[self.peer]
-        state.load_changed()
+    @contextlib.contextmanager
+    def _admit(self) -> Iterator[Slot]:
+        """The place for a session about to open on this socket: the socket's own when it
+        holds one (the new session will replace the open one), else a new reservation, taken
+        before the body awaits anything (``too-many-sessions`` when none is free). If the
+        body raises (a refusal, a failed build, the device gone, cancellation) a new
+        reservation is given back; otherwise the socket keeps it."""
+        if self.slot is not None:
+            yield self.slot
+            return
+        slot = self.state.slots.reserve(self.peer)
+        try:
+            yield slot
+        except BaseException:
+            slot.release()
+            raise
+        self.slot = slot
 
-    def _check_room(self) -> None:
-        """Raise too-many-sessions if the edge or this client is at its limit."""
-        state, cfg = self.state, self.state.config
-        if state.open_sessions >= cfg.max_sessions:
-            raise wire.WireError(
-                "too-many-sessions", f"edge is at its limit of {cfg.max_sessions} sessions"
-            )
-        if state.per_client[self.peer] >= cfg.max_sessions_per_client:
-            raise wire.WireError(
-                "too-many-sessions",
-                f"client {self.peer} already has {cfg.max_sessions_per_client} sessions open",
-            )
+    async def _drop_session(self) -> None:
+        """Close the open session of either kind; the socket keeps its place."""
+        if self._dnn is not None:
+            self._dnn.close()
+        if self.sid is None:
+            return
+        session = self.state.sessions.pop(self.sid, None)
+        self.sid, self.session = None, None
+        if session is not None:
+            await self.state.run(session.close)
+
+    async def end_session(self) -> None:
+        """Close the open session, if any, and give its place back."""
+        had = self.slot is not None
+        await self._drop_session()
+        if self.slot is not None:
+            self.slot.release()
+            self.slot = None
+        if had:
+            self.state.load_changed()
 
     async def send(self, msg: wire.Message) -> None:
         delay_ms = self.state.config.emulated_delay_ms
@@ -247,12 +303,11 @@ class _Connection:
         elif isinstance(msg, wire.Input):
             await self.dnn.input(msg, t_in)
         elif isinstance(msg, wire.DnnOpen):
-            await self.close_session()
-            await self.dnn.open(msg, can_open=self._check_room)
+            await self._dnn_open(msg)
         elif isinstance(msg, wire.Close) and self._dnn is not None and self._dnn.owns(
             msg.session
         ):
-            await self._dnn.close_msg(msg)
+            await self.end_session()
         elif isinstance(msg, wire.Round):
             session = self._session_for(msg.session)
             _check_round(msg, cfg, session.model.n_vocab)
@@ -266,12 +321,23 @@ class _Connection:
             await self._generate(session, msg.max_tokens)
         elif isinstance(msg, wire.Close):
             self._session_for(msg.session)
-            await self.close_session()
+            await self.end_session()
         else:
             raise wire.WireError("bad-frame", f"a device does not send {type(msg).__name__} frames")
 
-    async def _open(self, msg: wire.Open) -> None:
-        state, cfg = self.state, self.state.config
+    async def _dnn_open(self, msg: wire.DnnOpen) -> None:
+        dnn = self.dnn  # unknown-model on an edge without --dnn
+        dnn.check_open(msg)
+        with self._admit():
+            await self._drop_session()
+            opened = dnn.start(msg)
+        self.state.load_changed()
+        await self.send(opened)
+
+    def _check_open(self, msg: wire.Open) -> LlamaModel:
+        """Raise the ``WireError`` this edge refuses ``msg`` with, if any; else return the
+        target model. Changes nothing."""
+        state = self.state
         if msg.version != wire.PROTOCOL_VERSION:
             raise wire.WireError(
                 "protocol", f"device speaks protocol {msg.version}, edge {wire.PROTOCOL_VERSION}"
@@ -286,7 +352,7 @@ class _Connection:
                 f" target {model.model_id!r} (vocabulary {state.vocab_hash})",
             )
         n = int(msg.prompt.shape[0])
-        limit = min(cfg.max_prompt_tokens, cfg.n_ctx - 1)
+        limit = state.max_prompt_tokens
         if n == 0 or n > limit:
             raise wire.WireError(
                 "prompt-too-long" if n else "bad-frame",
@@ -295,23 +361,35 @@ class _Connection:
         _check_ids(msg.prompt, model.n_vocab, "prompt")
         if not 0.0 <= msg.temperature <= 100.0 or msg.top_k < 1:
             raise wire.WireError("bad-frame", "temperature must be in [0, 100] and top_k >= 1")
-        if self.session is not None:
-            await self.close_session()
-        if self._dnn is not None:
-            await self._dnn.close()
-        self._check_room()
-        llama_cfg = LlamaConfig(n_ctx=cfg.n_ctx, n_threads=cfg.n_threads, kv_type=cfg.kv_type)
-        session = await state.run(
-            lambda: TargetSession(
-                model, llama_cfg, msg.prompt, temperature=msg.temperature, seed=msg.seed
+        if not 0 <= msg.seed <= MAX_SEED:
+            raise wire.WireError("bad-frame", f"seed must be in 0..2**64-1, got {msg.seed}")
+        return model
+
+    async def _open(self, msg: wire.Open) -> None:
+        state = self.state
+        model = self._check_open(msg)
+        llama_cfg = state.llama_config
+        with self._admit():
+            session = await state.run(
+                lambda: TargetSession(
+                    model, llama_cfg, msg.prompt, temperature=msg.temperature, seed=msg.seed
+                )
             )
-        )
-        self.sid = secrets.token_hex(8)
-        self.session = session
-        state.sessions[self.sid] = session
-        state.per_client[self.peer] += 1
+            if self.ws.closed:  # the device left while its session was built
+                await state.run(session.close)
+                raise ConnectionResetError("the device left while its session was opened")
+            try:
+                await self._drop_session()
+            except BaseException:
+                await state.run(session.close)
+                raise
+            self.sid = secrets.token_hex(8)
+            self.session = session
+            state.sessions[self.sid] = session
         state.load_changed()
-        await self.send(wire.Opened(self.sid, model.model_id, cfg.n_ctx, session.prefill_ms))
+        await self.send(
+            wire.Opened(self.sid, model.model_id, session.runner.n_ctx, session.prefill_ms)
+        )
 
     async def _generate(self, session: TargetSession, max_tokens: int) -> None:
         """Edge-only: the target generates alone and streams each token as it comes."""
@@ -324,19 +402,6 @@ class _Connection:
             if done:
                 return
         await self.send(wire.Tokens(np.zeros(0, dtype=np.int32), True, 0.0))
-
-    async def close_session(self) -> None:
-        if self.sid is None:
-            return
-        state = self.state
-        session = state.sessions.pop(self.sid, None)
-        self.sid, self.session = None, None
-        if session is not None:
-            state.per_client[self.peer] -= 1
-            if state.per_client[self.peer] <= 0:
-                del state.per_client[self.peer]
-            state.load_changed()
-            await state.run(session.close)
 
 
 async def handle_session(request: web.Request) -> web.WebSocketResponse:
@@ -369,7 +434,7 @@ async def handle_session(request: web.Request) -> web.WebSocketResponse:
                         break
                     log.exception("session %s failed", conn.sid)
                     await conn.send(wire.Error("internal", f"{type(exc).__name__}: {exc}"))
-                    await conn.close_session()
+                    await conn.end_session()
             elif msg.type == WSMsgType.TEXT:
                 await conn.send(wire.Error("bad-frame", "binary msgpack frames only"))
             elif msg.type == WSMsgType.ERROR:
@@ -379,7 +444,7 @@ async def handle_session(request: web.Request) -> web.WebSocketResponse:
             else:  # CLOSE, CLOSING, CLOSED
                 break
     finally:
-        await conn.close_session()
+        await conn.end_session()
         if conn._dnn is not None:
             await conn._dnn.disconnect()
         if not ws.closed:

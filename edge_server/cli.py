@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import logging
+import os
 import signal
 import ssl
 import sys
@@ -13,11 +15,12 @@ from pathlib import Path
 
 from aiohttp import web
 
+from edge_server._protocol import GuardedSite, HeadGuard, http_logger
 from edge_server.advertise import EdgeAdvertiser
 from edge_server.app import STATE, create_app
 from edge_server.config import EdgeConfig
 from edge_server.tls import certificate_fingerprint
-from ondevice.common import wire
+from ondevice.common import argtypes, wire
 from ondevice.common.discovery_record import encode_txt
 from ondevice.common.llama_runtime import LlamaError
 
@@ -35,14 +38,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", type=Path, help="target model, a GGUF file")
     p.add_argument("--dnn", type=Path, metavar="DIR",
                    help="a `model-export dnn split` directory: serve its tails (onnxruntime)")
-    p.add_argument("--dnn-workers", type=int, default=d.dnn_workers,
+    p.add_argument("--dnn-workers", type=argtypes.positive_int, default=d.dnn_workers,
                    help=f"threads running DNN tails (default {d.dnn_workers})")
-    p.add_argument("--dnn-threads", type=int, default=d.dnn_threads,
+    p.add_argument("--dnn-threads", type=argtypes.positive_int, default=d.dnn_threads,
                    help=f"onnxruntime threads per DNN call (default {d.dnn_threads})")
     p.add_argument("--host", default=d.host, help=f"address to bind (default {d.host})")
-    p.add_argument(
-        "--port", type=int, default=d.port, help=f"TCP port; 0 picks a free one (default {d.port})"
-    )
+    p.add_argument("--port", type=argtypes.port, default=d.port,
+                   help=f"TCP port; 0 picks a free one (default {d.port})")
     p.add_argument("--no-advertise", action="store_true", help="do not advertise over zeroconf")
     p.add_argument(
         "--interface",
@@ -51,8 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="IP",
         help="advertise on the interface with this IPv4 address (repeatable; default: all)",
     )
-    p.add_argument("--n-ctx", type=int, default=d.n_ctx, help="context tokens per session")
-    p.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: all)")
+    p.add_argument("--n-ctx", type=argtypes.positive_int, default=d.n_ctx,
+                   help="context tokens per session (llama.cpp may round it up; /v1/info "
+                   "reports what it uses)")
+    p.add_argument("--threads", type=argtypes.positive_int, default=None,
+                   help="llama.cpp threads (default: all)")
     p.add_argument("--kv-type", default=d.kv_type, choices=("f16", "f32", "q8_0"),
                    help=f"KV cache element type (default {d.kv_type})")
     s = p.add_argument_group("security")
@@ -60,18 +65,33 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tls-cert", type=Path, help="PEM certificate: serve HTTPS/WSS")
     s.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
     g = p.add_argument_group("limits")
-    g.add_argument("--max-sessions", type=int, default=d.max_sessions)
-    g.add_argument("--max-sessions-per-client", type=int, default=d.max_sessions_per_client,
+    g.add_argument("--max-sessions", type=argtypes.positive_int, default=d.max_sessions)
+    g.add_argument("--max-sessions-per-client", type=argtypes.positive_int,
+                   default=d.max_sessions_per_client,
                    help="open sessions per client IP address")
-    g.add_argument("--max-draft", type=int, default=d.max_draft_tokens, help="tokens per round")
-    g.add_argument("--max-prompt", type=int, default=d.max_prompt_tokens, help="prompt tokens")
-    g.add_argument("--max-frame-bytes", type=int, default=d.max_frame_bytes)
-    g.add_argument("--max-packet-bytes", type=int, default=d.max_packet_bytes,
+    g.add_argument("--max-draft", type=argtypes.positive_int, default=d.max_draft_tokens,
+                   help="tokens per round")
+    g.add_argument("--max-prompt", type=argtypes.positive_int, default=d.max_prompt_tokens,
+                   help="prompt tokens (at most the context less one)")
+    g.add_argument("--max-frame-bytes", type=argtypes.positive_int, default=d.max_frame_bytes)
+    g.add_argument("--max-packet-bytes", type=argtypes.positive_int, default=d.max_packet_bytes,
                    help="DNN feature packet or raw-input slice")
-    g.add_argument("--idle-timeout", type=float, default=d.idle_timeout_s, help="seconds")
+    g.add_argument("--idle-timeout", type=argtypes.positive_float, default=d.idle_timeout_s,
+                   help="seconds")
+    g.add_argument("--header-timeout", type=argtypes.positive_float, default=d.header_timeout_s,
+                   help="seconds a new connection has to send its request head "
+                   f"(default {d.header_timeout_s:g})")
+    g.add_argument("--max-pending-connections", type=argtypes.positive_int,
+                   default=d.max_pending_connections,
+                   help="connections still sending their request head; more are refused "
+                   f"(default {d.max_pending_connections})")
+    g.add_argument("--keepalive-timeout", type=argtypes.positive_float,
+                   default=d.keepalive_timeout_s,
+                   help="seconds an idle HTTP connection is kept for its next request "
+                   f"(default {d.keepalive_timeout_s:g})")
     p.add_argument(
         "--emulate-delay-ms",
-        type=float,
+        type=argtypes.non_negative_float,
         default=0.0,
         help="hold every reply this long (emulates a distant edge on a test rig)",
     )
@@ -111,6 +131,9 @@ def config_from_args(args: argparse.Namespace) -> EdgeConfig:
         max_prompt_tokens=args.max_prompt,
         max_frame_bytes=args.max_frame_bytes,
         idle_timeout_s=args.idle_timeout,
+        header_timeout_s=args.header_timeout,
+        max_pending_connections=args.max_pending_connections,
+        keepalive_timeout_s=args.keepalive_timeout,
     )
 
 
@@ -122,6 +145,23 @@ def _ssl_context(config: EdgeConfig) -> ssl.SSLContext | None:
     return ctx
 
 
+class StartupError(Exception):
+    """The edge cannot start; the message is the one line to print."""
+
+
+def _bind_error(config: EdgeConfig, exc: OSError) -> str:
+    where = f"port {config.port} on {config.host}"
+    if exc.errno == errno.EADDRINUSE:
+        return (f"{where} is in use ({os.strerror(exc.errno)}); choose another --port or stop "
+                "the other server")
+    if exc.errno == errno.EACCES:
+        return (f"{where} may not be bound by this user ({os.strerror(exc.errno)}); choose a "
+                "--port above 1023")
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return f"cannot listen on {config.host}: not an address of this host; check --host"
+    return f"cannot listen on {where}: {exc.strerror or exc}"
+
+
 async def serve(config: EdgeConfig) -> None:
     """Serve until SIGINT/SIGTERM; print the bound URL once listening and advertised."""
     # Handlers first: a supervisor may signal us as soon as it reads the "listening" line.
@@ -131,15 +171,20 @@ async def serve(config: EdgeConfig) -> None:
         loop.add_signal_handler(sig, stop.set)
     app = create_app(config)
     state = app[STATE]
-    runner = web.AppRunner(app, handle_signals=False)
+    runner = web.AppRunner(app, handle_signals=False, logger=http_logger(),
+                           keepalive_timeout=config.keepalive_timeout_s)
     await runner.setup()
     try:
         ssl_ctx = _ssl_context(config)
         fingerprint = certificate_fingerprint(config.tls_cert) if config.tls_cert else ""
-        site = web.TCPSite(runner, config.host, config.port, ssl_context=ssl_ctx)
-        await site.start()
-        sockets = site._server.sockets if site._server else []  # type: ignore[union-attr]
-        port = sockets[0].getsockname()[1] if sockets else config.port
+        guard = HeadGuard(timeout_s=config.header_timeout_s,
+                          max_pending=config.max_pending_connections)
+        site = GuardedSite(runner, config.host, config.port, guard=guard, ssl_context=ssl_ctx)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise StartupError(_bind_error(config, exc)) from None
+        port = site.port
         host = "127.0.0.1" if config.host in ("0.0.0.0", "") else config.host
         scheme = "https" if ssl_ctx else "http"
 
@@ -184,6 +229,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.model is None and args.dnn is None:
         print("edge-server: give --model TARGET.gguf, --dnn DIR, or both", file=sys.stderr)
         return 2
+    if args.model is not None and args.model.is_dir():
+        found = sorted(f.name for f in args.model.glob("*.gguf"))
+        hint = f" (it holds {', '.join(found[:3])}{', ...' if len(found) > 3 else ''})" \
+            if found else ""
+        print(f"edge-server: --model {args.model} is a directory; give the target's GGUF "
+              f"file{hint}", file=sys.stderr)
+        return 2
     if args.model is not None and not args.model.is_file():
         print(f"edge-server: model file not found: {args.model}", file=sys.stderr)
         return 2
@@ -203,6 +255,9 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(serve(config))
     except KeyboardInterrupt:
         return 0  # a second Ctrl-C during shutdown
+    except StartupError as exc:
+        print(f"edge-server: {exc}", file=sys.stderr)
+        return 1
     except (OSError, ValueError, ImportError, ssl.SSLError, LlamaError) as exc:
         print(f"edge-server: {exc}", file=sys.stderr)
         return 1

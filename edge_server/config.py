@@ -33,4 +33,7 @@ class EdgeConfig:
     max_frame_bytes: int = 1 << 20  # 1 MiB per WebSocket frame / HTTP body
     max_packet_bytes: int = 1 << 16  # feature packet or raw-input slice; larger: bad-packet
     idle_timeout_s: float = 300.0  # a session with no frame for this long is closed
+    header_timeout_s: float = 10.0  # a new connection must send its request head within this
+    max_pending_connections: int = 64  # connections still sending their first request head
+    keepalive_timeout_s: float = 75.0  # idle HTTP connection (and its next request head)
     heartbeat_s: float = 30.0  # WebSocket ping interval

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from export._errors import ExportError
+from export._progress import Stages, show_progress
 from export._quantize import check_gguf_file
 
 _LIST_KEYS = (
@@ -385,13 +386,22 @@ def compare_vocabularies(draft: Vocabulary, target: Vocabulary) -> PairReport:
 
 
 def check_pair(
-    draft_path: Path, target_path: Path, announce: Callable[[str], None] | None = None
+    draft_path: Path,
+    target_path: Path,
+    announce: Callable[[str], None] | None = None,
+    *,
+    progress: bool | None = None,
 ) -> PairReport:
     """Read both files' tokenizer metadata and compare them (`compare_vocabularies`).
 
     ExportError for a missing, non-GGUF or token-less input; an invalid pair is not an
-    error but a report with ``valid`` False.
+    error but a report with ``valid`` False. `progress`: a two-step bar on stderr (reading
+    each file takes seconds for a large vocabulary); None: only when stderr is a terminal.
     """
-    draft = read_vocabulary(Path(draft_path), announce)
-    target = read_vocabulary(Path(target_path), announce)
+    draft_path, target_path = Path(draft_path), Path(target_path)
+    with Stages("check-pair", 2, show_progress(progress)) as stages:
+        stages.step(f"reading {draft_path.name}")
+        draft = read_vocabulary(draft_path, announce)
+        stages.step(f"reading {target_path.name}")
+        target = read_vocabulary(target_path, announce)
     return compare_vocabularies(draft, target)

@@ -34,6 +34,8 @@ from typing import Any
 
 from export._check_pair import PairReport, check_pair, field_value, open_reader, read_vocabulary
 from export._errors import ExportError
+from export._paths import check_output_file, output_name
+from export._progress import Stages, show_progress
 from export._quantize import QUANT_TYPES, quantize_gguf
 from ondevice.common.files import atomic_output
 
@@ -134,8 +136,12 @@ def truncate_layers(
     *,
     progress: bool | None = None,
     announce: Callable[[str], None] | None = None,
+    on_step: Callable[[str], None] | None = None,
 ) -> list[str]:
     """Write `dst`: `src` with only its first `keep` blocks (see the module docstring).
+
+    `on_step(name)` is called as reading and then writing start (for a caller's step bar);
+    `progress` as in quantize_gguf, for the per-byte bar while writing.
 
     Returns notes for the user (per-layer arrays cut, the attention pattern kept). Raises
     ExportError for an input that is missing or not GGUF, has no ``{arch}.block_count``, a
@@ -148,6 +154,8 @@ def truncate_layers(
 
     if announce is not None:
         announce(f"reading {src}")
+    if on_step is not None:
+        on_step(f"reading {src.name}")
     reader = open_reader(src)
     arch_field = reader.fields.get("general.architecture")
     if arch_field is None:
@@ -219,9 +227,16 @@ def truncate_layers(
             f"writing {len(kept)} of {len(reader.tensors)} tensors "
             f"({total / 2**20:.1f} MiB) to keep {keep} of {n_layer} layers"
         )
-    show = sys.stderr.isatty() if progress is None else progress
+    if on_step is not None:
+        on_step(f"writing {keep} layers")
     bar = tqdm(
-        desc="make-draft", total=total, unit="B", unit_scale=True, disable=not show, file=sys.stderr
+        desc="write",
+        total=total,
+        unit="B",
+        unit_scale=True,
+        disable=not show_progress(progress),
+        file=sys.stderr,
+        leave=None,  # kept on its own, cleared when it stacks under make-draft's step bar
     )
     try:
         writer.write_header_to_file()
@@ -272,8 +287,9 @@ def make_draft(
     `qtype` (a key of QUANT_TYPES) if given; at least one of the two is required.
 
     The draft is then loaded and run in llama.cpp and checked with `check_pair` against `src`.
-    Raises ExportError for bad arguments or input (see truncate_layers and quantize_gguf) and
-    if the check fails; `out` is then left as it was (written only on success, atomically).
+    Raises ExportError for bad arguments or input (see truncate_layers and quantize_gguf), an
+    `out` that is an existing directory, and if the check fails; `out` is then left as it was
+    (written only on success, atomically).
     `nthread` is for quantization (0: all cores); `progress` and `announce` as in
     quantize_gguf.
     """
@@ -284,37 +300,52 @@ def make_draft(
     key = None if qtype is None else qtype.lower()
     if key is not None and key not in QUANT_TYPES:
         raise ExportError(f"unknown quantization type {qtype!r}; valid: {', '.join(QUANT_TYPES)}")
+    tags = ([f"l{keep_layers}"] if keep_layers is not None else []) + ([key] if key else [])
+    check_output_file(out, example=output_name(src, "-".join(["draft", *tags])))
     if not out.parent.is_dir():
         raise ExportError(f"output directory {out.parent} does not exist")
     if out.exists() and src.exists() and out.resolve() == src.resolve():
         raise ExportError(f"output {out} is the input; choose another path")
 
     notes: list[str] = []
+    show = show_progress(progress)
+    n_steps = 2 * (keep_layers is not None) + (key is not None) + 2
     # Build and check in a temporary file; `out` appears (or is replaced) only on success.
-    with atomic_output(out) as tmp:
+    with atomic_output(out) as tmp, Stages("make-draft", n_steps, show) as stages:
         if keep_layers is None:
             assert key is not None
             if announce is not None:
                 announce(f"quantizing {src} to {key}")
-            quantize_gguf(src, tmp, key, nthread=nthread, progress=progress)
+            stages.step(f"quantizing to {key}")
+            quantize_gguf(src, tmp, key, nthread=nthread, progress=show)
         elif key is None:
-            notes = truncate_layers(src, tmp, keep_layers, progress=progress, announce=announce)
+            notes = truncate_layers(
+                src, tmp, keep_layers, progress=show, announce=announce, on_step=stages.step
+            )
         else:
             fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".layers", dir=out.parent)
             os.close(fd)
             try:
                 notes = truncate_layers(
-                    src, Path(name), keep_layers, progress=progress, announce=announce
+                    src,
+                    Path(name),
+                    keep_layers,
+                    progress=show,
+                    announce=announce,
+                    on_step=stages.step,
                 )
                 if announce is not None:
                     announce(f"quantizing the {keep_layers}-layer copy to {key}")
-                quantize_gguf(Path(name), tmp, key, nthread=nthread, progress=progress)
+                stages.step(f"quantizing to {key}")
+                quantize_gguf(Path(name), tmp, key, nthread=nthread, progress=show)
             finally:
                 Path(name).unlink(missing_ok=True)
         if announce is not None:
             announce(f"checking that the draft loads and runs, and that it can draft for {src}")
+        stages.step("loading and running the draft")
         smoke_run(tmp)
-        pair = check_pair(tmp, src, announce=None)
+        stages.step("check-pair against the source")
+        pair = check_pair(tmp, src, announce=None, progress=False)
         if not pair.valid:
             raise ExportError(
                 f"internal error: the draft does not match its source: {pair.mismatches[0]}"

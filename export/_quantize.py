@@ -11,6 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from export._errors import ExportError
+from export._paths import check_output_file, output_name
+from export._progress import show_progress
 from ondevice.common import gguf_quantize
 from ondevice.common.gguf_quantize import QUANT_TYPES, QuantizeError, QuantizeResult
 
@@ -37,16 +39,26 @@ def quantize_gguf(
 ) -> QuantizeResult:
     """`ondevice.common.gguf_quantize.quantize_gguf` with a per-tensor progress bar on stderr
     (`progress` None: only when stderr is a terminal); raises ExportError where it raises
-    QuantizeError, leaving `out_path` untouched."""
+    QuantizeError, leaving `out_path` untouched, and ExportError up front when `out_path` is an
+    existing directory."""
     from tqdm import tqdm
 
     key = qtype.lower()
-    show = sys.stderr.isatty() if progress is None else progress
+    check_output_file(Path(out_path), example=output_name(Path(in_path), key))
+    show = show_progress(progress)
     bars: list[tqdm] = []
 
     def on_tensor(i: int, n: int) -> None:
         if show and not bars:
-            bars.append(tqdm(desc=f"quantize {key}", total=n, unit="tensor", file=sys.stderr))
+            bars.append(
+                tqdm(
+                    desc=f"quantize {key}",
+                    total=n,
+                    unit="tensor",
+                    file=sys.stderr,
+                    leave=None,  # kept on its own, cleared under make-draft's step bar
+                )
+            )
         for bar in bars:
             bar.update(i - bar.n)
 

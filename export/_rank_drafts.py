@@ -49,6 +49,9 @@ import numpy as np
 
 from export._check_pair import check_pair
 from export._errors import ExportError
+from export._paths import check_output_file
+from export._progress import show_progress
+from export._table import format_columns
 
 TEMPERATURES = (0.0, 0.8)
 DEFAULT_PROMPTS = (
@@ -274,11 +277,16 @@ def measure_acceptance(
 
 
 def target_timings(
-    target: Any, prompt: list[int], max_m: int, repeats: int
+    target: Any,
+    prompt: list[int],
+    max_m: int,
+    repeats: int,
+    on_sample: Callable[[], None] | None = None,
 ) -> dict[int, list[float]]:
     """Seconds for `target` (LlamaRunner) to decode a batch of m tokens with logits for all of
     them after `prompt`, `repeats` samples for each m = 1..max_m (the batch repeats the
-    prompt's tokens; only its length matters). Sizes are interleaved within each repeat."""
+    prompt's tokens; only its length matters). Sizes are interleaved within each repeat;
+    `on_sample()` is called after each of the ``repeats * max_m`` batches."""
     target.truncate(0)
     target.eval(prompt, 1)
     base = target.n_past
@@ -290,7 +298,16 @@ def target_timings(
             target.eval(filler[:m], m)
             out[m].append(time.perf_counter() - t0)
             target.truncate(base)
+            if on_sample is not None:
+                on_sample()
     return out
+
+
+# -- the table ------------------------------------------------------------------------------
+
+_COLUMNS = ("#", "draft", "MiB", "tok/s", "a(T=0)", "a(T=0.8)", "b*", "speedup", "b*", "speedup")
+_GROUPS = ((6, 8, "greedy"), (8, 10, "T=0.8"))  # [start, end) column spans and their titles
+_MAX_LABEL = 48  # longer draft labels keep their last characters after a "~"
 
 
 # -- the whole job --------------------------------------------------------------------------
@@ -345,22 +362,26 @@ class RankReport:
             f"at T=0.8; RTT {self.rtt_s * 1e3:g} ms; acceptance from {self.n_prompts} prompts "
             f"x {self.max_tokens} tokens, gamma {self.gamma}, top-k {self.top_k}"
         )
-        cols = (
-            f"{'#':>2}  {'draft':<28} {'MiB':>7} {'tok/s':>7} {'a(T=0)':>7} {'a(T=0.8)':>8} "
-            f"{'b*':>3} {'speedup':>8} {'b*':>3} {'speedup':>8}"
-        )
-        sub = f"{'':>2}  {'':<28} {'':>7} {'':>7} {'':>7} {'':>8} {'greedy':>12} {'T=0.8':>12}"
-        lines = [head, sub, cols]
         labels = draft_labels([d.path for d in self.drafts])
+        rows = []
         for i, d in enumerate(self.drafts, 1):
             g, s = d.expected[0.0], d.expected[0.8]
             label = labels[d.path]
-            name = label if len(label) <= 28 else "~" + label[-27:]
-            lines.append(
-                f"{i:>2}  {name:<28} {d.size_bytes / 2**20:>7.1f} {d.tokens_per_s:>7.1f} "
-                f"{d.acceptance[0.0].a:>7.3f} {d.acceptance[0.8].a:>8.3f} "
-                f"{g.b:>3} {g.speedup:>7.2f}x {s.b:>3} {s.speedup:>7.2f}x"
+            rows.append(
+                [
+                    str(i),
+                    label if len(label) <= _MAX_LABEL else "~" + label[1 - _MAX_LABEL :],
+                    f"{d.size_bytes / 2**20:.1f}",
+                    f"{d.tokens_per_s:.1f}",
+                    f"{d.acceptance[0.0].a:.3f}",
+                    f"{d.acceptance[0.8].a:.3f}",
+                    str(g.b),
+                    f"{g.speedup:.2f}x",
+                    str(s.b),
+                    f"{s.speedup:.2f}x",
+                ]
             )
+        lines = [head, *format_columns(_COLUMNS, rows, left={1}, groups=_GROUPS)]
         by = "greedy" if self.rank_by == 0.0 else "T=0.8"
         lines.append(
             f"ranked by expected speedup ({by}) over the target alone; b*: best drafting length; "
@@ -460,12 +481,17 @@ def rank_drafts(
         raise ExportError(f"can rank by temperature 0 or 0.8, not {rank_by}")
     target_path = Path(target_path)
     draft_paths = [Path(p) for p in draft_paths]
+    show = show_progress(progress)
     for p in draft_paths:
-        pair = check_pair(p, target_path, announce)
+        pair = check_pair(p, target_path, announce, progress=show)
         if not pair.valid:
             raise ExportError(f"{p} cannot draft for {target_path}: {pair.mismatches[0]}")
 
-    show = sys.stderr.isatty() if progress is None else progress
+    def sweep(target: Any, prompt: list[int], desc: str) -> dict[int, list[float]]:
+        n = (max_b + 1) * _TIMING_REPEATS
+        with tqdm(total=n, desc=desc, unit="batch", disable=not show, file=sys.stderr) as bar:
+            return target_timings(target, prompt, max_b + 1, _TIMING_REPEATS, bar.update)
+
     with LlamaModel(target_path) as t_model:
         encoded = [t_model.tokenize(p) for p in prompts]
         if any(len(e) < 1 for e in encoded):
@@ -476,7 +502,7 @@ def rank_drafts(
         with LlamaRunner(t_model, cfg) as target:
             if announce is not None:
                 announce(f"timing the target's batches of 1..{max_b + 1} tokens")
-            samples = target_timings(target, encoded[0], max_b + 1, _TIMING_REPEATS)
+            samples = sweep(target, encoded[0], "target batches")
             ranks: list[DraftRank] = []
             rows: dict[float, list[float]] = {t: [] for t in TEMPERATURES}
             for path in draft_paths:
@@ -524,7 +550,7 @@ def rank_drafts(
                 )
             if announce is not None:
                 announce("timing the target's batches again")
-            for m, times in target_timings(target, encoded[0], max_b + 1, _TIMING_REPEATS).items():
+            for m, times in sweep(target, encoded[0], "target batches again").items():
                 samples[m].extend(times)
     t_measured = [statistics.median(samples[m]) for m in sorted(samples)]
     t_eval = monotone_timings(t_measured)
@@ -553,8 +579,10 @@ def rank_drafts(
 
 
 def write_json(report: RankReport, path: Path) -> None:
-    """Write `report.to_json()` to `path` (sorted keys, 2-space indent)."""
+    """Write `report.to_json()` to `path` (sorted keys, 2-space indent); ExportError if `path`
+    is a directory."""
     from ondevice.common.files import atomic_output
 
+    check_output_file(Path(path), flag="--json", example="rank.json")
     with atomic_output(Path(path)) as tmp:
         tmp.write_text(json.dumps(report.to_json(), indent=2, sort_keys=True) + "\n")

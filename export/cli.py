@@ -6,7 +6,7 @@ The CLI only parses arguments and calls the package's functions. Exit status: 0 
     model-export fixtures --out DIR [--seed S]
     model-export llm quantize --in X.gguf (--type TYPE | --preset BOARD [--type TYPE]) --out Y.gguf
                              [--threads N] [--verbose]
-    model-export llm check-pair DRAFT.gguf TARGET.gguf        # exit 0 valid, 1 invalid, 2 bad input
+    model-export llm check-pair DRAFT.gguf TARGET.gguf [--no-progress]  # exit 0/1/2: valid/not/bad
     model-export llm make-draft --from TARGET.gguf --out DRAFT.gguf [--keep-layers N] [--type T]
     model-export llm rank-drafts TARGET.gguf DRAFT.gguf... [--prompts FILE] [--rtt-ms R] [--json F]
     model-export dnn split --model efficientnet-lite0|digits-cnn|PATH.pt --out DIR
@@ -29,6 +29,8 @@ from pathlib import Path
 from export._argtypes import non_negative_int as _non_negative_int
 from export._argtypes import positive_int as _positive_int
 from export._errors import ExportError
+from export._paths import check_output_file
+from export._progress import say
 from export.dnn._cli import add_dnn
 
 PROG = "model-export"
@@ -49,7 +51,7 @@ def _run_fixtures(args: argparse.Namespace) -> int:
 
 
 def _announce(line: str) -> None:
-    print(line, file=sys.stderr)
+    say(line)  # on stderr, between redraws of any progress bar
 
 
 def _run_llm_quantize(args: argparse.Namespace) -> int:
@@ -161,7 +163,12 @@ def _add_llm(sub: argparse._SubParsersAction) -> None:
 def _run_llm_check_pair(args: argparse.Namespace) -> int:
     from export._check_pair import check_pair
 
-    report = check_pair(Path(args.draft), Path(args.target), _announce)
+    report = check_pair(
+        Path(args.draft),
+        Path(args.target),
+        _announce,
+        progress=False if args.no_progress else None,
+    )
     print(report.summary())
     return 0 if report.valid else 1
 
@@ -181,6 +188,7 @@ def _add_llm_check_pair(llm_sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("draft", metavar="DRAFT.gguf")
     p.add_argument("target", metavar="TARGET.gguf")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(handler=_run_llm_check_pair)
 
 
@@ -231,6 +239,8 @@ def _add_llm_make_draft(llm_sub: argparse._SubParsersAction) -> None:
 def _run_llm_rank_drafts(args: argparse.Namespace) -> int:
     from export._rank_drafts import DEFAULT_PROMPTS, rank_drafts, read_prompts, write_json
 
+    if args.json:  # before minutes of measuring
+        check_output_file(Path(args.json), flag="--json", example="rank.json")
     prompts = read_prompts(Path(args.prompts)) if args.prompts else list(DEFAULT_PROMPTS)
     report = rank_drafts(
         Path(args.target),

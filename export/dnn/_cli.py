@@ -12,6 +12,7 @@ from pathlib import Path
 
 from export._argtypes import non_negative_int as _non_negative_int
 from export._argtypes import positive_int as _positive_int
+from export._paths import check_output_file
 from export.dnn import KNOWN_MODELS
 
 
@@ -66,6 +67,8 @@ def _run_split(args: argparse.Namespace) -> int:
 def _run_train_digits(args: argparse.Namespace) -> int:
     from export.dnn._digits import default_cache_dir, load_or_train_digits, save_torchscript
 
+    if args.out:  # before training
+        check_output_file(Path(args.out), example="digits-cnn.pt")
     cache = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
     model = load_or_train_digits(cache, args.seed, force=args.force, announce=_say)
     state = "trained" if model.trained else "cached"

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from export._errors import ExportError
+from export._paths import check_output_file
 from export.dnn._data import load_digits_split
 from ondevice.common.files import atomic_output
 
@@ -202,7 +203,9 @@ def load_or_train_digits(
 
 def save_torchscript(module: nn.Module, path: Path) -> Path:
     """Save `module` as TorchScript (traced on a ``[1, 1, 8, 8]`` input) at `path`, so that it
-    can be split like a user's own model (``dnn split --model PATH.pt``)."""
+    can be split like a user's own model (``dnn split --model PATH.pt``). ExportError if `path`
+    is a directory or cannot be written."""
+    check_output_file(path, example="digits-cnn.pt")
     module.eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript is deprecated, usable

@@ -23,6 +23,7 @@ import numpy as np
 import onnx
 
 from export._errors import ExportError
+from export._paths import check_output_file, output_name
 from ondevice.common.files import atomic_output
 
 CALIB_BATCH = 16  # samples per calibration batch (memory vs. calls)
@@ -139,12 +140,15 @@ def quantize_onnx_file(
     """Quantize a user's fp32 ONNX model (one ``[N, ...]`` input) to INT8 QDQ at `out_path`,
     calibrated on the arrays of `calib_path` (``.npz``, ``.npy`` or a directory of them, one
     sample or a batch per array, already normalized); at most `calib` seeded samples. Compares
-    the two models on the calibration samples and times both with `threads` threads."""
+    the two models on the calibration samples and times both with `threads` threads.
+    ExportError (before any work) for a missing or non-ONNX input, an `out_path` that is a
+    directory or whose directory does not exist."""
     from export.dnn._data import load_arrays
     from export.dnn._runtime import latency_ms, run, session
 
     if not in_path.is_file():
         raise ExportError(f"model not found: {in_path}")
+    check_output_file(out_path, example=output_name(in_path, "int8"))
     try:
         model = onnx.load(str(in_path))
     except Exception as e:  # protobuf DecodeError and friends: not an ONNX file

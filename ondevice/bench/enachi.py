@@ -10,7 +10,7 @@ export's evaluation crops (top-1 agreement with the unsplit fp32 model).
 Three parts per model, side by side in one run:
 
 1. policies x deadlines, one device: accuracy (right and on time), deadline misses, J/task;
-   fixed-split runs every split point and reports the best as "best fixed-split";
+   fixed-split runs at every split point, one row each (the targets compare with the best);
 2. the energy budget binding: enachi with a power budget below its unconstrained draw, long
    run; mean power against the budget;
 3. users 1..N against one edge (concurrent devices, enachi under the same budget): energy per

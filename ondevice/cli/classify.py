@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 from pathlib import Path
 
 from ondevice.cli._edge_access import interface_error, read_token
+from ondevice.cli._interrupt import EXIT_INTERRUPTED, Aborted, run_interruptible
 from ondevice.common import argtypes
 
 
@@ -124,16 +124,19 @@ def run_classify_cmd(args: argparse.Namespace) -> int:
             print(format_task(rec, names), file=out, flush=True)  # type: ignore[arg-type]
 
     try:
-        report = asyncio.run(run_classify(req, on_task=on_task))
+        report, interrupted = run_interruptible(
+            lambda stop: run_classify(req, on_task=on_task, stop=stop),
+            what="stopping after the task in flight")
     except (DnnProfileError, ChannelSpecError, MeterError, ValueError, ImportError,
             OSError, EdgeError) as exc:
         print(f"ondevice: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        return 130
+    except Aborted:
+        print("ondevice: aborted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     print(format_summary(report), file=out)
     for e in report.errors:
-        print(f"note: {e}", file=out)
+        print(f"note: {e}", file=sys.stderr)
     if args.json:
         print(json.dumps(report.to_dict()))
-    return 0
+    return EXIT_INTERRUPTED if interrupted else 0

@@ -13,7 +13,8 @@ The benchmark uses this to put an x86 host's heads on a Raspberry-Pi-class time 
 Data: ``digits`` is load_digits' held-out split named by the profile (real labels, needs
 scikit-learn); ``samples`` is the profile's own evaluation inputs (for photos: the seeded crops
 of the shipped photographs, labelled with the unsplit fp32 model's top-1, i.e. fidelity).
-``load_image`` reads one file (``.npy`` in raw units, or any image PIL opens).
+``load_image`` reads one file (``.npy`` in raw units, or any image PIL opens, brought to the
+model's input with a note saying how: ``load_image_noted``).
 """
 
 from __future__ import annotations
@@ -194,7 +195,35 @@ def reference_top1(profile: DnnProfile) -> Any:
 
 
 def load_image(path: Path, profile: DnnProfile) -> np.ndarray:
-    """One input ``[C, H, W]`` uint8 in the model's raw units from an image file or ``.npy``."""
+    """One input ``[C, H, W]`` uint8 in the model's raw units from an image file or ``.npy``
+    (`load_image_noted` without its note)."""
+    return load_image_noted(path, profile)[0]
+
+
+def light_on_dark(profile: DnnProfile) -> bool:
+    """Whether the model was trained on light strokes on a dark background: digits-cnn, i.e.
+    scikit-learn's load_digits (0 = background, 16 = ink)."""
+    labels = profile.raw.get("model", {}).get("labels") or {}
+    return profile.name == "digits-cnn" or "load_digits" in str(labels.get("source", ""))
+
+
+def _border_mean(a: np.ndarray) -> float:
+    """Mean of the outermost pixels of a 2-D array: the background's level."""
+    return float(np.concatenate([a[0], a[-1], a[1:-1, 0], a[1:-1, -1]]).mean())
+
+
+def load_image_noted(path: Path, profile: DnnProfile) -> tuple[np.ndarray, str | None]:
+    """One input ``[C, H, W]`` uint8 in the model's raw units, and a one-line note (None for a
+    ``.npy``, taken as is) saying what the model takes and what was done to the image.
+
+    An image PIL opens is brought to the model's input: transparent pixels are laid on white
+    when its opaque pixels are mostly dark (ink on a transparent sheet), else on black; it is
+    converted to grey or RGB and resized to H x W (bilinear, antialiased when shrinking; a
+    digit is shrunk by area averages, as load_digits made its images); for a model trained on
+    light strokes on a dark background (`light_on_dark`: the digits) an image whose border is
+    light (a typical black-on-white drawing) is inverted; then 0..255 is mapped linearly onto
+    the model's raw range (0..16 for the digits).
+    """
     c, h, w = profile.input_shape
     if path.suffix == ".npy":
         a = np.load(path)
@@ -204,19 +233,47 @@ def load_image(path: Path, profile: DnnProfile) -> np.ndarray:
             a = a.transpose(2, 0, 1)
         if a.shape != (c, h, w):
             raise DnnProfileError(f"{path}: shape {a.shape}, the model takes {(c, h, w)}")
-        return _to_uint8(a, profile.raw_range)
+        return _to_uint8(a, profile.raw_range), None
+    if profile.raw_range is None:
+        raise DnnProfileError("this model takes normalized inputs: give a .npy")
     try:
         from PIL import Image
     except ImportError as exc:
         raise DnnProfileError("reading images needs Pillow (pip install pillow)") from exc
     try:
         img = Image.open(path)
-        img = img.convert("L" if c == 1 else "RGB").resize((w, h), Image.BILINEAR)
+        img.load()
     except OSError as exc:
         raise DnnProfileError(f"cannot read image {path}: {exc}") from None
-    a = np.asarray(img, dtype=np.float32)
+    mode, (w0, h0) = img.mode, img.size
+    done: list[str] = []
+    if "A" in img.getbands() or "transparency" in img.info:
+        rgba = np.asarray(img.convert("RGBA"), dtype=np.float32)  # [H0, W0, 4]
+        alpha = rgba[..., 3:] / 255.0
+        grey = rgba[..., :3].mean(axis=2)
+        opaque = grey[alpha[..., 0] >= 0.5]
+        fill = 255.0 if opaque.size == 0 or float(opaque.mean()) < 128 else 0.0
+        if float(alpha.min()) < 1.0:
+            done.append(f"transparent pixels laid on {'white' if fill else 'black'}")
+        img = Image.fromarray(np.rint(rgba[..., :3] * alpha + fill * (1 - alpha))
+                              .astype(np.uint8), "RGB")
+    img = img.convert("L" if c == 1 else "RGB")
+    digits = c == 1 and light_on_dark(profile)
+    if img.size != (w, h):
+        # load_digits' 8x8 images are ink counts over 4x4 blocks of 32x32 bitmaps: shrinking
+        # a digit by area averages (BOX) is what made them
+        box = digits and w <= w0 and h <= h0
+        img = img.resize((w, h), Image.BOX if box else Image.BILINEAR)
+        done.append(f"resized to {w}x{h}{' by area averages' if box else ''}")
+    a = np.asarray(img, dtype=np.float32)  # [H, W] or [H, W, 3], 0..255
     a = a[None] if c == 1 else a.transpose(2, 0, 1)
-    if profile.raw_range is None:
-        raise DnnProfileError("this model takes normalized inputs: give a .npy")
+    if digits and _border_mean(a[0]) > 127.5:
+        a = 255.0 - a
+        done.append(f"inverted (it has a light background; {profile.name} was trained on "
+                    "light strokes on a dark background)")
     lo, hi = profile.raw_range
-    return _to_uint8(lo + a / 255.0 * (hi - lo), profile.raw_range)
+    done.append(f"values 0..255 mapped to {lo:g}..{hi:g}")
+    colour = "grey" if c == 1 else "RGB"
+    note = (f"input {path.name}: {w0}x{h0} {mode} image -> {colour}, " + ", ".join(done)
+            + f" (the model takes {c}x{h}x{w}, raw {lo:g}..{hi:g})")
+    return _to_uint8(lo + a / 255.0 * (hi - lo), profile.raw_range), note

@@ -26,7 +26,7 @@ from ondevice.dnn.classify import Classifier, TaskRecord, summarize
 from ondevice.dnn.head import (
     DeviceDnn,
     load_digits_dataset,
-    load_image,
+    load_image_noted,
     load_samples_dataset,
     reference_top1,
 )
@@ -90,12 +90,14 @@ class ClassifyReport:
 
 
 def load_inputs(req: ClassifyRequest, profile: DnnProfile
-                ) -> tuple[np.ndarray, np.ndarray | None, str, str]:
-    """(raw inputs [N, C, H, W] uint8, labels [N] or None, description, metric)."""
+                ) -> tuple[np.ndarray, np.ndarray | None, str, str, list[str]]:
+    """(raw inputs [N, C, H, W] uint8, labels [N] or None, description, metric, notes): the
+    notes say what was done to an ``--image`` to fit the model (`load_image_noted`)."""
     if (req.image is None) == (req.dataset is None):
         raise ValueError("give exactly one of --image FILE and --dataset NAME")
     if req.image is not None:
-        return load_image(req.image, profile)[None], None, str(req.image), "none"
+        raw, note = load_image_noted(req.image, profile)
+        return raw[None], None, str(req.image), "none", [note] if note else []
     if req.dataset == "digits":
         ds = load_digits_dataset(profile)
     elif req.dataset == "samples":
@@ -107,7 +109,7 @@ def load_inputs(req: ClassifyRequest, profile: DnnProfile
     if not req.repeat:
         n = min(n, len(ds.raw))
     idx = np.arange(n) % len(ds.raw)
-    return ds.raw[idx], ds.labels[idx], f"{ds.name}: {ds.source}", ds.metric
+    return ds.raw[idx], ds.labels[idx], f"{ds.name}: {ds.source}", ds.metric, []
 
 
 async def find_edge(req: ClassifyRequest, profile: DnnProfile) -> tuple[str | None, list[str]]:
@@ -139,11 +141,14 @@ async def _idle_power(meter: Any, given: float | None) -> float:
 
 
 async def run_classify(req: ClassifyRequest, *,
-                       on_task: Callable[[TaskRecord], None] | None = None) -> ClassifyReport:
+                       on_task: Callable[[TaskRecord], None] | None = None,
+                       stop: asyncio.Event | None = None) -> ClassifyReport:
     """Run every task of ``req`` and report. Raises DnnProfileError / ValueError / MeterError
-    on bad input; a lost or missing edge only degrades tasks."""
+    on bad input; a lost or missing edge only degrades tasks. Once ``stop`` is set (Ctrl-C) no
+    new task starts and the report covers the tasks done (``summary["interrupted"]``)."""
     profile = await asyncio.to_thread(load_dnn, req.dnn_dir)
-    raw, labels, data_desc, metric = await asyncio.to_thread(load_inputs, req, profile)
+    raw, labels, data_desc, metric, input_notes = await asyncio.to_thread(load_inputs, req,
+                                                                          profile)
     deadline_s = req.deadline_ms / 1e3 if req.deadline_ms is not None else math.inf
     if req.period_ms is not None:
         period_s: float | None = req.period_ms / 1e3 if req.period_ms > 0 else None
@@ -173,8 +178,13 @@ async def run_classify(req: ClassifyRequest, *,
             for k in range(len(raw)):
                 arrival = t_first + k * period_s if period_s is not None else time.monotonic()
                 wait = arrival - time.monotonic()
-                if wait > 0:
+                if wait > 0 and stop is not None:
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(stop.wait(), wait)
+                elif wait > 0:
                     await asyncio.sleep(wait)
+                if stop is not None and stop.is_set():
+                    break
                 rec = await clf.classify(k, raw[k], None if labels is None else int(labels[k]),
                                          arrival=arrival, deadline_s=deadline_s,
                                          period_s=period_s)
@@ -197,6 +207,7 @@ async def run_classify(req: ClassifyRequest, *,
                         budget_w=req.power_budget_w, metric=metric)
     summary["idle_w"] = idle_w
     summary["final_queue_j"] = ctl.q_j
+    summary["interrupted"] = bool(stop is not None and stop.is_set())
     return ClassifyReport(
         policy=req.policy,
         settings={**ctl.describe(), "deadline_ms": req.deadline_ms,
@@ -204,7 +215,8 @@ async def run_classify(req: ClassifyRequest, *,
                   "device_slowdown": req.device_slowdown, "device_id": clf.device_id,
                   "stop_tolerance": req.stop_tolerance},
         model=profile.model_id, data=data_desc, edge=edge_url, channel=channel_desc,
-        meter=meter_desc, tasks=records, summary=summary, errors=notes + clf.errors)
+        meter=meter_desc, tasks=records, summary=summary,
+        errors=input_notes + notes + clf.errors)
 
 
 def format_task(r: TaskRecord, labels: list[str] | None = None) -> str:
@@ -223,8 +235,34 @@ def format_task(r: TaskRecord, labels: list[str] | None = None) -> str:
             f"  {r.energy_j * 1e3:8.3f} mJ  stop {r.stop}{flag}")
 
 
+def format_splits(splits: dict[str, int]) -> str:
+    """Tasks per split for humans, in the order given: ``{'raw': 449, 's2': 12}`` ->
+    ``'raw 449, s2 12'`` ('-' for none). Pure."""
+    return ", ".join(f"{name} {n}" for name, n in splits.items()) or "-"
+
+
+def _mj(j: float | None, unit: str = "mJ") -> str:
+    """Joules as millijoules, as the task lines print them ('-' for None)."""
+    return "-" if j is None else f"{j * 1e3:.3f} {unit}"
+
+
+def format_budget(budget_w: float, mean_w: float | None, held: bool | None) -> str:
+    """The summary's budget text: the mean power against the budget, whether the energy budget
+    `held` (summarize's ``budget_met``: long-run mean at most 3 % over it) and how far under
+    or over it the run spent, e.g. '0.5 W: mean 0.4115 W; energy budget held (spent 17.7 %
+    under)'. Pure."""
+    if mean_w is None or held is None:
+        return f"{budget_w:g} W: no mean power (no time elapsed)"
+    dev = mean_w / budget_w - 1.0
+    side = "the budget" if abs(dev) < 0.0005 else (
+        f"{abs(dev) * 100:.1f} % {'under' if dev < 0 else 'over'}")
+    return (f"{budget_w:g} W: mean {mean_w:.4g} W; energy budget "
+            f"{'held' if held else 'NOT held'} (spent {side})")
+
+
 def format_summary(rep: ClassifyReport) -> str:
-    """The run's summary, a few lines."""
+    """The run's summary, a few lines; energy in mJ like the task lines, splits as
+    `format_splits` writes them."""
     s = rep.summary
 
     def f(x: Any, fmt: str) -> str:
@@ -232,16 +270,16 @@ def format_summary(rep: ClassifyReport) -> str:
 
     budget = ""
     if s["budget_w"] is not None:
-        budget = (f"\nbudget     {s['budget_w']:g} W: mean {f(s['mean_power_w'], '.4g')} W "
-                  f"({'met' if s['budget_met'] else 'NOT met'} within 3%)")
+        text = format_budget(s["budget_w"], s["mean_power_w"], s["budget_met"])
+        budget = f"\nbudget     {text}"
     return (f"policy     {rep.policy}  model {rep.model}  edge {rep.edge or '-'}\n"
             f"channel    {rep.channel}\nmeter      {rep.meter}\n"
             f"tasks      {s['tasks']}  {s['metric']} {f(s['accuracy'], '.4f')}  deadline "
-            f"misses {f(s['deadline_miss_rate'], '.1%')}  splits {s['splits']}\n"
-            f"energy     {f(s['j_per_task'], '.4g')} J/task ({s['energy_source']}; compute "
-            f"{s['compute_j']:.4g} J, radio {s['radio_j']:.4g} J), mean "
+            f"misses {f(s['deadline_miss_rate'], '.1%')}  splits {format_splits(s['splits'])}\n"
+            f"energy     {_mj(s['j_per_task'], 'mJ/task')} ({s['energy_source']}; compute "
+            f"{_mj(s['compute_j'])}, radio {_mj(s['radio_j'])} in all), mean "
             f"{f(s['mean_power_w'], '.4g')} W above idle {s['idle_w']:.3g} W{budget}")
 
 
-__all__ = ["DATASETS", "ClassifyReport", "ClassifyRequest", "DnnProfileError", "format_summary",
-           "format_task", "run_classify"]
+__all__ = ["DATASETS", "ClassifyReport", "ClassifyRequest", "DnnProfileError", "format_budget",
+           "format_splits", "format_summary", "format_task", "run_classify"]

@@ -140,7 +140,8 @@ def test_item11_ctrl_c_keeps_the_text_and_exits_130(draft: str, edge: EdgeProc,
         report = json.loads(out.strip().splitlines()[-1])
         assert report["stop_reason"] == "interrupted", report["stop_reason"]
         assert 0 < report["n_tokens"] < 4000
-        assert report["text"] and report["text"] in out
+        assert report["text"] and out.count("\n") == 1  # --json: stdout holds only the report
+        assert "tokens/s" in err  # the human-readable report went to stderr
 
 
 def test_item11_second_ctrl_c_aborts_without_a_crash(draft: str) -> None:
@@ -255,3 +256,27 @@ def test_item15_explicit_edge_does_not_browse(draft: str, edge: EdgeProc) -> Non
     assert proc.returncode == 0, err
     assert joined <= 0, "zeroconf was started for an explicit --edge"
     assert not json.loads(out.strip().splitlines()[-1])["degraded"]
+
+
+def test_item11_classify_ctrl_c_reports_the_tasks_done(digits_dnn: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ondevice.cli", "classify", "--dnn", str(digits_dnn),
+         "--no-discover", "--policy", "device-only", "--dataset", "digits", "--limit", "200",
+         "--period-ms", "100", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert proc.stderr is not None
+    seen = 0
+    deadline = time.monotonic() + 120
+    while seen < 3 and time.monotonic() < deadline:  # task lines go to stderr with --json
+        line = proc.stderr.readline()
+        if not line:
+            break
+        seen += line.startswith("task ")
+    assert seen >= 3, "classify never reported a task"
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    report = json.loads(out.strip().splitlines()[-1])
+    assert report["summary"]["interrupted"] is True
+    assert 3 <= len(report["tasks"]) < 200
