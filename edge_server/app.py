@@ -1,11 +1,12 @@
 """The edge's aiohttp application: target-model verification and split-DNN tails over one
 WebSocket per session.
 
-``create_app(config)`` builds the app; the target model and the DNN (``config.dnn_dir``) are
-opened in a ``cleanup_ctx`` and freed after the last session. Serving (``AppRunner`` +
-``TCPSite``) lives in ``cli.py``. Every llama.cpp call runs in one dedicated compute thread, so
-the event loop never blocks and sessions share the model without entering llama.cpp
-concurrently; DNN tails run in the DNN service's own threads (``_dnn.py``).
+``create_app(config)`` builds the app; the target model, its serving engine and the DNN
+(``config.dnn_dir``) are opened in a ``cleanup_ctx`` and freed after the last session.
+Serving (``AppRunner`` + ``TCPSite``) lives in ``cli.py``. Every LLM session is a sequence of
+one shared llama.cpp context; the engine (``_engine.py``) batches the pending work of all
+sessions into one decode per step, in one dedicated compute thread, so the event loop never
+blocks. DNN tails run in the DNN service's own threads (``_dnn.py``).
 
 Bad input never takes the server down: a malformed frame gets an ``error`` frame and the
 socket stays open; a bug inside a session closes that session with ``error/internal``.
@@ -28,11 +29,17 @@ import numpy as np
 from aiohttp import WSMsgType, web
 
 from edge_server._dnn import DnnEndpoint, DnnService, open_service
+from edge_server._engine import MAX_SEED, Engine, EngineSession
 from edge_server._limits import SessionSlots, Slot
-from edge_server._target import MAX_SEED, TargetSession, context_size
 from edge_server.config import EdgeConfig
 from ondevice.common import wire
-from ondevice.common.llama_runtime import LlamaConfig, LlamaModel
+from ondevice.common.llama_pool import LlamaPool
+from ondevice.common.llama_runtime import (
+    LlamaConfig,
+    LlamaModel,
+    gpu_offload_supported,
+    system_info,
+)
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +55,8 @@ class EdgeState:
     executor: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="edge-compute")
     )
-    sessions: dict[str, TargetSession] = field(default_factory=dict)
+    sessions: dict[str, EngineSession] = field(default_factory=dict)
+    engine: Engine | None = None
     dnn: DnnService | None = None
     slots: SessionSlots = field(init=False)  # the session limits, held from before a build
     on_load_change: Callable[[], None] | None = None  # set by the advertiser
@@ -69,7 +77,16 @@ class EdgeState:
     @property
     def llama_config(self) -> LlamaConfig:
         cfg = self.config
-        return LlamaConfig(n_ctx=cfg.n_ctx, n_threads=cfg.n_threads, kv_type=cfg.kv_type)
+        return LlamaConfig(n_ctx=cfg.kv_pool_tokens, n_batch=cfg.n_batch,
+                           n_threads=cfg.n_threads, kv_type=cfg.kv_type,
+                           n_gpu_layers=self.gpu_layers)
+
+    @property
+    def gpu_layers(self) -> int:
+        """Layers to offload: the flag, else all of them when llama.cpp has a GPU backend."""
+        if self.config.n_gpu_layers is not None:
+            return self.config.n_gpu_layers
+        return 1_000_000 if gpu_offload_supported() else 0
 
     @property
     def max_prompt_tokens(self) -> int:
@@ -140,17 +157,33 @@ async def delay_middleware(request: web.Request, handler: Handler) -> web.Stream
 async def _model_ctx(app: web.Application) -> AsyncIterator[None]:
     state = app[STATE]
     cfg = state.config
+    pool: LlamaPool | None = None
     if cfg.model_path is not None:
-        state.model = await state.run(LlamaModel, cfg.model_path)
+        gpu = state.gpu_layers
+        state.model = await state.run(
+            lambda: LlamaModel(cfg.model_path, n_gpu_layers=gpu))  # type: ignore[arg-type]
         state.vocab_hash = await state.run(state.model.vocab_hash)
-        state.n_ctx = await state.run(context_size, state.model, state.llama_config)
-        log.info("serving %s (vocab %s, n_ctx %d)", state.model.model_id, state.vocab_hash,
-                 state.n_ctx)
+        pool = await state.run(lambda: LlamaPool(
+            state.model, n_seq=cfg.max_sessions, kv_tokens=cfg.kv_pool_tokens,  # type: ignore
+            config=state.llama_config))
+        # A session may hold --n-ctx tokens, as long as the shared pool has them.
+        state.n_ctx = min(cfg.n_ctx, pool.kv_tokens)
+        state.engine = Engine(pool, state.executor, scheduler=cfg.scheduler,
+                              batch_window_ms=cfg.batch_window_ms,
+                              prefill_chunk=cfg.prefill_chunk)
+        await state.engine.__aenter__()
+        log.info("serving %s (vocab %s, n_ctx %d per session, KV pool %d, %s scheduler, "
+                 "%d GPU layers)", state.model.model_id, state.vocab_hash, state.n_ctx,
+                 pool.kv_tokens, cfg.scheduler, min(gpu, state.model.n_layer + 1))
     if cfg.dnn_dir is not None:
         state.dnn = await state.run(open_service, cfg.dnn_dir, cfg.dnn_workers, cfg.dnn_threads)
     yield
-    for sid in list(state.sessions):
-        await state.run(state.sessions.pop(sid).close)
+    if state.engine is not None:
+        for sid in list(state.sessions):
+            await state.engine.async_close(state.sessions.pop(sid))
+        await state.engine.__aexit__(None, None, None)
+    if pool is not None:
+        await state.run(pool.close)
     if state.model is not None:
         await state.run(state.model.close)
     if state.dnn is not None:
@@ -172,6 +205,14 @@ async def handle_info(request: web.Request) -> web.Response:
             "vocab_hash": state.vocab_hash,
             "n_vocab": model.n_vocab if model else 0,
             "n_ctx": state.n_ctx,
+            "backend": {
+                "gpu_offload": gpu_offload_supported(),
+                "gpu_layers": (min(model.n_gpu_layers, model.n_layer + 1) if model else 0),
+                "n_layer": model.n_layer if model else 0,
+                "system_info": system_info(),
+            },
+            "engine": ({**state.engine.stats(), "rss_mib": _rss_mib()}
+                       if state.engine is not None else None),
             "sessions": state.open_sessions,
             "max_sessions": cfg.max_sessions,
             "auth": cfg.token is not None,
@@ -189,6 +230,15 @@ async def handle_info(request: web.Request) -> web.Response:
             },
         }
     )
+
+
+def _rss_mib() -> float | None:
+    """This process's resident memory (Linux /proc), MiB."""
+    with contextlib.suppress(OSError, ValueError), open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return None
 
 
 def _check_ids(ids: np.ndarray, n_vocab: int, what: str) -> None:
@@ -231,7 +281,7 @@ class _Connection:
         self.ws = ws
         self.peer = peer
         self.sid: str | None = None
-        self.session: TargetSession | None = None
+        self.session: EngineSession | None = None
         self.slot: Slot | None = None
         self._dnn: DnnEndpoint | None = None
 
@@ -272,8 +322,8 @@ class _Connection:
             return
         session = self.state.sessions.pop(self.sid, None)
         self.sid, self.session = None, None
-        if session is not None:
-            await self.state.run(session.close)
+        if session is not None and self.state.engine is not None:
+            await self.state.engine.async_close(session)
 
     async def end_session(self) -> None:
         """Close the open session, if any, and give its place back."""
@@ -291,7 +341,7 @@ class _Connection:
             await asyncio.sleep(delay_ms / 1e3)
         await self.ws.send_bytes(wire.encode(msg))
 
-    def _session_for(self, sid: str) -> TargetSession:
+    def _session_for(self, sid: str) -> EngineSession:
         if self.session is None or sid != self.sid:
             raise wire.WireError("unknown-session", f"no open session {sid!r} on this connection")
         return self.session
@@ -310,10 +360,12 @@ class _Connection:
             await self.end_session()
         elif isinstance(msg, wire.Round):
             session = self._session_for(msg.session)
-            _check_round(msg, cfg, session.model.n_vocab)
-            accepted, token, verify_ms = await state.run(session.verify_round, msg)
+            assert state.model is not None
+            _check_round(msg, cfg, state.model.n_vocab)
+            accepted, token, step = await session.async_verify(msg)
             edge_ms = (time.perf_counter() - t_in) * 1e3
-            await self.send(wire.Verdict(accepted, token, verify_ms, edge_ms))
+            await self.send(wire.Verdict(accepted, token, step.compute_ms, edge_ms,
+                                         queue_ms=step.queue_ms, batch=step.batch))
         elif isinstance(msg, wire.Open):
             await self._open(msg)
         elif isinstance(msg, wire.Generate):
@@ -368,37 +420,46 @@ class _Connection:
     async def _open(self, msg: wire.Open) -> None:
         state = self.state
         model = self._check_open(msg)
-        llama_cfg = state.llama_config
-        with self._admit():
-            session = await state.run(
-                lambda: TargetSession(
-                    model, llama_cfg, msg.prompt, temperature=msg.temperature, seed=msg.seed
-                )
-            )
-            if self.ws.closed:  # the device left while its session was built
-                await state.run(session.close)
-                raise ConnectionResetError("the device left while its session was opened")
-            try:
+        engine = state.engine
+        assert engine is not None
+        n = int(msg.prompt.shape[0])
+        with self._admit():  # too-many-sessions first, then the KV pool
+            why = engine.admit(n, state.n_ctx)
+            if why is not None and self.session is None:
+                raise wire.WireError("kv-full", why)
+            if why is not None:  # only the replaced session's room lets the new one in
                 await self._drop_session()
+                why = engine.admit(n, state.n_ctx)
+                if why is not None:
+                    raise wire.WireError("kv-full", why)
+            session = engine.open(msg.prompt.tolist(), temperature=msg.temperature,
+                                  seed=msg.seed, n_ctx=state.n_ctx)
+            try:
+                await session.async_prefill()
+                if self.ws.closed:  # the device left while its session was built
+                    raise ConnectionResetError("the device left while its session was opened")
+                await self._drop_session()  # the replaced one, now that the new one is built
             except BaseException:
-                await state.run(session.close)
+                await engine.async_close(session)
                 raise
             self.sid = secrets.token_hex(8)
             self.session = session
             state.sessions[self.sid] = session
         state.load_changed()
-        await self.send(
-            wire.Opened(self.sid, model.model_id, session.runner.n_ctx, session.prefill_ms)
-        )
+        await self.send(wire.Opened(self.sid, model.model_id, state.n_ctx, session.prefill_ms))
 
-    async def _generate(self, session: TargetSession, max_tokens: int) -> None:
-        """Edge-only: the target generates alone and streams each token as it comes."""
+    async def _generate(self, session: EngineSession, max_tokens: int) -> None:
+        """Edge-only: the target generates alone and streams each token as it comes; the
+        engine batches these steps with every other session's work."""
         if max_tokens < 0:
             raise wire.WireError("bad-frame", "max_tokens must be >= 0")
+        model = self.state.model
+        assert model is not None
         for i in range(max_tokens):
-            token, ms = await self.state.run(session.generate_one)
-            done = session.is_eog(token) or i == max_tokens - 1
-            await self.send(wire.Tokens(np.array([token], dtype=np.int32), done, ms))
+            token, step = await session.async_generate_one()
+            done = model.is_eog(token) or i == max_tokens - 1
+            await self.send(wire.Tokens(np.array([token], dtype=np.int32), done,
+                                        step.compute_ms, step.queue_ms, step.batch))
             if done:
                 return
         await self.send(wire.Tokens(np.zeros(0, dtype=np.int32), True, 0.0))

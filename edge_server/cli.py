@@ -23,6 +23,7 @@ from edge_server.tls import certificate_fingerprint
 from ondevice.common import argtypes, wire
 from ondevice.common.discovery_record import encode_txt
 from ondevice.common.llama_runtime import LlamaError
+from ondevice.common.version import coinfer_version
 
 log = logging.getLogger("edge_server")
 
@@ -54,12 +55,30 @@ def build_parser() -> argparse.ArgumentParser:
         help="advertise on the interface with this IPv4 address (repeatable; default: all)",
     )
     p.add_argument("--n-ctx", type=argtypes.positive_int, default=d.n_ctx,
-                   help="context tokens per session (llama.cpp may round it up; /v1/info "
-                   "reports what it uses)")
+                   help="most tokens one session may hold (prompt and output; default "
+                   f"{d.n_ctx}, at most --kv-tokens)")
     p.add_argument("--threads", type=argtypes.positive_int, default=None,
                    help="llama.cpp threads (default: all)")
     p.add_argument("--kv-type", default=d.kv_type, choices=("f16", "f32", "q8_0"),
                    help=f"KV cache element type (default {d.kv_type})")
+    e = p.add_argument_group("serving engine (one llama.cpp context for all sessions)")
+    e.add_argument("--kv-tokens", type=argtypes.positive_int, default=None,
+                   help="KV cache cells shared by all sessions (default: max-sessions x n-ctx"
+                   " / 2, at least n-ctx, at most 65536); a full pool refuses new sessions")
+    e.add_argument("--n-gpu-layers", type=argtypes.non_negative_int, default=None,
+                   help="layers to offload to a GPU (default: all when llama.cpp was built "
+                   "with a GPU backend, else 0)")
+    e.add_argument("--scheduler", choices=("batched", "serial"), default=d.scheduler,
+                   help="batched: every session's pending work in one decode per step "
+                   "(default); serial: one session's work per decode (for comparison)")
+    e.add_argument("--batch-window-ms", type=argtypes.non_negative_float,
+                   default=d.batch_window_ms,
+                   help=f"wait this long for more work before a step (default "
+                   f"{d.batch_window_ms:g})")
+    e.add_argument("--prefill-chunk", type=argtypes.positive_int, default=d.prefill_chunk,
+                   help=f"prompt tokens per step and session (default {d.prefill_chunk})")
+    e.add_argument("--n-batch", type=argtypes.positive_int, default=d.n_batch,
+                   help=f"most tokens in one step (default {d.n_batch})")
     s = p.add_argument_group("security")
     s.add_argument("--token-file", type=Path, help="require this bearer token on every request")
     s.add_argument("--tls-cert", type=Path, help="PEM certificate: serve HTTPS/WSS")
@@ -96,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="hold every reply this long (emulates a distant edge on a test rig)",
     )
     p.add_argument("-v", "--verbose", action="store_true", help="log each session")
+    p.add_argument("--version", action="version",
+                   version=f"edge-server (coinfer) {coinfer_version()}")
     return p
 
 
@@ -125,6 +146,12 @@ def config_from_args(args: argparse.Namespace) -> EdgeConfig:
         n_ctx=args.n_ctx,
         n_threads=args.threads,
         kv_type=args.kv_type,
+        kv_tokens=args.kv_tokens,
+        n_gpu_layers=args.n_gpu_layers,
+        scheduler=args.scheduler,
+        batch_window_ms=args.batch_window_ms,
+        prefill_chunk=args.prefill_chunk,
+        n_batch=args.n_batch,
         max_sessions=args.max_sessions,
         max_sessions_per_client=args.max_sessions_per_client,
         max_draft_tokens=args.max_draft,

@@ -19,6 +19,13 @@ class EdgeConfig:
     n_ctx: int = 4096  # tokens per session context
     n_threads: int | None = None  # llama.cpp threads; None = all cores
     kv_type: str = "f16"  # KV cache type: f16, f32 (exact batch-vs-sequential logits), q8_0
+    # The serving engine (issue 12): one context, one KV pool, batched steps.
+    kv_tokens: int | None = None  # KV cells shared by all sessions; None: see kv_pool_tokens
+    n_gpu_layers: int | None = None  # layers offloaded to a GPU; None: all with a GPU backend
+    scheduler: str = "batched"  # or "serial": one session's work per decode (for comparison)
+    batch_window_ms: float = 0.0  # wait this long for more work before a step
+    prefill_chunk: int = 256  # prompt tokens per step and session
+    n_batch: int = 512  # most tokens in one step (llama.cpp's batch)
     advertise: bool = True  # zeroconf _coinfer._tcp.local.
     interfaces: tuple[str, ...] = ()  # IPv4 addresses to advertise on; () = all interfaces
     token: str | None = None  # required bearer token (from --token-file), None = open
@@ -37,3 +44,12 @@ class EdgeConfig:
     max_pending_connections: int = 64  # connections still sending their first request head
     keepalive_timeout_s: float = 75.0  # idle HTTP connection (and its next request head)
     heartbeat_s: float = 30.0  # WebSocket ping interval
+
+    @property
+    def kv_pool_tokens(self) -> int:
+        """``kv_tokens``, or by default room for every session at half its context (sessions
+        rarely fill theirs; a full pool refuses new sessions with ``kv-full``), at least one
+        whole context, at most 65536 cells."""
+        if self.kv_tokens is not None:
+            return self.kv_tokens
+        return max(self.n_ctx, min(self.max_sessions * self.n_ctx // 2, 65536))

@@ -52,14 +52,18 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     from ondevice.bench.enachi import add_enachi_parser
 
     add_enachi_parser(bsub)
+    from ondevice.cli._bench_fleet import add_fleet_parser
+
+    add_fleet_parser(bsub)
 
 
 def run_bench(args: argparse.Namespace) -> int:
     """Run the ``bench`` subcommand ``args`` names."""
     from ondevice.bench.enachi import run_enachi
+    from ondevice.cli._bench_fleet import run_fleet
 
-    runners: dict[str, Callable[[argparse.Namespace], int]] = {"gelato": _run_gelato,
-                                                               "enachi": run_enachi}
+    runners: dict[str, Callable[[argparse.Namespace], int]] = {
+        "gelato": _run_gelato, "enachi": run_enachi, "fleet": run_fleet}
     try:
         return runners[args.bench](args)
     except KeyboardInterrupt:

@@ -63,6 +63,16 @@ route_llama_log()
 _backend_ready = False
 
 
+def gpu_offload_supported() -> bool:
+    """Whether this llama.cpp build has a GPU backend (CUDA, Metal, Vulkan, ...)."""
+    return bool(llama_cpp.llama_supports_gpu_offload())
+
+
+def system_info() -> str:
+    """llama.cpp's build line: backends and CPU features (e.g. "CPU : AVX2 = 1 | ...")."""
+    return llama_cpp.llama_print_system_info().decode(errors="replace").strip()
+
+
 class LlamaError(RuntimeError):
     """llama.cpp refused a model file or a batch."""
 
@@ -95,6 +105,39 @@ def check_gguf_file(path: Path) -> None:
         gguf_file.check_gguf_file(path)
     except gguf_file.GgufFileError as exc:
         raise LlamaError(str(exc)) from exc
+
+
+def new_context(model: LlamaModel, config: LlamaConfig, *, n_seq_max: int = 1,
+                unified_kv: bool = False) -> ctypes.c_void_p:
+    """A llama.cpp context over ``model`` (the caller frees it with ``llama_free``).
+
+    ``n_seq_max`` sequences share it; with ``unified_kv`` they share one KV pool of ``n_ctx``
+    cells (else each gets ``n_ctx / n_seq_max``). Raises ValueError for an unknown KV type and
+    LlamaError when llama.cpp refuses (e.g. not enough memory) or the model is closed.
+    """
+    threads = config.n_threads or os.cpu_count() or 1
+    cparams = llama_cpp.llama_context_default_params()
+    cparams.n_ctx = config.n_ctx
+    cparams.n_batch = config.n_batch
+    cparams.n_ubatch = config.n_batch
+    cparams.n_seq_max = n_seq_max
+    cparams.kv_unified = unified_kv
+    cparams.n_threads = threads
+    cparams.n_threads_batch = threads
+    cparams.no_perf = True
+    try:
+        cparams.type_k = cparams.type_v = KV_TYPES[config.kv_type]
+    except KeyError:
+        raise ValueError(
+            f"unknown KV cache type {config.kv_type!r}; choose from {', '.join(KV_TYPES)}"
+        ) from None
+    with model._lock:
+        if not model._alive():
+            raise LlamaError(f"model {model.model_id} is closed")
+        ctx = llama_cpp.llama_init_from_model(model._model, cparams)
+    if not ctx:
+        raise LlamaError(f"llama.cpp could not create a context of {config.n_ctx} tokens")
+    return ctx
 
 
 _C = TypeVar("_C", bound="_Closing")
@@ -157,6 +200,8 @@ class LlamaModel(_Closing):
         self._vocab = llama_cpp.llama_model_get_vocab(self._model)
         self.n_vocab: int = llama_cpp.llama_vocab_n_tokens(self._vocab)
         self.n_ctx_train: int = llama_cpp.llama_model_n_ctx_train(self._model)
+        self.n_layer: int = llama_cpp.llama_model_n_layer(self._model)
+        self.n_gpu_layers = n_gpu_layers
         self._eog = frozenset(
             t for t in range(self.n_vocab) if llama_cpp.llama_vocab_is_eog(self._vocab, t)
         )
@@ -188,15 +233,25 @@ class LlamaModel(_Closing):
         return token in self._eog
 
     @_native
-    def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
-        """Token ids of ``text``; a BOS is prepended when the model asks for one."""
+    def tokenize(self, text: str, *, add_special: bool = True,
+                 parse_special: bool = False) -> list[int]:
+        """Token ids of ``text``; a BOS is prepended when the model asks for one. With
+        ``parse_special`` a special token written in the text (``<start_of_turn>``) is that
+        one token, else its letters are text."""
         raw = text.encode("utf-8")
         cap = len(raw) + 16
         buf = (llama_cpp.llama_token * cap)()
-        n = llama_cpp.llama_tokenize(self._vocab, raw, len(raw), buf, cap, add_special, False)
+        n = llama_cpp.llama_tokenize(self._vocab, raw, len(raw), buf, cap, add_special,
+                                     parse_special)
         if n < 0:
             raise LlamaError(f"tokenization needs {-n} tokens, more than {cap}")
         return list(buf[:n])
+
+    @_native
+    def chat_template(self) -> str | None:
+        """The model's default chat template (GGUF ``tokenizer.chat_template``), or None."""
+        raw = llama_cpp.llama_model_chat_template(self._model, None)
+        return raw.decode("utf-8", errors="replace") if raw else None
 
     @_native
     def piece(self, token: int) -> bytes:
@@ -236,26 +291,7 @@ class LlamaRunner(_Closing):
         self.model = model
         self.config = config or LlamaConfig()
         self.n_vocab = model.n_vocab
-        threads = self.config.n_threads or os.cpu_count() or 1
-        cparams = llama_cpp.llama_context_default_params()
-        cparams.n_ctx = self.config.n_ctx
-        cparams.n_batch = self.config.n_batch
-        cparams.n_ubatch = self.config.n_batch
-        cparams.n_threads = threads
-        cparams.n_threads_batch = threads
-        cparams.no_perf = True
-        try:
-            cparams.type_k = cparams.type_v = KV_TYPES[self.config.kv_type]
-        except KeyError:
-            raise ValueError(
-                f"unknown KV cache type {self.config.kv_type!r}; choose from {', '.join(KV_TYPES)}"
-            ) from None
-        with self._lock:
-            if not model._alive():
-                raise LlamaError(f"model {model.model_id} is closed")
-            self._ctx = llama_cpp.llama_init_from_model(model._model, cparams)
-        if not self._ctx:
-            raise LlamaError(f"llama.cpp could not create a context of {self.config.n_ctx} tokens")
+        self._ctx = new_context(model, self.config)
         self.n_ctx: int = llama_cpp.llama_n_ctx(self._ctx)
         # llama.cpp may lower n_batch (e.g. to a small requested n_ctx): chunk by what it took.
         self.n_batch: int = min(

@@ -20,9 +20,12 @@ type ``t``     direction  keys (wire type, unit)
                           ``q_probs`` their draft probabilities (bin float32[n*k]); ``k`` (int)
 ``verdict``    edge->dev  ``accepted`` (int, 0..n); ``token`` the next token (int);
                           ``verify_ms`` target batch time (float, ms); ``edge_ms`` time from frame
-                          in to frame out (float, ms)
+                          in to frame out (float, ms); optional, since issue 12 (absent from an
+                          older edge): ``queue_ms`` time the work waited for its batch (float,
+                          ms); ``batch`` tokens in the batched decode that verified it (int)
 ``generate``   dev->edge  ``session`` (str); ``max_tokens`` (int): the target generates alone
-``tokens``     edge->dev  ``ids`` (bin int32[m]); ``done`` (bool); ``verify_ms`` (float, ms)
+``tokens``     edge->dev  ``ids`` (bin int32[m]); ``done`` (bool); ``verify_ms`` (float, ms);
+                          optional ``queue_ms`` (float, ms) and ``batch`` (int) as in ``verdict``
 ``close``      dev->edge  ``session`` (str)
 ``error``      edge->dev  ``code`` (str, one of ``ERROR_CODES``); ``message`` (str)
 ``dnn_open``   dev->edge  one split-inference task. ``v`` protocol version (int); ``model`` DNN
@@ -77,6 +80,7 @@ ERROR_CODES = frozenset(
         "prompt-too-long",  # prompt longer than the edge's limit or context
         "context-full",  # the session's context window is used up
         "too-many-sessions",
+        "kv-full",  # the edge's shared KV pool has no room for the session or its step
         "unauthorized",  # missing or wrong bearer token (HTTP 401 before the socket opens)
         "tls-fingerprint",  # device side: the edge's certificate is not the pinned one
         "insecure",  # device side: a TLS pin on http://, or a token in plaintext to another host
@@ -143,6 +147,8 @@ class Verdict:
     token: int
     verify_ms: float
     edge_ms: float
+    queue_ms: float | None = None  # waited for a batch (None: the edge did not say)
+    batch: int | None = None  # tokens in the decode that verified this round
 
 
 @dataclass(slots=True)
@@ -156,6 +162,8 @@ class Tokens:
     ids: np.ndarray  # [m] int32
     done: bool
     verify_ms: float = 0.0
+    queue_ms: float | None = None
+    batch: int | None = None
 
 
 @dataclass(slots=True)
@@ -246,6 +254,7 @@ def encode(msg: Message) -> bytes:
             "token": msg.token,
             "verify_ms": msg.verify_ms,
             "edge_ms": msg.edge_ms,
+            **_load_keys(msg.queue_ms, msg.batch),
         }
     elif isinstance(msg, Open):
         body = {
@@ -274,6 +283,7 @@ def encode(msg: Message) -> bytes:
             "ids": _arr(msg.ids, _I32),
             "done": msg.done,
             "verify_ms": msg.verify_ms,
+            **_load_keys(msg.queue_ms, msg.batch),
         }
     elif isinstance(msg, Close):
         body = {"t": "close", "session": msg.session}
@@ -321,6 +331,21 @@ def _get(body: dict, key: str, typ: type | tuple[type, ...]) -> Any:
     return value
 
 
+def _opt(body: dict, key: str, typ: type) -> Any:
+    """An optional key: None when absent, else checked as `_get` does."""
+    return _get(body, key, typ) if key in body else None
+
+
+def _load_keys(queue_ms: float | None, batch: int | None) -> dict[str, Any]:
+    """The optional load keys of ``verdict`` and ``tokens``, only when known."""
+    out: dict[str, Any] = {}
+    if queue_ms is not None:
+        out["queue_ms"] = float(queue_ms)
+    if batch is not None:
+        out["batch"] = int(batch)
+    return out
+
+
 def _bin(body: dict, key: str, dtype: np.dtype) -> np.ndarray:
     raw = _get(body, key, bytes)
     if len(raw) % dtype.itemsize:
@@ -366,6 +391,8 @@ def decode(frame: bytes) -> Message:
             token=_get(body, "token", int),
             verify_ms=_get(body, "verify_ms", float),
             edge_ms=_get(body, "edge_ms", float),
+            queue_ms=_opt(body, "queue_ms", float),
+            batch=_opt(body, "batch", int),
         )
     if kind == "open":
         return Open(
@@ -393,6 +420,8 @@ def decode(frame: bytes) -> Message:
             ids=_bin(body, "ids", _I32),
             done=_get(body, "done", bool),
             verify_ms=_get(body, "verify_ms", float),
+            queue_ms=_opt(body, "queue_ms", float),
+            batch=_opt(body, "batch", int),
         )
     if kind == "close":
         return Close(session=_get(body, "session", str))

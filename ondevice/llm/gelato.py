@@ -8,11 +8,18 @@ ch. 7), per round r of random length T_r:
 - outer loop: the reference budget b_r maximizes the ratio
   [V * N(b) - Q_r * (E(b) - C(b))] / T(b), with N(b) = (1 - a^(b+1)) / (1 - a) the expected
   tokens a round of b drafted tokens produces at per-token acceptance a,
-  T(b) = b * t_draft + t_net + t_verify(b) and E(b) = b * e_draft + (T(b) - b t_draft) * p_wait;
+  T(b) = b * t_draft + t_net + t_queue + t_verify(b) and
+  E(b) = b * e_draft + (T(b) - b t_draft) * p_wait;
 - inner loop: after drafting token j with entropy H_j, with S_j the probability that every token
   drafted so far is accepted, draft one more only while
   V * S_j * a(H_j) - Q_r * e_draft - score_r * t_draft > 0, where score_r is the outer loop's
   optimal ratio (the value of the time a token costs) and a(H) the learned acceptance model.
+
+The edge's load enters T(b) twice, from what its verdicts report: t_queue, the time a round
+waits for a batch, and t_verify(b) = v0 + v1 * (b + 1 + others), a linear fit of the verify time
+against the tokens in the batched decode (the round's own b + 1 and ``others``, the other
+devices' tokens in the same decode, both EWMAs). When devices join, both grow, the fixed cost of
+a round grows, and b* moves; the queue still charges the measured energy of waiting.
 
 Units: seconds, joules, watts. V converts tokens into the queue's joules (J per token); larger V
 weighs throughput more against the energy budget.
@@ -141,14 +148,18 @@ class RoundModel:
 
     a: float  # mean per-token acceptance
     t_draft_s: float  # per drafted token
-    t_net_s: float  # round trip beyond the edge's compute
+    t_net_s: float  # round trip beyond the edge's compute and queueing
     t_verify0_s: float  # edge verify time of a round, fixed part
-    t_verify_per_token_s: float  # and per drafted token
+    t_verify_per_token_s: float  # and per token in the edge's batched decode
     e_draft_j: float  # device energy per drafted token
     p_wait_w: float  # device power while waiting for the edge
+    t_queue_s: float = 0.0  # wait for a batch at the edge (its load)
+    others_tokens: float = 0.0  # other devices' tokens in the decode that verifies a round
 
     def time_s(self, b: int) -> float:
-        return b * self.t_draft_s + self.t_net_s + self.t_verify0_s + b * self.t_verify_per_token_s
+        batch = b + 1 + self.others_tokens
+        return (b * self.t_draft_s + self.t_net_s + self.t_queue_s + self.t_verify0_s
+                + batch * self.t_verify_per_token_s)
 
     def energy_j(self, b: int) -> float:
         return b * self.e_draft_j + (self.time_s(b) - b * self.t_draft_s) * self.p_wait_w
@@ -250,7 +261,9 @@ class Estimates:
     a: Ewma = field(default_factory=lambda: Ewma(0.6))
     t_draft_s: Ewma = field(default_factory=lambda: Ewma(0.05, prior_weight=0.5))
     t_net_s: Ewma = field(default_factory=lambda: Ewma(0.005, prior_weight=0.5))
-    verify_s: LinearFit = field(default_factory=lambda: LinearFit(0.02, 0.004))
+    verify_s: LinearFit = field(default_factory=lambda: LinearFit(0.016, 0.004))  # vs batch
+    queue_s: Ewma = field(default_factory=lambda: Ewma(0.0, prior_weight=0.5))
+    others_tokens: Ewma = field(default_factory=lambda: Ewma(0.0, prior_weight=0.5))
     e_draft_j: Ewma = field(default_factory=lambda: Ewma(0.25, prior_weight=0.5))
     p_wait_w: Ewma = field(default_factory=lambda: Ewma(3.0, prior_weight=0.5))
 
@@ -264,11 +277,14 @@ class Estimates:
             t_verify_per_token_s=v1,
             e_draft_j=max(self.e_draft_j.value, 0.0),
             p_wait_w=max(self.p_wait_w.value, 0.0),
+            t_queue_s=max(self.queue_s.value, 0.0),
+            others_tokens=max(self.others_tokens.value, 0.0),
         )
 
     def observe(
         self, *, drafted: int, accepted: int, draft_s: float, rtt_s: float, verify_s: float,
         round_s: float, energy_j: float, draft_energy_j: float, catchup_tokens: int = 0,
+        queue_s: float | None = None, batch_tokens: int | None = None,
     ) -> None:
         """Fold one measured round into the estimates.
 
@@ -276,17 +292,25 @@ class Estimates:
         that drafted nothing, or a prompt's prefill) does not update the per-token draft time
         and energy: its draft time is mostly that catch-up, and taking it as the price of a
         drafted token makes drafting look dearer the longer it was not done, a trap from
-        which the controller never drafts again."""
+        which the controller never drafts again.
+
+        ``queue_s`` and ``batch_tokens`` are the edge's report of its load (None from an edge
+        that does not report it: then the round's own tokens are the whole batch)."""
         if drafted > 0:
             judged = min(drafted, accepted + 1)  # tokens the edge actually ruled on
             self.a.update(accepted / judged)
             if catchup_tokens <= 1:
                 self.t_draft_s.update(draft_s / drafted)
                 self.e_draft_j.update(draft_energy_j / drafted)
-        self.verify_s.update(float(drafted), verify_s)
-        # Everything in the round that is neither drafting nor verifying: network, framing,
-        # both sides' bookkeeping. T(b) then adds up to the measured round time.
-        self.t_net_s.update(max(round_s - draft_s - verify_s, 0.0))
+        own = drafted + 1
+        batch = own if batch_tokens is None else max(batch_tokens, own)
+        self.verify_s.update(float(batch), verify_s)
+        self.others_tokens.update(batch - own)
+        wait_s = max(queue_s or 0.0, 0.0)
+        self.queue_s.update(wait_s)
+        # Everything in the round that is neither drafting, queueing nor verifying: network,
+        # framing, both sides' bookkeeping. T(b) then adds up to the measured round time.
+        self.t_net_s.update(max(round_s - draft_s - verify_s - wait_s, 0.0))
         wait_s = round_s - draft_s
         if wait_s > 1e-4:
             self.p_wait_w.update(max(energy_j - draft_energy_j, 0.0) / wait_s)

@@ -35,6 +35,10 @@ class RoundStats:
     # (0 or 1 after a drafted round; more after rounds that drafted nothing, or the prompt):
     # that catch-up is in draft_s but is not the cost of the tokens drafted.
     catchup_tokens: int = 0
+    # The edge's load, as its verdict reports it (None from an edge that does not): time the
+    # round waited for a batch, and the tokens of the batched decode that verified it.
+    queue_s: float | None = None
+    batch_tokens: int | None = None
 
 
 class Policy(ABC):
@@ -215,7 +219,8 @@ class GelatoPolicy(Policy):
             drafted=stats.drafted, accepted=stats.accepted, draft_s=stats.draft_s,
             rtt_s=stats.rtt_s, verify_s=stats.verify_s, round_s=stats.round_s,
             energy_j=stats.energy_j, draft_energy_j=stats.draft_energy_j,
-            catchup_tokens=stats.catchup_tokens,
+            catchup_tokens=stats.catchup_tokens, queue_s=stats.queue_s,
+            batch_tokens=stats.batch_tokens,
         )
         self.acceptance.observe_round(stats.entropies, stats.accepted)
         if self.budget is not None:

@@ -432,25 +432,29 @@ def test_item6_oversized_heads_are_400_without_traceback(
 # -- item 7: the context size in force ---------------------------------------------------
 
 
-async def test_item7_reports_the_context_llama_cpp_uses(
+async def test_item7_reports_the_context_in_force(
         fixture_models: tuple[Path, Path], vocab: str) -> None:
-    """Item 7: /v1/info and ``opened`` report llama.cpp's context size after its rounding
-    (llama-cpp-python's own ``Llama`` is the reference), the advertised prompt limit fits in
-    it, and a prompt up to that limit opens."""
-    ref = Reference(fixture_models[0], n_ctx=128)
-    real = ref.llm.n_ctx()
-    ref.close()
-    assert real > 128  # llama.cpp rounds small contexts up
+    """Item 7: /v1/info and ``opened`` report the context a session really gets and the
+    advertised prompt limit fits in it; a prompt up to that limit opens, one more is refused.
+    Since the serving engine (issue 12) a session's context is ``--n-ctx`` within the shared
+    KV pool, whose size llama.cpp may round (llama-cpp-python's ``Llama`` is the reference)."""
     with edge_server(fixture_models[0], "--n-ctx", "128") as e:
         info = await _info(e.url)
-        assert info["n_ctx"] == real
-        assert info["limits"]["max_prompt_tokens"] == real - 1
+        assert info["n_ctx"] == 128 and info["limits"]["max_prompt_tokens"] == 127
         async with _socks(e.url, 1) as (s,):
-            opened = await s.ask(_open_frame(vocab, n=real - 1))
-            assert isinstance(opened, wire.Opened) and opened.n_ctx == real
-            too_long = await s.ask(_open_frame(vocab, n=real))
+            opened = await s.ask(_open_frame(vocab, n=127))
+            assert isinstance(opened, wire.Opened) and opened.n_ctx == 128
+            too_long = await s.ask(_open_frame(vocab, n=128))
             assert isinstance(too_long, wire.Error) and too_long.code == "prompt-too-long"
-            assert str(real - 1) in too_long.message
+            assert "127" in too_long.message
+    ref = Reference(fixture_models[0], n_ctx=200)
+    pool = ref.llm.n_ctx()  # what llama.cpp makes of a 200-cell request
+    ref.close()
+    with edge_server(fixture_models[0], "--n-ctx", "4096", "--kv-tokens", "200",
+                     "--max-sessions", "1") as e:
+        info = await _info(e.url)
+        assert info["engine"]["kv_tokens"] == pool
+        assert info["n_ctx"] == pool and info["limits"]["max_prompt_tokens"] == pool - 1
     with edge_server(fixture_models[0], "--n-ctx", "512", "--max-prompt", "3072") as e:
         info = await _info(e.url)
         assert info["n_ctx"] == 512 and info["limits"]["max_prompt_tokens"] == 511

@@ -90,3 +90,21 @@ def test_malformed_frames(frame: bytes, fragment: str) -> None:
         wire.decode(frame)
     assert err.value.code == "bad-frame"
     assert fragment in err.value.message
+
+
+def test_load_keys_are_optional_both_ways() -> None:
+    """Issue 12: verdict and tokens frames may carry queue_ms and batch; frames without them
+    (an older edge) decode with None, and an older device's decoder ignores them."""
+    import msgpack
+
+    v = wire.Verdict(3, 17, 4.5, 6.0, queue_ms=1.25, batch=23)
+    assert wire.decode(wire.encode(v)) == v
+    old = wire.Verdict(3, 17, 4.5, 6.0)
+    body = msgpack.unpackb(wire.encode(old))
+    assert "queue_ms" not in body and "batch" not in body  # absent, not null, when unknown
+    assert wire.decode(wire.encode(old)) == old
+    tk = wire.decode(wire.encode(wire.Tokens(np.array([5], np.int32), False, 2.0, 0.5, 9)))
+    assert (tk.queue_ms, tk.batch) == (0.5, 9)
+    bad = msgpack.packb({**body, "batch": "many"})
+    with pytest.raises(wire.WireError, match="batch"):
+        wire.decode(bad)

@@ -250,3 +250,33 @@ async def test_control_changes_speed_never_text(
             assert not report.degraded
     finally:
         ref.close()
+
+
+def test_edge_load_moves_the_budget() -> None:
+    """Issue 12: rounds that report a busy edge (long queueing, others' tokens in the decode)
+    make a round's fixed cost larger, and the outer loop answers with longer drafts; rounds
+    from an edge that reports nothing keep the old model (batch = own tokens, no queue)."""
+    from ondevice.llm.policies import GelatoPolicy, RoundStats
+
+    def feed(policy: GelatoPolicy, *, queue_s: float | None, others: int | None) -> int:
+        for _ in range(60):
+            b = policy.round_budget()
+            n = max(b, 1)
+            accepted = n - 1  # acceptance ~ (n-1)/n: drafting pays
+            verify_s = 0.01 + 0.001 * (n + 1 + (others or 0))
+            wait = queue_s or 0.0
+            round_s = n * 0.02 + 0.005 + verify_s + wait
+            policy.observe(RoundStats(
+                drafted=n, accepted=accepted, produced=accepted + 1, draft_s=n * 0.02,
+                rtt_s=round_s - n * 0.02, verify_s=verify_s, round_s=round_s,
+                energy_j=round_s * 3.0, draft_energy_j=n * 0.02 * 5.0, entropies=[0.3] * n,
+                queue_s=queue_s, batch_tokens=None if others is None else n + 1 + others))
+        return gelato.choose_budget(policy.est.model(), 0.0, policy.v, None, policy.cap)[0]
+
+    quiet = feed(GelatoPolicy(), queue_s=None, others=None)
+    busy = feed(GelatoPolicy(), queue_s=0.15, others=60)
+    model = GelatoPolicy()
+    feed(model, queue_s=0.15, others=60)
+    m = model.est.model()
+    assert m.t_queue_s == pytest.approx(0.15, rel=0.05) and m.others_tokens > 50
+    assert busy > quiet
