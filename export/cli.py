@@ -26,12 +26,13 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from export._argtypes import non_negative_int as _non_negative_int
-from export._argtypes import positive_int as _positive_int
 from export._errors import ExportError
 from export._paths import check_output_file
 from export._progress import say
 from export.dnn._cli import add_dnn
+from ondevice.common.argtypes import non_negative_int as _non_negative_int
+from ondevice.common.argtypes import positive_int as _positive_int
+from ondevice.common.version import coinfer_version
 
 PROG = "model-export"
 
@@ -341,6 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="Make coinfer's test fixtures and prepare models for device and edge.",
     )
+    parser.add_argument("--version", action="version",
+                        version=f"{PROG} (coinfer) {coinfer_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_fixtures(sub)
     _add_llm(sub)

@@ -14,5 +14,28 @@ Subpackages, one concept each:
 - ``ondevice.cli``: the ``ondevice`` command, one module per command.
 - ``ondevice.bench``: the benchmarks behind ``ondevice bench``.
 
-Importing ``ondevice`` loads nothing heavy (no llama.cpp, no onnxruntime).
+- ``ondevice.serve``: ``ondevice serve``, an OpenAI-compatible HTTP service on the device.
+
+The Python API: ``from ondevice import Device`` (``DeviceSync`` for code without asyncio);
+see ``ondevice.llm.device`` and docs/api.md.
+
+Importing ``ondevice`` loads nothing heavy (no llama.cpp, no onnxruntime): ``Device`` and
+``DeviceSync`` are imported on first use (PEP 562 module ``__getattr__``).
 """
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ondevice.llm.device import Device, DeviceSync, Piece
+
+__all__ = ["Device", "DeviceSync", "Piece"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        from ondevice.llm import device
+
+        return getattr(device, name)
+    raise AttributeError(f"module 'ondevice' has no attribute {name!r}")

@@ -10,10 +10,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from export._argtypes import non_negative_int as _non_negative_int
-from export._argtypes import positive_int as _positive_int
 from export._paths import check_output_file
 from export.dnn import KNOWN_MODELS
+from ondevice.common.argtypes import non_negative_int as _non_negative_int
+from ondevice.common.argtypes import positive_int as _positive_int
 
 
 def _say(line: str) -> None:

@@ -3,6 +3,10 @@
 All sends go through ``_request``. Any transport failure (refused connection, reset, closed
 socket, timeout) surfaces as ``EdgeUnavailable`` so the generation loop can degrade to the
 draft alone; an ``error`` frame from the edge surfaces as ``wire.EdgeError``.
+
+One socket carries sequential sessions: ``async_end_session`` ends an LLM session with a
+``close`` frame (no reply) and the next ``async_open`` starts another on the same socket.
+``EdgePool`` keeps such sockets between generations, one per edge.
 """
 
 from __future__ import annotations
@@ -93,8 +97,12 @@ class EdgeClient:
         self.on_bytes = on_bytes
         self.session_id: str | None = None
         self.opened: wire.Opened | None = None
+        self.info: dict[str, Any] | None = None  # the last /v1/info answer
         self._http: aiohttp.ClientSession | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
+        # True while a request's reply (or an edge-only stream) has not been read to its end:
+        # the socket then holds frames a next session must not see, so it is not reused.
+        self._in_flight = False
 
     async def __aenter__(self) -> EdgeClient:
         self._http = aiohttp.ClientSession()
@@ -160,7 +168,20 @@ class EdgeClient:
             raise EdgeUnavailable(f"edge {self.url}: /v1/info failed: {exc}") from exc
         if not isinstance(info, dict):
             raise EdgeUnavailable(f"edge {self.url}: /v1/info is not a JSON object")
+        self.info = info
         return info
+
+    @property
+    def reusable(self) -> bool:
+        """True when the socket is open and no reply is pending: a next session may use it."""
+        return self._ws is not None and not self._ws.closed and not self._in_flight
+
+    async def async_end_session(self) -> None:
+        """End the open LLM session with a ``close`` frame (the edge sends no reply) and keep
+        the socket for the next ``async_open``. Raises EdgeUnavailable if the socket is dead."""
+        if self.session_id is not None:
+            sid, self.session_id, self.opened = self.session_id, None, None
+            await self._send(wire.Close(sid))
 
     async def __aexit__(self, *exc: object) -> None:
         await self.async_close()
@@ -215,10 +236,12 @@ class EdgeClient:
         return reply
 
     async def _request(self, msg: wire.Message, expect: type) -> wire.Message:
+        self._in_flight = True
         await self._send(msg)
         reply = await self._receive()
         while isinstance(reply, wire.Result) and expect is not wire.Result:
             reply = await self._receive()  # late answers of a DNN task already closed
+        self._in_flight = False
         if not isinstance(reply, expect):
             raise wire.EdgeError("bad-frame", f"expected {expect.__name__}, got {reply!r}")
         return reply
@@ -264,11 +287,14 @@ class EdgeClient:
     async def async_generate(self, max_tokens: int) -> AsyncIterator[wire.Tokens]:
         """Let the target generate alone; yields token chunks until one has ``done``."""
         assert self.session_id is not None, "async_open first"
+        self._in_flight = True  # until the chunk with ``done``: a caller may stop reading
         await self._send(wire.Generate(self.session_id, max_tokens))
         while True:
             reply = await self._receive()
             if not isinstance(reply, wire.Tokens):
                 raise wire.EdgeError("bad-frame", f"expected Tokens, got {reply!r}")
+            if reply.done:
+                self._in_flight = False
             yield reply
             if reply.done:
                 return
@@ -308,3 +334,73 @@ class EdgeClient:
         if self.session_id is not None:
             sid, self.session_id = self.session_id, None
             await self._send(wire.Close(sid))
+
+
+class EdgePool:
+    """Open edge sockets kept between generations: at most one idle ``EdgeClient`` per edge.
+
+    ``acquire`` hands out a kept socket when there is a reusable one, else connects; the
+    caller opens a session on it and gives it back with ``release`` (which ends the session
+    with a ``close`` frame and keeps the socket if it is clean) or ``discard`` (after any
+    failure, or a stream it stopped reading). A kept socket the edge closed meanwhile (its
+    idle timeout or heartbeat, a restart) fails at the next use; ``acquire`` says whether the
+    socket was kept, so the caller can retry once on a fresh one. ``async_close`` closes all.
+    """
+
+    def __init__(
+        self,
+        *,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        token: str | None = None,
+        allow_plaintext_token: bool = False,
+        on_bytes: Callable[[int, int], None] | None = None,
+    ) -> None:
+        self.timeout_s = timeout_s
+        self.token = token
+        self.allow_plaintext_token = allow_plaintext_token
+        self.on_bytes = on_bytes
+        self._idle: dict[tuple[str, str | None], EdgeClient] = {}
+        self.connects = 0  # sockets opened over the pool's life (for reports and tests)
+        self.reuses = 0  # sessions that ran on a kept socket
+
+    async def acquire(self, url: str, fingerprint: str | None) -> tuple[EdgeClient, bool]:
+        """``(client, kept)``: a connected client for ``url``, and whether it is a kept socket.
+        Raises what ``EdgeClient`` raises (``wire.EdgeError("insecure")``, EdgeUnavailable)."""
+        client = self._idle.pop((url.rstrip("/"), fingerprint), None)
+        if client is not None and client.reusable:
+            self.reuses += 1
+            return client, True
+        if client is not None:
+            await client.async_close()
+        client = EdgeClient(url, timeout_s=self.timeout_s, on_bytes=self.on_bytes,
+                            token=self.token, fingerprint=fingerprint,
+                            allow_plaintext_token=self.allow_plaintext_token)
+        await client.__aenter__()
+        self.connects += 1
+        return client, False
+
+    async def release(self, client: EdgeClient) -> None:
+        """End the client's session and keep its socket when clean; else close it."""
+        if client.reusable:
+            try:
+                await client.async_end_session()
+            except EdgeUnavailable:
+                await client.async_close()
+                return
+            key = (client.url, client.fingerprint)
+            old = self._idle.pop(key, None)
+            self._idle[key] = client
+            if old is not None and old is not client:
+                await old.async_close()
+        else:
+            await client.async_close()
+
+    async def discard(self, client: EdgeClient) -> None:
+        """Close the client (its session ends with it). Never raises for a dead edge."""
+        await client.async_close()
+
+    async def async_close(self) -> None:
+        """Close every kept socket (each session ends; the edge frees its place). Idempotent."""
+        idle, self._idle = list(self._idle.values()), {}
+        for client in idle:
+            await client.async_close()

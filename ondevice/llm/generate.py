@@ -1,8 +1,11 @@
-"""``ondevice generate``: the speculative generation loop over a draft model and an edge.
+"""The speculative generation loop over a draft model and an edge: the one loop behind
+``ondevice generate``, the Python API (``ondevice.llm.device.Device``) and ``ondevice serve``.
 
 The loop owns no math: the policy decides drafting, ``DraftStream`` drafts and commits, the
 edge verifies, and the meter measures. llama.cpp calls run in a worker thread so the event
-loop stays free for the socket and the meter.
+loop stays free for the socket and the meter. Every commit of tokens (a verified round, a
+chunk of an edge-only stream, a token of the draft alone) is told to ``on_tokens``, the hook
+streaming is built on.
 
 Losing the edge (refused, reset, timed out) never loses output: tokens already verified stay
 committed, the unverified draft of the failed round is dropped, and the draft model finishes
@@ -15,16 +18,18 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from hw import Activity, PowerMeter, open_meter
 from ondevice.common import wire
 from ondevice.common.llama_runtime import LlamaConfig, LlamaModel, LlamaRunner
-from ondevice.edge.client import EdgeClient, EdgeUnavailable
+from ondevice.edge.client import EdgeClient, EdgePool, EdgeUnavailable
 from ondevice.edge.discovery import EdgeBrowser, rank_edges
 from ondevice.llm.draft import DraftStream
 from ondevice.llm.policies import Policy, RoundStats
+from ondevice.llm.report import Report
 
 log = logging.getLogger(__name__)
 
@@ -59,56 +64,9 @@ class GenerateRequest:
     seed: int = 0
     top_k: int = 32  # support of the truncated draft distribution sent per drafted token
     add_bos: bool = True
-
-
-@dataclass(slots=True, kw_only=True)
-class Report:
-    """What ``--json`` prints. Times in seconds unless the key says ms; energy in joules."""
-
-    text: str
-    tokens: list[int]
-    n_tokens: int
-    prompt_tokens: int
-    policy: str
-    policy_settings: dict[str, Any]
-    edge: str | None
-    edges: list[str]
-    degraded: bool
-    degraded_at_token: int | None
-    degraded_reason: str | None  # why the draft finished alone, and what would fix it
-    rejected_edges: list[dict[str, str]]  # edges discovery found but could not use, and why
-    segments: list[dict[str, Any]]  # who produced tokens [from_token, to_token): an edge URL or
-    # "draft" (the draft model alone)
-    stop_reason: str  # "max_tokens" | "eos" | "context" | "interrupted"
-    elapsed_s: float
-    tokens_per_s: float
-    rounds: int
-    drafted: int
-    accepted: int
-    acceptance: float | None  # accepted / drafted
-    mean_drafted: float | None
-    mean_draft_ms: float | None
-    mean_verify_ms: float | None
-    mean_rtt_ms: float | None
-    overhead_ms_per_round: float | None  # round time not spent drafting or verifying
-    energy_j: float | None  # None when the meter gave no reading in the window
-    energy_source: str  # "measured" | "modelled" | "none" (see energy_note)
-    energy_note: str | None  # why there is no measurement, when there is none
-    j_per_token: float | None
-    mean_power_w: float | None
-    budget_w: float | None  # the long-term power budget, if any
-    budget_j_per_token: float | None  # or the energy-per-token budget
-    budget_met: bool | None  # mean power (or J/token) within 3 % of the budget
-    meter: str
-    meter_coverage: float  # fraction of the window covered by real samples
-    window_monotonic_s: tuple[float, float]  # generation window, time.monotonic() seconds
-    temperature: float
-    seed: int
-    draft_limit: int | None = None  # the edge's max drafted tokens per round, when it bounds us
-    errors: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    # The prompt as token ids, when the caller tokenized it (e.g. a chat template's special
+    # tokens); ``prompt`` is then only its text for the record.
+    prompt_ids: tuple[int, ...] | None = None
 
 
 @dataclass(slots=True)
@@ -166,8 +124,18 @@ class Generation:
         edge_timeout_s: float = 15.0,
         browser: EdgeBrowser | None = None,
         stop: asyncio.Event | None = None,
+        on_tokens: Callable[[list[int]], None] | None = None,
+        edges: EdgePool | None = None,
     ) -> None:
+        """``on_tokens(ids)`` is called on the event loop with every batch of newly committed
+        tokens, in order, never with an end-of-generation token: their concatenation is the
+        report's ``tokens``. It must not block (no llama.cpp decode runs meanwhile). ``edges``
+        is a caller's long-lived pool of edge sockets; without one each run connects afresh
+        and closes its sockets at the end."""
         self.model = draft_model
+        self._on_tokens = on_tokens
+        self._edges = edges
+        self._connects_before = edges.connects if edges is not None else 0
         self._stop = stop  # set: finish the step in flight, then end with what is committed
         self.request = request
         self.policy = policy
@@ -218,15 +186,22 @@ class Generation:
     def _remaining(self, stream: DraftStream) -> int:
         return self.request.max_tokens - len(stream.out)
 
+    def _emit(self, tokens: list[int]) -> None:
+        """Tell the caller's hook of newly committed tokens (the streaming path)."""
+        if tokens and self._on_tokens is not None:
+            self._on_tokens(tokens)
+
     def _accept_tokens(self, stream: DraftStream, tokens: list[int]) -> bool:
         """Commit tokens, cutting at an end-of-generation token or the budget; True if done."""
         room = self._remaining(stream)
         for i, t in enumerate(tokens[:room]):
             if self.model.is_eog(t):
                 stream.commit(tokens[:i])
+                self._emit(tokens[:i])
                 self.stop_reason = "eos"
                 return True
         stream.commit(tokens[:room])
+        self._emit(tokens[:room])
         return self._remaining(stream) <= 0
 
     def _note_degraded(self, at: int, reason: str) -> None:
@@ -262,7 +237,10 @@ class Generation:
 
     async def run(self, runner: LlamaRunner) -> Report:
         req, plan = self.request, self.plan
-        prompt_ids = self.model.tokenize(req.prompt, add_special=req.add_bos)
+        if req.prompt_ids is not None:
+            prompt_ids = list(req.prompt_ids)
+        else:
+            prompt_ids = self.model.tokenize(req.prompt, add_special=req.add_bos)
         room = runner.n_ctx - len(prompt_ids)
         if room <= 0:
             raise ValueError(
@@ -275,11 +253,17 @@ class Generation:
         if budget < req.max_tokens:
             self.stop_reason = "context"
         use_edge = bool(self.policy.mode != "device-only" and (plan.url or plan.discover))
+        self._policy_start = self.policy.describe()
         async with contextlib.AsyncExitStack() as stack:
             if use_edge and plan.discover and self._browser is None:
                 self._browser = await stack.enter_async_context(
                     EdgeBrowser(interfaces=plan.interfaces, token=plan.token)
                 )
+            if use_edge and self._edges is None:  # this run's own sockets, closed at its end
+                self._edges = EdgePool(timeout_s=plan.timeout_s, token=plan.token,
+                                       allow_plaintext_token=plan.allow_plaintext_token,
+                                       on_bytes=self._on_bytes)
+                stack.push_async_callback(self._edges.async_close)
             return await self._run(stream, budget, use_edge, len(prompt_ids))
 
     async def _run(self, stream: DraftStream, budget: int, use_edge: bool, n_prompt: int
@@ -338,6 +322,7 @@ class Generation:
                     stream.out.pop()
                     self.stop_reason = "eos"
                     return True, []
+                self._emit([token])
             return True, []
         finally:
             self._segment("draft", start, stream)
@@ -360,21 +345,18 @@ class Generation:
                 return targets
             await self._browser.async_wait_change(self.plan.browse_s)
 
-    async def _with_edge(self, stream: DraftStream, budget: int, target: _Target) -> bool:
-        """Generate through one edge until done or the edge is lost; True when done."""
-        req, plan = self.request, self.plan
-        start = len(stream.out)
-        try:
-            async with EdgeClient(
-                target.url,
-                timeout_s=plan.timeout_s,
-                on_bytes=self._on_bytes,
-                token=plan.token,
-                fingerprint=target.fingerprint,
-                allow_plaintext_token=plan.allow_plaintext_token,
-            ) as edge:
-                limits = (await edge.async_info()).get("limits", {})
-                self._max_draft = limits.get("max_draft_tokens")
+    async def _open_session(self, stream: DraftStream, target: _Target) -> EdgeClient:
+        """A session on ``target`` for the committed sequence, on a kept socket when the pool
+        has one. A kept socket that fails before the session opens (the edge closed it while
+        idle, or left an ``idle`` error frame on it) is dropped and the session is opened once
+        more on a fresh socket, where a failure counts."""
+        req, pool = self.request, self._edges
+        assert pool is not None
+        while True:
+            edge, kept = await pool.acquire(target.url, target.fingerprint)
+            try:
+                info = edge.info if kept and edge.info is not None else await edge.async_info()
+                self._max_draft = info.get("limits", {}).get("max_draft_tokens")
                 await edge.async_open(
                     stream.seq,
                     vocab_hash=self._vocab_hash or "",
@@ -383,10 +365,31 @@ class Generation:
                     seed=req.seed + len(stream.out),  # a resumed stream draws fresh numbers
                     top_k=req.top_k,
                 )
-                self.edges_used.append(target.url)
-                if self.policy.mode == "edge-only":
-                    return await self._edge_only(edge, stream, budget)
-                return await self._speculate(edge, stream, budget)
+                return edge
+            except (EdgeUnavailable, wire.EdgeError, wire.WireError) as exc:
+                await pool.discard(edge)
+                if not kept:
+                    raise
+                log.info("kept socket to %s failed (%s); connecting afresh", target.url, exc)
+            except BaseException:
+                await pool.discard(edge)
+                raise
+
+    async def _with_edge(self, stream: DraftStream, budget: int, target: _Target) -> bool:
+        """Generate through one edge until done or the edge is lost; True when done."""
+        start = len(stream.out)
+        edge: EdgeClient | None = None
+        try:
+            edge = await self._open_session(stream, target)
+            self.edges_used.append(target.url)
+            if self.policy.mode == "edge-only":
+                done = await self._edge_only(edge, stream, budget)
+            else:
+                done = await self._speculate(edge, stream, budget)
+            assert self._edges is not None
+            edge, kept = None, edge
+            await self._edges.release(kept)  # ends the session; keeps a clean socket
+            return done
         except (EdgeUnavailable, wire.EdgeError, wire.WireError) as exc:
             if isinstance(exc, wire.EdgeError) and exc.code in FATAL_EDGE_ERRORS and not (
                 self.plan.discover and self.plan.url is None
@@ -395,6 +398,8 @@ class Generation:
             self._degrade(stream, target.url, exc)
             return False
         finally:
+            if edge is not None and self._edges is not None:
+                await self._edges.discard(edge)
             self._segment(target.url, start, stream)
 
     async def _edge_only(self, edge: EdgeClient, stream: DraftStream, budget: int) -> bool:
@@ -458,6 +463,8 @@ class Generation:
                     draft_energy_j=self.meter.energy_j(r0, s0),
                     entropies=drafted.entropies,
                     catchup_tokens=drafted.catchup_tokens,
+                    queue_s=None if verdict.queue_ms is None else verdict.queue_ms / 1e3,
+                    batch_tokens=verdict.batch,
                 )
             )
             if done:
@@ -532,6 +539,10 @@ class Generation:
             seed=self.request.seed,
             draft_limit=self._max_draft if self._clamp_warned else None,
             errors=self.errors,
+            policy_settings_start=self._policy_start,
+            meter_started_monotonic_s=self.meter.started_t_s,
+            edge_connects=(self._edges.connects - self._connects_before
+                           if self._edges is not None else 0),
         )
 
 
@@ -559,37 +570,56 @@ async def generate(
     ``require_meter``; otherwise the report says ``energy_source`` "none" and why.
     """
     cfg = llama_config or LlamaConfig()
+    activity = Activity()
+    async with open_draft(draft_path, cfg) as (model, runner), open_ready_meter(
+        meter_spec, activity, require=require_meter
+    ) as meter:
+        gen = Generation(
+            model,
+            request,
+            policy,
+            plan=plan or EdgePlan(url=edge_url, timeout_s=edge_timeout_s),
+            meter=meter,
+            activity=activity,
+            llama_config=cfg,
+            browser=browser,
+            stop=stop,
+        )
+        return await gen.run(runner)
+
+
+@contextlib.asynccontextmanager
+async def open_draft(
+    draft_path: str, config: LlamaConfig
+) -> AsyncIterator[tuple[LlamaModel, LlamaRunner]]:
+    """The draft model and one context on it, loaded in a worker thread, freed on exit (after
+    any llama.cpp call in flight: the runtime's lock)."""
     model = await asyncio.to_thread(LlamaModel, draft_path)
     try:
-        runner = await asyncio.to_thread(LlamaRunner, model, cfg)
+        runner = await asyncio.to_thread(LlamaRunner, model, config)
         try:
-            activity = Activity()
-            async with open_meter(meter_spec, activity=activity) as meter:
-                # Start the window with a reading in hand (a serial meter takes a poll).
-                if not await meter.async_wait_sample(METER_WAIT_S) and meter.measured and (
-                    require_meter
-                ):
-                    raise MeterUnavailable(
-                        f"meter {meter_spec} gave no reading in {METER_WAIT_S:g} s"
-                        f" ({meter.last_error or 'no samples'})"
-                    )
-                gen = Generation(
-                    model,
-                    request,
-                    policy,
-                    plan=plan or EdgePlan(url=edge_url, timeout_s=edge_timeout_s),
-                    meter=meter,
-                    activity=activity,
-                    llama_config=cfg,
-                    browser=browser,
-                    stop=stop,
-                )
-                return await gen.run(runner)
+            yield model, runner
         finally:
             await asyncio.to_thread(runner.close)
     finally:
         with contextlib.suppress(Exception):
             await asyncio.to_thread(model.close)
+
+
+@contextlib.asynccontextmanager
+async def open_ready_meter(
+    spec: str, activity: Activity, *, require: bool
+) -> AsyncIterator[PowerMeter]:
+    """The meter ``spec``, sampling, with a first reading in hand (a serial meter takes a
+    poll). A measured meter with no reading within ``METER_WAIT_S`` raises MeterUnavailable
+    when ``require``; otherwise reports say ``energy_source`` "none" and why."""
+    async with open_meter(spec, activity=activity) as meter:
+        if not await meter.async_wait_sample(METER_WAIT_S) and meter.measured and require:
+            raise MeterUnavailable(
+                f"meter {spec} gave no reading in {METER_WAIT_S:g} s"
+                f" ({meter.last_error or 'no samples'})"
+            )
+        yield meter
 
 
 __all__ = [
@@ -600,4 +630,6 @@ __all__ = [
     "MeterUnavailable",
     "Report",
     "generate",
+    "open_draft",
+    "open_ready_meter",
 ]

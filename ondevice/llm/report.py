@@ -1,8 +1,65 @@
-"""The human-readable summary of a generation report (the fields of ``--json``)."""
+"""A generation's report: ``Report`` (the fields of ``--json``) and its summary for people."""
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass, field
 from typing import Any
+
+
+@dataclass(slots=True, kw_only=True)
+class Report:
+    """What ``--json`` prints. Times in seconds unless the key says ms; energy in joules."""
+
+    text: str
+    tokens: list[int]
+    n_tokens: int
+    prompt_tokens: int
+    policy: str
+    policy_settings: dict[str, Any]
+    edge: str | None
+    edges: list[str]
+    degraded: bool
+    degraded_at_token: int | None
+    degraded_reason: str | None  # why the draft finished alone, and what would fix it
+    rejected_edges: list[dict[str, str]]  # edges discovery found but could not use, and why
+    segments: list[dict[str, Any]]  # who produced tokens [from_token, to_token): an edge URL or
+    # "draft" (the draft model alone)
+    stop_reason: str  # "max_tokens" | "eos" | "context" | "interrupted"
+    elapsed_s: float
+    tokens_per_s: float
+    rounds: int
+    drafted: int
+    accepted: int
+    acceptance: float | None  # accepted / drafted
+    mean_drafted: float | None
+    mean_draft_ms: float | None
+    mean_verify_ms: float | None
+    mean_rtt_ms: float | None
+    overhead_ms_per_round: float | None  # round time not spent drafting or verifying
+    energy_j: float | None  # None when the meter gave no reading in the window
+    energy_source: str  # "measured" | "modelled" | "none" (see energy_note)
+    energy_note: str | None  # why there is no measurement, when there is none
+    j_per_token: float | None
+    mean_power_w: float | None
+    budget_w: float | None  # the long-term power budget, if any
+    budget_j_per_token: float | None  # or the energy-per-token budget
+    budget_met: bool | None  # mean power (or J/token) within 3 % of the budget
+    meter: str
+    meter_coverage: float  # fraction of the window covered by real samples
+    window_monotonic_s: tuple[float, float]  # generation window, time.monotonic() seconds
+    temperature: float
+    seed: int
+    draft_limit: int | None = None  # the edge's max drafted tokens per round, when it bounds us
+    errors: list[str] = field(default_factory=list)
+    # The policy's state (``describe()``) when this prompt started; ``policy_settings`` is the
+    # state at its end. A long-lived policy (a Device, ``ondevice serve``) starts a prompt
+    # where the previous one ended.
+    policy_settings_start: dict[str, Any] = field(default_factory=dict)
+    meter_started_monotonic_s: float | None = None  # when the meter began sampling
+    edge_connects: int = 0  # edge sockets this prompt opened (0 when it reused a kept one)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 def format_report(report: dict[str, Any]) -> str:

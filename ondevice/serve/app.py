@@ -1,0 +1,421 @@
+"""``ondevice serve``'s HTTP application: OpenAI's API in front of one long-lived ``Device``.
+
+``create_app(config)`` follows aiohttp's app-factory style. The ``Device`` is opened by a
+``cleanup_ctx`` when the app starts (draft loaded, meter sampling, discovery and edge sockets
+kept) and closed when it stops; every request uses that one Device, so GELATO's queue and
+estimators, the meter's window and the edge sockets carry over from request to request.
+
+Routes: ``GET /v1/models``, ``GET /v1/models/{model}``, ``POST /v1/completions``,
+``POST /v1/chat/completions`` (``stream: true`` as server-sent events ending with
+``data: [DONE]``), and ``GET /health`` (no key needed; 503 while draining).
+
+Scheduling: one generation at a time on the device, first come first served; up to
+``max_queue`` more requests wait, beyond that 429. A client that disconnects (while queued or
+generating) cancels its generation: it ends after the round in flight. On shutdown
+(``on_shutdown``, e.g. SIGTERM) the app stops admitting (503), the generation in flight ends
+after its current round and its client gets what was generated (``finish_reason`` "length",
+``coinfer.stop_reason`` "interrupted"), queued requests get 503, and the Device closes (edge
+sessions ended, meter stopped, model freed).
+
+Errors are OpenAI's JSON (``{"error": {"message", "type", "param", "code"}}``) with the
+matching status, also for unknown routes and oversized bodies; none stops the server. Every
+request ends with one log line (``config.log``, by default the ``ondevice.serve`` logger).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from ondevice.llm.device import Device
+from ondevice.serve.openai_api import (
+    COMPLETION_DEFAULT_MAX_TOKENS,
+    MAX_SEED,
+    ApiError,
+    Kind,
+    Request,
+    chunk_body,
+    coinfer_fields,
+    finish_reason,
+    parse_body,
+    parse_request,
+    response_body,
+    sse,
+    usage,
+)
+
+log = logging.getLogger("ondevice.serve")
+DISCONNECT_POLL_S = 0.1  # how often a request checks that its client is still there
+LOG_INFO = "coinfer.log"  # request key: fields for the request's log line
+CLIENT_GONE = 499  # logged status of a request whose client left (nginx's convention)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServeConfig:
+    """What ``create_app`` serves.
+
+    ``device`` makes the (unopened) Device, once, at startup. ``model_name`` is the id
+    clients send as ``model`` (default: the Device's ``model_id``, the draft's file name).
+    ``api_key``: when set, ``/v1/*`` needs ``Authorization: Bearer <api_key>``.
+    ``max_queue``: requests that may wait behind the one generating (then 429).
+    ``log``: called with one line per request (default: INFO on the ``ondevice.serve``
+    logger).
+    """
+
+    device: Callable[[], Device]
+    model_name: str | None = None
+    api_key: str | None = None
+    max_queue: int = 8
+    log: Callable[[str], None] | None = None
+
+
+class ServeState:
+    """The app's running state: the open Device, the queue, the drain flag."""
+
+    def __init__(self, config: ServeConfig, device: Device) -> None:
+        self.config = config
+        self.device = device
+        self.model_name = config.model_name or device.model_id
+        self.gate = asyncio.Lock()  # one generation at a time; asyncio.Lock is FIFO
+        self.admitted = 0  # generating + waiting
+        self.draining = False
+        self.served = 0
+        self.started = time.time()
+        self.log = config.log or log.info
+
+
+STATE = web.AppKey("state", ServeState)
+CONFIG = web.AppKey("config", ServeConfig)
+
+
+def create_app(config: ServeConfig) -> web.Application:
+    """The application; the Device opens when it starts and closes when it stops."""
+    app = web.Application(middlewares=[_log_requests, _errors, _auth])
+    app[CONFIG] = config
+    app.cleanup_ctx.append(_device_ctx)
+    app.on_shutdown.append(_drain)
+    app.router.add_get("/health", health)
+    app.router.add_get("/v1/models", models)
+    app.router.add_get("/v1/models/{model}", model_info)
+    app.router.add_post("/v1/completions", completions)
+    app.router.add_post("/v1/chat/completions", chat_completions)
+    return app
+
+
+async def _device_ctx(app: web.Application) -> AsyncIterator[None]:
+    device = app[CONFIG].device()
+    async with device:
+        app[STATE] = ServeState(app[CONFIG], device)
+        yield
+
+
+async def _drain(app: web.Application) -> None:
+    state = app.get(STATE)
+    if state is not None:
+        state.draining = True
+        state.device.halt()
+
+
+# -- middlewares -----------------------------------------------------------------------------
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def _log_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
+    t0 = time.monotonic()
+    info: dict[str, Any] = {}
+    request[LOG_INFO] = info
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    finally:
+        if info.pop("client_gone", False):
+            status = CLIENT_GONE
+        state = request.app.get(STATE)
+        fields = "".join(f" {k}={v}" for k, v in info.items())
+        line = (f'{request.remote or "-"} "{request.method} {request.path}" {status} '
+                f"{time.monotonic() - t0:.3f}s{fields}")
+        (state.log if state is not None else log.info)(line)
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        request[LOG_INFO]["error"] = exc.code or exc.type
+        return web.json_response(exc.body(), status=exc.status)
+    except web.HTTPException as exc:  # unknown route, wrong method, body too large...
+        if exc.status < 400:
+            raise
+        kind = "not_found" if exc.status == 404 else "invalid_request_error"
+        err = ApiError(exc.status, f"{exc.reason}: {request.method} {request.path}",
+                       type=kind)
+        return web.json_response(err.body(), status=exc.status, headers={
+            k: v for k, v in exc.headers.items() if k.lower() == "allow"})
+    except Exception:
+        log.exception("internal error serving %s %s", request.method, request.path)
+        err = ApiError(500, "internal error in the device server (see its log)",
+                       type="server_error")
+        return web.json_response(err.body(), status=500)
+
+
+@web.middleware
+async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+    key = request.app[CONFIG].api_key
+    if key is not None and request.path.startswith("/v1/"):
+        given = request.headers.get("Authorization", "")
+        token = given[7:] if given[:7].lower() == "bearer " else ""
+        if not hmac.compare_digest(token.encode(), key.encode()):
+            raise ApiError(401, "Incorrect API key provided" if token else
+                           "Missing API key: send Authorization: Bearer <key>",
+                           code="invalid_api_key")
+    return await handler(request)
+
+
+# -- simple routes ---------------------------------------------------------------------------
+
+def _model_object(state: ServeState) -> dict[str, Any]:
+    return {"id": state.model_name, "object": "model", "created": int(state.started),
+            "owned_by": "coinfer"}
+
+
+async def models(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    return web.json_response({"object": "list", "data": [_model_object(state)]})
+
+
+async def model_info(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    _check_model(state, request.match_info["model"])
+    return web.json_response(_model_object(state))
+
+
+async def health(request: web.Request) -> web.Response:
+    """For a supervisor: 200 while serving, 503 while draining; what the device is doing."""
+    state = request.app[STATE]
+    dev, last = state.device, state.device.last_report
+    body = {
+        "status": "draining" if state.draining else "ok",
+        "model": state.model_name,
+        "generating": dev.busy,
+        "queued": max(state.admitted - (1 if dev.busy else 0), 0),
+        "max_queue": state.config.max_queue,
+        "served": state.served,
+        "uptime_s": round(time.time() - state.started, 3),
+        "edge": (last.edge if last is not None else None) or dev.plan.url,
+        "degraded": last.degraded if last is not None else None,
+        "meter": dev.meter.kind if dev.meter is not None else None,
+    }
+    return web.json_response(body, status=503 if state.draining else 200)
+
+
+def _check_model(state: ServeState, name: str) -> None:
+    if name != state.model_name:
+        raise ApiError(404, f"The model '{name}' does not exist; this server serves "
+                            f"'{state.model_name}'", param="model", code="model_not_found")
+
+
+# -- generation ------------------------------------------------------------------------------
+
+async def completions(request: web.Request) -> web.StreamResponse:
+    return await _generate(request, "completion")
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    return await _generate(request, "chat")
+
+
+def _client_gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
+async def _watch_client(request: web.Request, halt: asyncio.Event) -> None:
+    """Set ``halt`` when the client disconnects."""
+    while not halt.is_set():
+        if _client_gone(request):
+            request[LOG_INFO]["client_gone"] = True
+            halt.set()
+            return
+        await asyncio.sleep(DISCONNECT_POLL_S)
+
+
+@contextlib.asynccontextmanager
+async def _admitted(state: ServeState) -> AsyncIterator[None]:
+    """Hold the device for one generation, after those ahead; 429 when the queue is full,
+    503 while draining."""
+    def draining() -> ApiError:
+        return ApiError(503, "the device server is shutting down", type="server_error",
+                        code="shutting_down")
+
+    if state.draining:
+        raise draining()
+    limit = 1 + state.config.max_queue
+    if state.admitted >= limit:
+        raise ApiError(429, f"the device is busy: {state.admitted} requests are generating or "
+                            f"queued (at most {limit}); retry later", type="requests",
+                       code="rate_limit_exceeded")
+    state.admitted += 1
+    try:
+        async with state.gate:
+            if state.draining:
+                raise draining()
+            yield
+    finally:
+        state.admitted -= 1
+
+
+def _device_error(exc: Exception) -> ApiError | None:
+    """The answer to an exception the Device raised, or None for a bug."""
+    from ondevice.common import wire
+    from ondevice.common.llama_runtime import LlamaError
+    from ondevice.llm.generate import EdgeRequired
+
+    if isinstance(exc, EdgeRequired):
+        return ApiError(503, f"no edge could be used (the server runs with --require-edge): "
+                             f"{exc}", type="server_error", code="edge_unavailable")
+    if isinstance(exc, wire.EdgeError):
+        return ApiError(502, str(exc), type="server_error", code=exc.code)
+    if isinstance(exc, LlamaError):
+        return ApiError(500, f"llama.cpp: {exc}", type="server_error")
+    if isinstance(exc, ValueError):
+        return ApiError(400, str(exc))
+    return None
+
+
+async def _prompt(state: ServeState, req: Request) -> tuple[str, list[int]]:
+    """The prompt's text and token ids; chat messages rendered with the model's template."""
+    from ondevice.serve._chat import ChatTemplateError, render_chat
+
+    dev = state.device
+    if req.kind == "completion":
+        assert req.prompt is not None
+        return req.prompt, await dev.tokenize(req.prompt)
+    model = dev.model
+    assert model is not None
+    try:
+        text = await asyncio.to_thread(render_chat, model, req.messages)
+    except ChatTemplateError as exc:
+        raise ApiError(400, str(exc), param="messages", code="chat_template_unavailable"
+                       ) from None
+    return text, await dev.tokenize(text, parse_special=True)
+
+
+async def _generate(request: web.Request, kind: Kind) -> web.StreamResponse:
+    state = request.app[STATE]
+    info = request[LOG_INFO]
+    req = parse_request(kind, parse_body(await request.read()))
+    _check_model(state, req.model)
+    dev = state.device
+    prompt, ids = await _prompt(state, req)
+    n_ctx = dev.n_ctx
+    if len(ids) >= n_ctx:
+        raise ApiError(400, f"This model's maximum context length is {n_ctx} tokens; the "
+                            f"prompt has {len(ids)} tokens. Shorten it.",
+                       param="prompt" if kind == "completion" else "messages",
+                       code="context_length_exceeded")
+    default = COMPLETION_DEFAULT_MAX_TOKENS if kind == "completion" else n_ctx - len(ids) - 1
+    options = {
+        "prompt_ids": ids, "max_tokens": req.max_tokens or default,
+        "temperature": req.temperature, "stop": req.stop,
+        "seed": req.seed if req.seed is not None else secrets.randbelow(MAX_SEED + 1),
+    }
+    info["stream"] = req.stream
+    info["prompt_tokens"] = len(ids)
+    rid = ("chatcmpl-" if kind == "chat" else "cmpl-") + secrets.token_hex(12)
+    created = int(time.time())
+    async with _admitted(state):
+        halt = asyncio.Event()
+        watcher = asyncio.create_task(_watch_client(request, halt))
+        try:
+            if halt.is_set() or _client_gone(request):  # left while queued
+                info["client_gone"] = True
+                return web.Response(status=CLIENT_GONE)
+            if req.stream:
+                return await _stream(request, state, req, rid, created, prompt, options, halt)
+            try:
+                report = await dev.complete(prompt, halt=halt, **options)
+            except Exception as exc:
+                err = _device_error(exc)
+                if err is None:
+                    raise
+                raise err from exc
+        finally:
+            watcher.cancel()
+        _log_report(state, info, report)
+        return web.json_response(response_body(kind, rid, created, state.model_name, report))
+
+
+def _log_report(state: ServeState, info: dict[str, Any], report: Any) -> None:
+    state.served += 1
+    info.update(
+        completion_tokens=report.n_tokens, tok_s=f"{report.tokens_per_s:.1f}",
+        stop=report.stop_reason, edge=report.edge or "-", degraded=report.degraded,
+        energy_j="-" if report.energy_j is None else f"{report.energy_j:.3f}",
+        energy_source=report.energy_source,
+        acceptance="-" if report.acceptance is None else f"{report.acceptance:.3f}",
+    )
+
+
+async def _stream(request: web.Request, state: ServeState, req: Request, rid: str,
+                  created: int, prompt: str, options: dict[str, Any], halt: asyncio.Event
+                  ) -> web.StreamResponse:
+    """Server-sent events, prepared on the first piece so that an error before any output
+    still gets its proper status; an error after it is sent as an ``error`` event."""
+    kind, name, dev = req.kind, state.model_name, state.device
+    info = request[LOG_INFO]
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                       "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    async def send(data: dict[str, Any] | str) -> None:
+        if not resp.prepared:
+            await resp.prepare(request)
+            if kind == "chat":
+                await resp.write(sse(chunk_body(kind, rid, created, name, role=True, text="")))
+        await resp.write(sse(data))
+
+    try:
+        try:
+            async with contextlib.aclosing(dev.stream(prompt, halt=halt, **options)) as pieces:
+                async for piece in pieces:
+                    if piece.text:
+                        await send(chunk_body(kind, rid, created, name, text=piece.text))
+        except ConnectionResetError:  # the client's socket, not the device's
+            raise
+        except Exception as exc:
+            err = _device_error(exc)
+            if err is None:
+                raise
+            if not resp.prepared:
+                raise err from exc
+            info["error"] = err.code or err.type
+            await resp.write(sse(err.body()))
+            await resp.write_eof()
+            return resp
+        report = dev.last_report
+        assert report is not None
+        _log_report(state, info, report)
+        final = chunk_body(kind, rid, created, name, finish=finish_reason(report))
+        final["coinfer"] = coinfer_fields(report)
+        await send(final)
+        if req.include_usage:
+            await send({"id": rid, "object": final["object"], "created": created,
+                        "model": name, "choices": [], "usage": usage(report)})
+        await send("[DONE]")
+        await resp.write_eof()
+    except ConnectionResetError:  # the client left mid-stream: the generation has been stopped
+        info["client_gone"] = True
+    return resp

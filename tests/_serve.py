@@ -1,0 +1,102 @@
+"""Test helper: a real ``ondevice serve`` process on 127.0.0.1 with its stdout log collected."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class ServeProc:
+    proc: subprocess.Popen
+    url: str  # http://127.0.0.1:PORT
+    stderr_path: Path
+    lines: list[str] = field(default_factory=list)  # stdout so far (one per request)
+
+    @property
+    def base_url(self) -> str:
+        """What ``openai.OpenAI(base_url=...)`` takes."""
+        return self.url + "/v1"
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    def request_lines(self, path: str) -> list[str]:
+        return [x for x in self.lines if f" {path}\" " in x]
+
+    def wait_for_line(self, predicate, timeout_s: float = 30.0,  # type: ignore[no-untyped-def]
+                      start: int = 0) -> str:
+        """The first log line from ``lines[start]`` on that satisfies ``predicate``."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for x in list(self.lines[start:]):
+                if predicate(x):
+                    return x
+            time.sleep(0.05)
+        raise AssertionError(f"no such log line in {self.lines}")
+
+    def health(self) -> dict:
+        try:
+            with urllib.request.urlopen(self.url + "/health", timeout=5) as r:
+                return json.loads(r.read())
+        except urllib.error.HTTPError as exc:
+            return json.loads(exc.read())
+
+    def terminate(self, timeout_s: float = 60.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout_s)
+
+
+@contextlib.contextmanager
+def serve(draft: Path, *args: str, edge: str | None = None,
+          startup_s: float = 120.0) -> Iterator[ServeProc]:
+    """``ondevice serve --draft DRAFT`` on 127.0.0.1, a free port, never browsing zeroconf
+    (``--edge URL --no-discover``, or ``--no-discover`` alone: the draft alone)."""
+    fd, err_name = tempfile.mkstemp(prefix="ondevice-serve-", suffix=".log")
+    err = open(fd, "w")  # noqa: SIM115 - closed below
+    cmd = [sys.executable, "-m", "ondevice.cli", "serve", "--draft", str(draft),
+           *(["--edge", edge] if edge else []), "--no-discover", "--host", "127.0.0.1",
+           "--port", "0", *args]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True)
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + startup_s
+        url = None
+        while url is None:
+            line = proc.stdout.readline()
+            if not line:
+                err.flush()
+                raise RuntimeError(f"ondevice serve exited ({proc.wait()}): "
+                                   f"{Path(err_name).read_text()}")
+            if "listening on" in line:
+                url = line.strip().rsplit(" ", 1)[-1]
+            if time.monotonic() > deadline:
+                raise RuntimeError("ondevice serve did not start")
+        server = ServeProc(proc, url, Path(err_name))
+
+        def pump() -> None:
+            for x in proc.stdout:  # type: ignore[union-attr]
+                server.lines.append(x.rstrip("\n"))
+
+        threading.Thread(target=pump, daemon=True).start()
+        yield server
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        err.close()
