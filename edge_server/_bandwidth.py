@@ -1,6 +1,6 @@
 """The edge's bandwidth book: which devices share the uplink now, and each one's share.
 
-ENACHI's edge owns the bandwidth of every device it serves (DESIGN.md section 4). Each task's
+ENACHI's edge owns the bandwidth of every device it serves (docs/enachi.md). Each task's
 ``dnn_open`` reports the device's energy queue Q_i (J), the bits it means to send and its
 spectral efficiency at the full band (bit/s/Hz); the book keeps the latest report per device,
 and `ondevice.common.split_math.allocate_bandwidth` divides the band among the devices seen

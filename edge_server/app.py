@@ -24,22 +24,22 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 from aiohttp import WSMsgType, web
 
 from edge_server._dnn import DnnEndpoint, DnnService, open_service
-from edge_server._engine import MAX_SEED, Engine, EngineSession
 from edge_server._limits import SessionSlots, Slot
 from edge_server.config import EdgeConfig
 from ondevice.common import wire
-from ondevice.common.llama_pool import LlamaPool
-from ondevice.common.llama_runtime import (
-    LlamaConfig,
-    LlamaModel,
-    gpu_offload_supported,
-    system_info,
-)
+
+if TYPE_CHECKING:  # llama.cpp is loaded only by an edge with --model (a [dnn]-only install)
+    from edge_server._engine import Engine, EngineSession
+    from ondevice.common.llama_pool import LlamaPool
+    from ondevice.common.llama_runtime import LlamaConfig, LlamaModel
+
+MAX_SEED = 2**64 - 1  # the wire's largest unsigned integer (edge_server._engine.MAX_SEED)
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +76,8 @@ class EdgeState:
 
     @property
     def llama_config(self) -> LlamaConfig:
+        from ondevice.common.llama_runtime import LlamaConfig
+
         cfg = self.config
         return LlamaConfig(n_ctx=cfg.kv_pool_tokens, n_batch=cfg.n_batch,
                            n_threads=cfg.n_threads, kv_type=cfg.kv_type,
@@ -86,6 +88,8 @@ class EdgeState:
         """Layers to offload: the flag, else all of them when llama.cpp has a GPU backend."""
         if self.config.n_gpu_layers is not None:
             return self.config.n_gpu_layers
+        from ondevice.common.llama_runtime import gpu_offload_supported
+
         return 1_000_000 if gpu_offload_supported() else 0
 
     @property
@@ -159,6 +163,10 @@ async def _model_ctx(app: web.Application) -> AsyncIterator[None]:
     cfg = state.config
     pool: LlamaPool | None = None
     if cfg.model_path is not None:
+        from edge_server._engine import Engine
+        from ondevice.common.llama_pool import LlamaPool
+        from ondevice.common.llama_runtime import LlamaModel
+
         gpu = state.gpu_layers
         state.model = await state.run(
             lambda: LlamaModel(cfg.model_path, n_gpu_layers=gpu))  # type: ignore[arg-type]
@@ -191,10 +199,20 @@ async def _model_ctx(app: web.Application) -> AsyncIterator[None]:
     state.executor.shutdown(wait=True)
 
 
+def _llama_backend() -> tuple[bool, str]:
+    """(GPU offload available, llama.cpp's system info); (False, why) without llama.cpp."""
+    try:
+        from ondevice.common.llama_runtime import gpu_offload_supported, system_info
+    except ImportError as exc:
+        return False, f"no llama.cpp ({exc})"
+    return gpu_offload_supported(), system_info()
+
+
 async def handle_info(request: web.Request) -> web.Response:
     state = request.app[STATE]
     cfg = state.config
     model = state.model
+    gpu_offload, sysinfo = _llama_backend()
     return web.json_response(
         {
             "protocol": wire.PROTOCOL_VERSION,
@@ -206,10 +224,10 @@ async def handle_info(request: web.Request) -> web.Response:
             "n_vocab": model.n_vocab if model else 0,
             "n_ctx": state.n_ctx,
             "backend": {
-                "gpu_offload": gpu_offload_supported(),
+                "gpu_offload": gpu_offload,
                 "gpu_layers": (min(model.n_gpu_layers, model.n_layer + 1) if model else 0),
                 "n_layer": model.n_layer if model else 0,
-                "system_info": system_info(),
+                "system_info": sysinfo,
             },
             "engine": ({**state.engine.stats(), "rss_mib": _rss_mib()}
                        if state.engine is not None else None),

@@ -22,7 +22,7 @@ from edge_server.config import EdgeConfig
 from edge_server.tls import certificate_fingerprint
 from ondevice.common import argtypes, wire
 from ondevice.common.discovery_record import encode_txt
-from ondevice.common.llama_runtime import LlamaError
+from ondevice.common.extras import MissingExtra, require
 from ondevice.common.version import coinfer_version
 
 log = logging.getLogger("edge_server")
@@ -266,6 +266,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.model is not None and not args.model.is_file():
         print(f"edge-server: model file not found: {args.model}", file=sys.stderr)
         return 2
+    try:  # the extras the flags need, before anything starts: one line naming the extra
+        if args.model is not None:
+            require("ondevice.common.llama_runtime")
+        if args.dnn is not None:
+            require("onnxruntime")
+    except MissingExtra as exc:
+        flag = "--model" if args.model is not None and "llama" in str(exc) else "--dnn"
+        print(f"edge-server: {flag} needs {exc}", file=sys.stderr)
+        return 1
     if args.dnn is not None:
         from ondevice.common.dnn_profile import DnnProfileError, load_dnn
 
@@ -277,6 +286,11 @@ def main(argv: list[str] | None = None) -> int:
     if (args.tls_cert is None) != (args.tls_key is None):
         print("edge-server: --tls-cert and --tls-key go together", file=sys.stderr)
         return 2
+    errors: tuple[type[BaseException], ...] = (OSError, ValueError, ImportError, ssl.SSLError)
+    if args.model is not None:
+        from ondevice.common.llama_runtime import LlamaError
+
+        errors = (*errors, LlamaError)
     try:
         config = config_from_args(args)
         asyncio.run(serve(config))
@@ -285,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     except StartupError as exc:
         print(f"edge-server: {exc}", file=sys.stderr)
         return 1
-    except (OSError, ValueError, ImportError, ssl.SSLError, LlamaError) as exc:
+    except errors as exc:
         print(f"edge-server: {exc}", file=sys.stderr)
         return 1
     return 0

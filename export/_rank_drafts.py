@@ -7,7 +7,7 @@ rejection sampler (ondevice.common.speculative):
   at temperature 0 (greedy) and 0.8; the draft proposes from its top-k-truncated distribution
   (`top_k_proposal`), the target accepts or rejects with `verify` (min(1, p/q), residual
   resampling), exactly as in a live session. Assuming each drafted token is accepted
-  independently with probability a (the model behind DESIGN.md section 3's N(b)), the maximum
+  independently with probability a (the model behind N(b) in docs/export-llm.md), the maximum
   likelihood estimate is ``a = accepted / (accepted + rounds that ended in a rejection)``;
 - ``t_draft``: seconds per drafted token (a one-token decode plus the proposal), the median
   over the run;
@@ -19,7 +19,7 @@ rejection sampler (ondevice.common.speculative):
   memory-bound matrix-vector product, several rows share each weight load. ``t_row``: the time
   `verify` spends per produced token (a softmax over the vocabulary when sampling).
 
-The expected speed at drafting length b (DESIGN.md section 3) is N(b) / T(b) with
+The expected speed at drafting length b (docs/export-llm.md, rank-drafts) is N(b) / T(b) with
 
     N(b) = (1 - a^(b+1)) / (1 - a)                     tokens produced per round
     T(b) = b * t_draft + t_net + t_verify(b)           seconds per round
@@ -66,7 +66,7 @@ DEFAULT_PROMPTS = (
 )
 DEFAULT_GAMMA = 4  # drafted tokens per measurement round (ondevice's default --gamma)
 DEFAULT_TOP_K = 32  # support of the truncated draft distribution (ondevice's --top-k default)
-DEFAULT_MAX_B = 16  # the drafting-length cap of DESIGN.md section 3
+DEFAULT_MAX_B = 16  # the drafting-length cap (docs/gelato.md)
 _TIMING_REPEATS = 3
 
 

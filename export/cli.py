@@ -13,6 +13,11 @@ The CLI only parses arguments and calls the package's functions. Exit status: 0 
                            [--splits auto|all|i,j,k] [--calib N] [--seed S]  # docs/export-dnn.md
     model-export dnn train-digits [--seed S] [--out FILE.pt]
     model-export dnn quantize --in M.onnx --calib DIR_OR_NPZ --out M_int8.onnx
+    model-export bundle --board rpi5|jetson-orin --draft D.gguf [--edge URL | --discover]
+                        [--meter SPEC] [--wheelhouse DIR] --out DIR   # docs/install.md
+
+Extras: the `fixtures` and `llm` commands need `coinfer[export-llm]` (gguf, llama.cpp; no
+torch), `dnn` needs `coinfer[export]`; a missing one is named in one line (exit 1).
 
 Command groups (`llm`, later `dnn`) are subparsers with their own subcommands, so new ones
 (`llm check-pair`, `llm make-draft`, `dnn split`) plug in as one `_add_*` function each.
@@ -26,12 +31,14 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from export._bundle import add_bundle
 from export._errors import ExportError
 from export._paths import check_output_file
 from export._progress import say
 from export.dnn._cli import add_dnn
 from ondevice.common.argtypes import non_negative_int as _non_negative_int
 from ondevice.common.argtypes import positive_int as _positive_int
+from ondevice.common.extras import missing_extra
 from ondevice.common.version import coinfer_version
 
 PROG = "model-export"
@@ -348,6 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_fixtures(sub)
     _add_llm(sub)
     add_dnn(sub)
+    add_bundle(sub)
     return parser
 
 
@@ -361,6 +369,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ExportError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
+    except ImportError as e:  # an extra this command needs is absent: one line, no traceback
+        hint = missing_extra(e)
+        if hint is None:
+            raise
+        print(f"{PROG}: error: {hint}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -19,10 +19,10 @@ i.i.d. from ``seed`` (|h|^2 of a Rayleigh channel), or mean_gain with ``fading=n
 (the ``sim`` meter models it per byte). ``wifi:IFACE``: see ``_wifi.py``. ``open_channel``
 (``_channel_factory.py``) builds a channel from its SPEC.
 
-Defaults are the wireless constants of /work/shared/hardware-profiles.md section 4: W = 2 MHz,
+Defaults are the wireless constants of docs/hardware-profiles.md section 4: W = 2 MHz,
 N0 = -174 dBm/Hz, p_max = 100 mW (LyDROO [C1]); coherence 50 ms (the section derives 53 ms
 from Tc ~ 0.423/f_D at 1 m/s and 2.4 GHz, a textbook rule it could not confirm); 5 ms slots
-(DESIGN.md section 4).
+(docs/enachi.md).
 """
 
 from __future__ import annotations
@@ -53,8 +53,8 @@ NOISE_DBM_PER_HZ = -174.0  # thermal noise density at 290 K [C1]
 DEFAULT_BW_MHZ = 2.0  # [C1] ResourceAllocation.py:24
 DEFAULT_P_MAX_W = 0.1  # [C1] :29
 DEFAULT_SNR_DB = 10.0  # mean SNR at p_max over the whole band: a moderate link
-DEFAULT_COHERENCE_MS = 50.0  # ~53 ms derived in hardware-profiles.md section 4
-DEFAULT_SLOT_MS = 5.0  # DESIGN.md section 4 ("e.g. 5 ms")
+DEFAULT_COHERENCE_MS = 50.0  # ~53 ms derived in docs/hardware-profiles.md section 4
+DEFAULT_SLOT_MS = 5.0  # docs/enachi.md: a 5 ms slot
 _GAIN_CHUNK = 4096  # fading blocks drawn at a time
 
 

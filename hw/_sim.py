@@ -9,7 +9,7 @@
 Activity's exact change log, so a busy block shorter than a sample period is counted in
 full; the 50 Hz samples only feed the live readout, ``latest`` and coverage.
 
-Defaults: a Raspberry Pi 5 class board, from /work/shared/hardware-profiles.md section 3:
+Defaults: a Raspberry Pi 5 class board, from docs/hardware-profiles.md section 3:
 
 * ``idle_w = 3.3``: row "Pi 4 / Pi 5 idle | ~0.5 A / ~0.65 A | USB tester" [P3], 0.65 A at
   the 5.1 V of the official supply. (The 1.8 W [P5] and 4-5 W [P7] rows bracket it.)

@@ -35,7 +35,10 @@ def fixture_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path
 
 @pytest.fixture(scope="session")
 def digits_dnn() -> Path:
-    """A digits-cnn split directory (splits 1..3, seed 0), cached between runs (tests/_dnn.py)."""
+    """A digits-cnn split directory (splits 1..3, seed 0), cached between runs (tests/_dnn.py).
+    Skipped, with the extra to install, where torch is absent (the export makes it)."""
+    pytest.importorskip("torch", reason="needs torch to export the DNN: pip install "
+                        "'coinfer[export]'")
     from _dnn import digits_split_dir
 
     return digits_split_dir()

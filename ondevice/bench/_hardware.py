@@ -4,7 +4,7 @@ A device profile says how fast and at what power the device drafts, what it draw
 waits, what its radio costs per byte and per packet, and its link (uplink, downlink, RTT). An
 edge profile says how long the edge's target takes to verify a round: t0 + k * b ms for b
 positions evaluated (the drafted tokens plus one). Every number carries its source in the JSON
-file (``profiles/*.json``, keys of /work/shared/hardware-profiles.md).
+file (``profiles/*.json``, keys of docs/hardware-profiles.md).
 
 Frame sizes are exact: they are the lengths of the frames ``ondevice.common.wire`` encodes, which is
 what the ``sim`` meter counts on a real run (its radio model is per message byte and per

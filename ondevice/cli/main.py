@@ -3,16 +3,33 @@
 
 ``ondevice`` without a command prints its help to stderr and exits 2 (a usage error);
 ``ondevice --version`` prints the installed coinfer version.
+
+Every command starts with the extras installed that it needs (``NEEDS``): without
+llama-cpp-python (a ``[dnn]``-only install) ``classify``, ``meter`` and ``discover`` work, and
+``generate`` says in one line which extra to install (exit 1); an optional package found
+missing later, while a command runs, gives the same one line instead of a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import os
 import sys
 
-from ondevice.cli import bench, classify, demo, discover, generate, meter, serve
+from ondevice.cli import (
+    bench,
+    classify,
+    demo,
+    discover,
+    flash_meter,
+    generate,
+    meter,
+    selftest,
+    serve,
+)
+from ondevice.common.extras import install_hint, missing_extra
 from ondevice.common.version import coinfer_version
 
 COMMANDS = {
@@ -23,7 +40,24 @@ COMMANDS = {
     "demo": (demo.add_parser, demo.run),
     "classify": (classify.add_classify_parser, classify.run_classify_cmd),
     "bench": (bench.add_bench_parser, bench.run_bench),
+    "flash-meter": (flash_meter.add_parser, flash_meter.run),
+    "selftest": (selftest.add_parser, selftest.run),
 }
+# command -> the optional top-level module it cannot even build its flags without
+NEEDS = {"generate": "llama_cpp", "serve": "llama_cpp", "demo": "llama_cpp",
+         "bench": "llama_cpp", "classify": "onnxruntime", "selftest": "llama_cpp"}
+
+
+def unavailable() -> dict[str, str]:
+    """Command -> install hint, for each command whose optional package is not installed
+    (looked up with ``find_spec``: nothing is imported)."""
+    return {cmd: install_hint(mod) for cmd, mod in NEEDS.items()
+            if importlib.util.find_spec(mod) is None}
+
+
+def _command_of(argv: list[str]) -> str | None:
+    """The first argument that names a command, if any (options come before it)."""
+    return next((a for a in argv if not a.startswith("-")), None)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,12 +70,22 @@ def build_parser() -> argparse.ArgumentParser:
                         version=f"ondevice (coinfer) {coinfer_version()}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add_parser, _ in COMMANDS.values():
-        add_parser(sub)
+    missing = unavailable()
+    for name, (add_parser, _) in COMMANDS.items():
+        if name in missing:
+            sub.add_parser(name, help=f"(unavailable: {missing[name]})")
+        else:
+            add_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    command = _command_of(argv)
+    hint = unavailable().get(command or "")
+    if hint is not None:
+        print(f"ondevice {command}: {hint}", file=sys.stderr)
+        return 1
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
@@ -57,6 +101,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # before a command's own handling began (e.g. while importing)
         print("\nondevice: interrupted", file=sys.stderr)
         return 130
+    except ImportError as exc:
+        hint = missing_extra(exc)
+        if hint is None:
+            raise
+        print(f"ondevice {args.command}: {hint}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -75,34 +75,50 @@ class StopCut:
             self._parts.append(text)
         return text
 
+    def _first_hit(self, buf: str) -> tuple[int, str] | None:
+        """The earliest complete stop string in ``buf`` (the longest at equal starts)."""
+        hits = [(buf.find(s), -len(s), s) for s in self.stops if s in buf]
+        if not hits:
+            return None
+        i, _, s = min(hits)
+        return i, s
+
+    def _pending_start(self, buf: str) -> int:
+        """Where the earliest tail of ``buf`` that is a proper prefix of a stop string starts
+        (``len(buf)`` when none is): text from there on may still become a stop string."""
+        for j in range(max(0, len(buf) - max(map(len, self.stops)) + 1), len(buf)):
+            tail = buf[j:]
+            if any(len(tail) < len(s) and s.startswith(tail) for s in self.stops):
+                return j
+        return len(buf)
+
     def push(self, text: str) -> str:
-        """The part of ``held + text`` that can no longer be the start of a stop string."""
+        """The part of ``held + text`` that can no longer be, or lie after, the start of a
+        stop string. A stop string found whole is a hit only once no other one could still
+        complete at an earlier start (stop "acb" in "ac" + "b" beats stop "c")."""
         if self.hit is not None:
             return ""
         if not self.stops:
             return self._give(text)
         buf = self._held + text
-        first: tuple[int, str] | None = None
-        for s in self.stops:
-            i = buf.find(s)
-            if i >= 0 and (first is None or i < first[0]):
-                first = (i, s)
-        if first is not None:
+        first = self._first_hit(buf)
+        pend = self._pending_start(buf)
+        if first is not None and first[0] <= pend:
             self.hit, self._held = first[1], ""
             return self._give(buf[: first[0]])
-        keep = 0
-        for s in self.stops:  # the longest tail of buf that is a proper prefix of a stop
-            for n in range(min(len(s) - 1, len(buf)), keep, -1):
-                if buf.endswith(s[:n]):
-                    keep = n
-                    break
-        self._held = buf[len(buf) - keep :] if keep else ""
-        return self._give(buf[: len(buf) - keep])
+        self._held = buf[pend:]
+        return self._give(buf[:pend])
 
     def finish(self) -> str:
-        """End of the stream: the held-back tail (no stop string came of it)."""
+        """End of the stream: the held-back tail, cut at a stop string it holds."""
         held, self._held = self._held, ""
-        return "" if self.hit is not None else self._give(held)
+        if self.hit is not None:
+            return ""
+        first = self._first_hit(held) if self.stops else None
+        if first is not None:
+            self.hit = first[1]
+            held = held[: first[0]]
+        return self._give(held)
 
     @property
     def text(self) -> str:

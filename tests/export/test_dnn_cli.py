@@ -9,6 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+pytest.importorskip("torch", reason="needs torch: pip install 'coinfer[export]'")
+pytest.importorskip("onnx", reason="needs onnx: pip install 'coinfer[export]'")
+
 import torch
 from dnn_helpers import digits_cache, digits_split
 

@@ -9,8 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import pytest
+
+pytest.importorskip("torch", reason="needs torch: pip install 'coinfer[export]'")
+pytest.importorskip("onnx", reason="needs onnx: pip install 'coinfer[export]'")
+
+import onnxruntime as ort
 
 from export.dnn import SplitResult, split_model
 from export.dnn._data import natural_images, normalize

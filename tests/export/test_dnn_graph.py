@@ -5,9 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
+
+pytest.importorskip("torch", reason="needs torch: pip install 'coinfer[export]'")
+pytest.importorskip("onnx", reason="needs onnx: pip install 'coinfer[export]'")
+
 import onnx
 import onnxruntime as ort
-import pytest
 import torch
 from torch import nn
 

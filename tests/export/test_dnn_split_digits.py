@@ -13,9 +13,13 @@ from typing import Any
 
 import jsonschema
 import numpy as np
+import pytest
+
+pytest.importorskip("torch", reason="needs torch: pip install 'coinfer[export]'")
+pytest.importorskip("onnx", reason="needs onnx: pip install 'coinfer[export]'")
+
 import onnx
 import onnxruntime as ort
-import pytest
 from dnn_helpers import digits_cache, digits_split
 
 from export.dnn import SplitResult, load_or_train_digits, split_model

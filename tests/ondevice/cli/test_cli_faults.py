@@ -139,7 +139,8 @@ def test_item11_ctrl_c_keeps_the_text_and_exits_130(draft: str, edge: EdgeProc,
         assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
         report = json.loads(out.strip().splitlines()[-1])
         assert report["stop_reason"] == "interrupted", report["stop_reason"]
-        assert 0 < report["n_tokens"] < 4000
+        assert report["n_tokens"] < 4000
+        assert report["n_tokens"] > 0 or delay_s < 0.5  # a first round may still be in flight
         assert report["text"] and out.count("\n") == 1  # --json: stdout holds only the report
         assert "tokens/s" in err  # the human-readable report went to stderr
 

@@ -99,7 +99,8 @@ def test_completion_equals_ondevice_generate(server: ServeProc, fixture_models: 
     assert extra["edge"] == edge.url and extra["degraded"] is False
     assert extra["energy_source"] == "modelled" and extra["energy_j"] > 0
     assert extra["j_per_token"] == pytest.approx(extra["energy_j"] / 24)
-    assert 0 <= extra["acceptance"] <= 1
+    # None when gelato drafted nothing in this request (it may, on a loaded machine)
+    assert extra["acceptance"] is None or 0 <= extra["acceptance"] <= 1
     chunks = list(c.completions.create(model=MODEL, prompt=prompt, max_tokens=24,
                                        temperature=0, seed=3, stream=True))
     assert "".join(ch.choices[0].text for ch in chunks) == expected["text"]

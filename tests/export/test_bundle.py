@@ -1,0 +1,122 @@
+"""`model-export bundle`: the file list, the cloud-init user-data (``cloud-init schema``, the
+Debian package cloud-init) and the systemd unit (``systemd-analyze verify``, package systemd).
+Both tools are real; a test that needs one skips naming its package when it is absent."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from export._bundle import BOARDS, BundleSpec, device_unit, serve_command
+from export.cli import main
+
+CLOUD_INIT = shutil.which("cloud-init")
+SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
+needs_cloud_init = pytest.mark.skipif(
+    CLOUD_INIT is None, reason="needs cloud-init (apt-get install cloud-init)")
+needs_systemd = pytest.mark.skipif(
+    SYSTEMD_ANALYZE is None, reason="needs systemd-analyze (apt-get install systemd)")
+
+
+@pytest.fixture
+def inputs(tmp_path: Path) -> tuple[Path, Path]:
+    """(draft.gguf with its sidecar, a wheelhouse with a coinfer wheel and a llama one)."""
+    draft = tmp_path / "in" / "draft-q4.gguf"
+    draft.parent.mkdir()
+    draft.write_bytes(b"GGUF" + bytes(60))
+    draft.with_name(draft.name + ".json").write_text("{}\n")
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    for name in ("coinfer-0.1.0-py3-none-any.whl",
+                 "llama_cpp_python-0.3.36-py3-none-linux_aarch64.whl"):
+        (wheels / name).write_bytes(b"PK")
+    return draft, wheels
+
+
+def bundle(tmp_path: Path, inputs: tuple[Path, Path], *extra: str, board: str = "rpi5") -> Path:
+    out = tmp_path / f"bundle-{board}"
+    assert main(["bundle", "--board", board, "--draft", str(inputs[0]), "--wheelhouse",
+                 str(inputs[1]), "--out", str(out), *extra]) == 0
+    return out
+
+
+def test_the_file_list(tmp_path: Path, inputs: tuple[Path, Path],
+                       capsys: pytest.CaptureFixture[str]) -> None:
+    token = tmp_path / "token"
+    token.write_text("s3cret\n")
+    out = bundle(tmp_path, inputs, "--edge", "http://10.0.0.2:8470", "--token-file", str(token))
+    listed = capsys.readouterr().out.split()
+    files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert listed == files == [
+        "coinfer/README.txt", "coinfer/coinfer-ondevice.service", "coinfer/install.sh",
+        "coinfer/models/draft-q4.gguf", "coinfer/models/draft-q4.gguf.json",
+        "coinfer/token",
+        "coinfer/wheels/coinfer-0.1.0-py3-none-any.whl",
+        "coinfer/wheels/llama_cpp_python-0.3.36-py3-none-linux_aarch64.whl",
+        "meta-data", "user-data"]
+    unit = (out / "coinfer" / "coinfer-ondevice.service").read_text()
+    assert "--edge http://10.0.0.2:8470" in unit and "--token-file /etc/coinfer/token" in unit
+    assert "User=coinfer" in unit and "Restart=on-failure" in unit
+
+
+def test_discover_leaves_the_edge_to_zeroconf(tmp_path: Path,
+                                              inputs: tuple[Path, Path]) -> None:
+    out = bundle(tmp_path, inputs, "--discover", "--meter", "ina219-i2c:1:0x40")
+    unit = (out / "coinfer" / "coinfer-ondevice.service").read_text()
+    assert "--edge" not in unit and "--meter ina219-i2c:1:0x40" in unit
+    assert "SupplementaryGroups=dialout i2c" in unit
+
+
+@needs_cloud_init
+@pytest.mark.parametrize("board", sorted(BOARDS))
+def test_user_data_is_valid_cloud_config(tmp_path: Path, inputs: tuple[Path, Path],
+                                         board: str) -> None:
+    out = bundle(tmp_path, inputs, board=board)
+    done = subprocess.run([CLOUD_INIT, "schema", "--config-file", str(out / "user-data")],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    text = (out / "user-data").read_text()
+    assert text.startswith("#cloud-config\n")
+    assert "[bash, /boot/firmware/coinfer/install.sh]" in text
+    assert all(f"  - {p}" in text for p in BOARDS[board].apt)
+
+
+@needs_systemd
+@pytest.mark.parametrize("edge", [None, "https://edge.local:8470"])
+def test_the_unit_verifies(tmp_path: Path, edge: str | None) -> None:
+    """The unit as the bundle writes it, with the venv prefix of this test's Python (a real
+    ``bin/ondevice``), so systemd-analyze can check ExecStart too."""
+    spec = BundleSpec("rpi5", Path("d.gguf"), tmp_path, edge=edge, meter="rpi5")
+    unit = tmp_path / "coinfer-ondevice.service"
+    unit.write_text(device_unit(spec, venv=sys.prefix))
+    assert Path(serve_command(spec, sys.prefix)[0]).is_file()
+    done = subprocess.run([SYSTEMD_ANALYZE, "verify", str(unit)], capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert done.returncode == 0 and "coinfer-ondevice" not in done.stderr, done.stderr
+
+
+def test_install_script_is_bash_and_uses_the_board_flags(tmp_path: Path,
+                                                         inputs: tuple[Path, Path]) -> None:
+    out = bundle(tmp_path, inputs, board="jetson-orin")
+    script = out / "coinfer" / "install.sh"
+    assert subprocess.run(["bash", "-n", str(script)], check=False).returncode == 0
+    text = script.read_text()
+    assert "-DGGML_CUDA=on" in text and "CUDACXX=/usr/local/cuda/bin/nvcc" in text
+    assert '"$HERE/wheels/coinfer-0.1.0-py3-none-any.whl[llm]"' in text
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda d, w: (d.with_name(d.name + ".json").unlink(), None), "sidecar"),
+    (lambda d, w: (w / "coinfer-0.1.0-py3-none-any.whl").unlink(), "coinfer-*.whl"),
+])
+def test_bad_input_is_one_line(tmp_path: Path, inputs: tuple[Path, Path], change, message: str,
+                               capsys: pytest.CaptureFixture[str]) -> None:
+    change(*inputs)
+    assert main(["bundle", "--board", "rpi5", "--draft", str(inputs[0]), "--wheelhouse",
+                 str(inputs[1]), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err
