@@ -134,6 +134,14 @@ def _speculate(policy: Policy, cost: CostModel, accepts: np.ndarray, ents: np.nd
     pos, pending = 0, 1
     while pos < n_pos:
         left = n_pos - pos
+        stream = min(policy.stream_tokens(), left)
+        if stream > 0:  # the edge generates alone: one RTT to ask, then token after token
+            s, e = cost.edge_only(stream)
+            policy.observe_stream(stream, s, e)
+            t.add(Tally(tokens=stream, time_s=s, energy_j=e))
+            pending += stream  # the draft catches up on them when it drafts again
+            pos += stream
+            continue
         n_max = max(0, min(policy.round_budget(), left - 1))
         drafted = 0
         seen: list[float] = []

@@ -21,6 +21,13 @@ against the tokens in the batched decode (the round's own b + 1 and ``others``, 
 devices' tokens in the same decode, both EWMAs). When devices join, both grow, the fixed cost of
 a round grows, and b* moves; the queue still charges the measured energy of waiting.
 
+A second action (beyond the paper, so that GELATO never loses to letting the edge generate):
+stream, i.e. the edge's target generates the next L tokens alone and streams them. Its ratio
+per token is [V - Q (e_stream - c_stream)] / t_stream with t_stream and e_stream the measured
+time and device energy per streamed token (radio receive and waiting, no drafting); the
+controller streams while that ratio beats the best drafting budget's, re-deciding after every
+stretch of L tokens (``should_stream``).
+
 Units: seconds, joules, watts. V converts tokens into the queue's joules (J per token); larger V
 weighs throughput more against the energy budget.
 """
@@ -155,6 +162,8 @@ class RoundModel:
     p_wait_w: float  # device power while waiting for the edge
     t_queue_s: float = 0.0  # wait for a batch at the edge (its load)
     others_tokens: float = 0.0  # other devices' tokens in the decode that verifies a round
+    t_stream_s: float = 0.0  # per token the edge streams alone (the stream action)
+    e_stream_j: float = 0.0  # device energy per streamed token
 
     def time_s(self, b: int) -> float:
         batch = b + 1 + self.others_tokens
@@ -202,6 +211,22 @@ def choose_budget(
         if score > best + 1e-12:
             best_b, best = b, score
     return best_b, best
+
+
+def stream_score(model: RoundModel, q_j: float, v: float, budget: Budget | None) -> float:
+    """The stream action's ratio: [V - Q (e_stream - C(1 token))] / t_stream, per token."""
+    t = max(model.t_stream_s, 1e-9)
+    penalty = 0.0
+    if budget is not None:
+        penalty = q_j * (model.e_stream_j - budget.allowance_j(t, 1.0))
+    return (v - penalty) / t
+
+
+def should_stream(model: RoundModel, q_j: float, v: float, budget: Budget | None,
+                  cap: int) -> bool:
+    """Whether streaming beats the best drafting budget (``choose_budget``'s optimum)."""
+    _, best = choose_budget(model, q_j, v, budget, cap)
+    return stream_score(model, q_j, v, budget) > best
 
 
 def keep_drafting(
@@ -264,6 +289,10 @@ class Estimates:
     verify_s: LinearFit = field(default_factory=lambda: LinearFit(0.016, 0.004))  # vs batch
     queue_s: Ewma = field(default_factory=lambda: Ewma(0.0, prior_weight=0.5))
     others_tokens: Ewma = field(default_factory=lambda: Ewma(0.0, prior_weight=0.5))
+    # The stream action, per token. None until the first stretch: until then its price is
+    # derived from the round model (a one-position verify, no RTT per token, waiting power).
+    t_stream_s: Ewma | None = None
+    e_stream_j: Ewma | None = None
     e_draft_j: Ewma = field(default_factory=lambda: Ewma(0.25, prior_weight=0.5))
     p_wait_w: Ewma = field(default_factory=lambda: Ewma(3.0, prior_weight=0.5))
 
@@ -279,7 +308,26 @@ class Estimates:
             p_wait_w=max(self.p_wait_w.value, 0.0),
             t_queue_s=max(self.queue_s.value, 0.0),
             others_tokens=max(self.others_tokens.value, 0.0),
+            t_stream_s=self._t_stream(v0, v1),
+            e_stream_j=(self.e_stream_j.value if self.e_stream_j is not None
+                        else self._t_stream(v0, v1) * max(self.p_wait_w.value, 0.0)),
         )
+
+    def _t_stream(self, v0: float, v1: float) -> float:
+        if self.t_stream_s is not None:
+            return max(self.t_stream_s.value, 1e-6)
+        return max(v0 + v1 * (1 + self.others_tokens.value) + self.queue_s.value, 1e-6)
+
+    def observe_stream(self, *, tokens: int, time_s: float, energy_j: float) -> None:
+        """Fold one streamed stretch (``tokens`` from the edge alone) into the estimates."""
+        if tokens <= 0:
+            return
+        if self.t_stream_s is None or self.e_stream_j is None:
+            self.t_stream_s = Ewma(time_s / tokens, prior_weight=0.0)
+            self.e_stream_j = Ewma(energy_j / tokens, prior_weight=0.0)
+            return
+        self.t_stream_s.update(time_s / tokens)
+        self.e_stream_j.update(energy_j / tokens)
 
     def observe(
         self, *, drafted: int, accepted: int, draft_s: float, rtt_s: float, verify_s: float,

@@ -416,6 +416,19 @@ class Generation:
             if self._stopping():
                 return True
             left = budget - len(stream.out)
+            n_stream = min(policy.stream_tokens(), left)
+            if n_stream > 0:  # the stream action: the edge generates the stretch alone
+                r0, before, done = time.monotonic(), len(stream.out), False
+                async for chunk in edge.async_generate(n_stream):  # read to its last frame
+                    tot.verify_s += chunk.verify_ms / 1e3
+                    if not done:
+                        done = self._accept_tokens(stream, chunk.ids.tolist())
+                r1 = time.monotonic()
+                policy.observe_stream(len(stream.out) - before, r1 - r0,
+                                      self.meter.energy_j(r0, r1))
+                if done or len(stream.out) == before:  # end of generation, or an empty stretch
+                    return True
+                continue
             wanted = policy.round_budget()
             n_max = max(0, min(wanted, left - 1))
             if self._max_draft is not None and n_max > self._max_draft:

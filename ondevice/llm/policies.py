@@ -59,6 +59,13 @@ class Policy(ABC):
     def observe(self, stats: RoundStats) -> None:  # noqa: B027 - optional hook
         """Learn from a finished round (default: nothing to learn)."""
 
+    def stream_tokens(self) -> int:
+        """Before a round: let the edge generate this many tokens alone first (0: draft)."""
+        return 0
+
+    def observe_stream(self, tokens: int, time_s: float, energy_j: float) -> None:  # noqa: B027
+        """Learn from a streamed stretch (``tokens`` the edge generated alone)."""
+
     def describe(self) -> dict[str, object]:
         """Settings to put in the report."""
         return {}
@@ -162,11 +169,21 @@ class GelatoPolicy(Policy):
 
     def __init__(
         self, *, v: float = DEFAULT_V, budget: gelato.Budget | None = None, cap: int = 16,
-        estimates: gelato.Estimates | None = None,
+        estimates: gelato.Estimates | None = None, stream: bool = True,
     ) -> None:
         if v <= 0:
             raise ValueError("V must be > 0")
         self.v, self.budget, self.cap = v, budget, cap
+        self.stream = stream  # whether the stream action is in the action set
+        self.streamed = 0  # tokens the edge generated alone at this policy's choice
+        self._streak = 0  # stretches streamed in a row
+        self._probe = 0  # drafting rounds left to probe after a streak of stretches
+        # Realized drift-plus-penalty value and time of each action, exponentially weighted:
+        # their ratio is what the action has been earning per second (renewal reward). The
+        # choice between drafting and streaming compares these, so a round model that learns
+        # slowly (acceptance, verify slope) cannot lock drafting out.
+        self._earned = {"draft": [0.0, 0.0], "stream": [0.0, 0.0]}
+        self._since_stretch = 0
         self.q_j = 0.0
         self.est = estimates or gelato.Estimates()
         self.acceptance = gelato.AcceptanceModel()
@@ -183,6 +200,74 @@ class GelatoPolicy(Policy):
 
     WARMUP = (2, 4, 1, 3)  # first rounds' budgets: varied, so verify time vs b is measurable
     EXPLORE_EVERY = 16  # when the optimum is not to draft, still draft one token this often
+    STREAM_TOKENS = 64  # a streamed stretch (one request, one RTT), re-decided after each
+    STREAM_PROBE_EVERY = 4  # stretches in a row before one drafting round re-measures drafting
+    STREAM_AFTER_ROUNDS = 12  # drafting rounds measured before streaming is weighed against them
+    STREAM_RETRY_ROUNDS = 64  # drafting rounds in a row before streaming is measured again
+    STREAM_CONFIDENT_ROUNDS = 64  # before this many rounds, streaming must win by EARLY_MARGIN
+    EARLY_MARGIN = 1.25
+    PROBE_BUDGET = 4  # a probing round drafts at least this many (less says little of drafting)
+    PROBE_ROUNDS = 3  # drafting rounds in a probe
+
+    def stream_tokens(self) -> int:
+        """The stream action: ``STREAM_TOKENS`` when its ratio beats the best drafting
+        budget's (``gelato.should_stream``), else 0. Not before ``STREAM_AFTER_ROUNDS``
+        drafting rounds were measured; after ``STREAM_PROBE_EVERY`` stretches in a row, one
+        drafting round of at least ``PROBE_BUDGET`` tokens (if drafting could pay at all)
+        keeps the drafting estimates alive."""
+        if not self.stream or self.rounds < self.STREAM_AFTER_ROUNDS or self._probe:
+            return 0
+        self._model = self.est.model()
+        # While drafting is still being learned (its acceptance and costs converge over tens
+        # of rounds) streaming must win by a margin; afterwards, by anything.
+        margin = 1.0 if self.rounds >= self.STREAM_CONFIDENT_ROUNDS else self.EARLY_MARGIN
+        drafted, streamed = self._rate("draft"), self._rate("stream")
+        if streamed is None:  # no stretch yet: the round model's prediction decides a first one
+            best = gelato.choose_budget(self._model, self.q_j, self.v, self.budget, self.cap)[1]
+            better = gelato.stream_score(self._model, self.q_j, self.v, self.budget) > (
+                margin * best if best > 0 else best)
+        elif self._streak == 0 and self._since_stretch >= self.STREAM_RETRY_ROUNDS:
+            better = True  # drafting for a while: measure streaming again
+        else:
+            better = drafted is None or streamed > (margin * drafted if drafted > 0 else drafted)
+        if not better:
+            self._streak = 0
+            self._since_stretch += 1
+            return 0
+        if self._streak >= self.STREAM_PROBE_EVERY and self._could_pay():
+            self._streak = 0
+            self._probe = self.PROBE_ROUNDS
+            return 0
+        self._streak += 1
+        self._since_stretch = 0
+        return self.STREAM_TOKENS
+
+    EARN_DECAY = 0.9  # weight of the past in the realized value and time of each action
+
+    def _earn(self, action: str, value: float, time_s: float) -> None:
+        acc = self._earned[action]
+        acc[0] = self.EARN_DECAY * acc[0] + value
+        acc[1] = self.EARN_DECAY * acc[1] + time_s
+
+    def _rate(self, action: str) -> float | None:
+        value, time_s = self._earned[action]
+        return value / time_s if time_s > 0 else None
+
+    def _value(self, tokens: float, energy_j: float, time_s: float) -> float:
+        """Drift-plus-penalty value of an action's outcome: V * tokens - Q * (E - C)."""
+        allowance = self.budget.allowance_j(time_s, tokens) if self.budget is not None else 0.0
+        return self.v * tokens - self.q_j * (energy_j - allowance)
+
+    def observe_stream(self, tokens: int, time_s: float, energy_j: float) -> None:
+        self._earn("stream", self._value(tokens, energy_j, time_s), time_s)
+        self.est.observe_stream(tokens=tokens, time_s=time_s, energy_j=energy_j)
+        if self.budget is not None:
+            allowance = self.budget.allowance_j(time_s, tokens)
+            self.q_j = gelato.queue_update(self.q_j, energy_j, allowance)
+        self.streamed += tokens
+        self.energy_j += energy_j
+        self.time_s += time_s
+        self.tokens += tokens
 
     def round_budget(self) -> int:
         self._model = self.est.model()
@@ -193,6 +278,9 @@ class GelatoPolicy(Policy):
         if self.rounds < len(self.WARMUP):
             self._ref = self.WARMUP[self.rounds]
             return self._ref
+        if self._probe:
+            self._probe -= 1
+            return max(min(2 * self._ref, self.cap), self.PROBE_BUDGET)
         if self._ref == 0 and self.rounds % self.EXPLORE_EVERY == 0 and self._could_pay():
             return 1  # keep the acceptance and draft-cost estimates alive
         return min(2 * self._ref, self.cap)
@@ -223,6 +311,15 @@ class GelatoPolicy(Policy):
             batch_tokens=stats.batch_tokens,
         )
         self.acceptance.observe_round(stats.entropies, stats.accepted)
+        # A round after a stretch also pays the draft's catch-up on the streamed tokens: that
+        # is the stretch's cost, not drafting's, so it is taken out of the round's outcome.
+        m = self._model
+        catchup_s = (max(stats.draft_s - stats.drafted * m.t_draft_s, 0.0)
+                     if stats.catchup_tokens > 1 else 0.0)
+        catchup_j = catchup_s * m.e_draft_j / max(m.t_draft_s, 1e-9)
+        time_s = max(stats.round_s - catchup_s, 1e-9)
+        self._earn("draft", self._value(stats.produced, stats.energy_j - catchup_j, time_s),
+                   time_s)
         if self.budget is not None:
             allowance = self.budget.allowance_j(stats.round_s, stats.produced)
             self.q_j = gelato.queue_update(self.q_j, stats.energy_j, allowance)
@@ -241,6 +338,7 @@ class GelatoPolicy(Policy):
             "queue_j": self.q_j,
             "mean_queue_j": self.q_sum / self.rounds if self.rounds else 0.0,
             "mean_reference_budget": self.ref_sum / self.rounds if self.rounds else None,
+            "streamed_tokens": self.streamed,
             "acceptance_brier_prior": prior_mse,
             "acceptance_brier_learned": learned_mse,
             "acceptance_calibration": self.acceptance.calibration(),
