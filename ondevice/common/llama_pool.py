@@ -81,16 +81,10 @@ class LlamaPool(_Closing):
     def _alive(self) -> bool:
         return bool(getattr(self, "_ctx", None))
 
-    def close(self) -> None:
-        """Free the context and batch. Idempotent; waits for a call in flight."""
-        lock = getattr(self, "_lock", None)
-        if lock is None:
-            return
-        with lock:
-            if self._alive():
-                llama_cpp.llama_batch_free(self._batch)
-                llama_cpp.llama_free(self._ctx)
-                self._ctx = None
+    def _free(self) -> None:
+        llama_cpp.llama_batch_free(self._batch)
+        llama_cpp.llama_free(self._ctx)
+        self._ctx = None
 
     @property
     def used_tokens(self) -> int:

@@ -170,8 +170,17 @@ class _Closing(ABC):
         """True until ``close()`` has freed the native memory."""
 
     @abstractmethod
+    def _free(self) -> None:
+        """Free the native memory (called once, under the lock, while alive)."""
+
     def close(self) -> None:
-        """Free the native memory. Idempotent."""
+        """Free the native memory. Idempotent; waits for a call in flight in another thread."""
+        lock = getattr(self, "_lock", None)
+        if lock is None:  # __init__ failed before the lock existed
+            return
+        with lock:
+            if self._alive():
+                self._free()
 
     def __enter__(self: _C) -> _C:
         return self
@@ -210,16 +219,10 @@ class LlamaModel(_Closing):
     def _alive(self) -> bool:
         return bool(getattr(self, "_model", None))
 
-    def close(self) -> None:
-        """Free the model. Idempotent; contexts made from it must be closed first. Waits for
-        a call in flight in another thread."""
-        lock = getattr(self, "_lock", None)
-        if lock is None:  # __init__ failed before the lock existed
-            return
-        with lock:
-            if self._alive():
-                llama_cpp.llama_model_free(self._model)
-                self._model = None
+    def _free(self) -> None:
+        """Contexts made from the model must be closed first."""
+        llama_cpp.llama_model_free(self._model)
+        self._model = None
 
     @property
     def model_id(self) -> str:
@@ -304,17 +307,10 @@ class LlamaRunner(_Closing):
     def _alive(self) -> bool:
         return bool(getattr(self, "_ctx", None))
 
-    def close(self) -> None:
-        """Free the context and batch. Idempotent; waits for a call in flight in another
-        thread."""
-        lock = getattr(self, "_lock", None)
-        if lock is None:  # __init__ failed before the lock existed
-            return
-        with lock:
-            if self._alive():
-                llama_cpp.llama_batch_free(self._batch)
-                llama_cpp.llama_free(self._ctx)
-                self._ctx = None
+    def _free(self) -> None:
+        llama_cpp.llama_batch_free(self._batch)
+        llama_cpp.llama_free(self._ctx)
+        self._ctx = None
 
     # -- evaluation -----------------------------------------------------------------------
 

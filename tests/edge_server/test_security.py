@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import datetime
 import json
 import os
 import subprocess
@@ -14,10 +13,7 @@ import aiohttp
 import numpy as np
 import pytest
 from _edge import EdgeProc, edge_server
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from _tls import self_signed
 
 from edge_server.tls import certificate_fingerprint
 from ondevice.common import wire
@@ -85,31 +81,9 @@ def test_generate_with_token_file_or_env(
     assert done.returncode == 0, done.stderr
 
 
-def _self_signed(tmp: Path, name: str) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = tmp / f"{name}.pem", tmp / f"{name}.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return cert_path, key_path
-
-
 async def test_tls_pinning(fixture_models: tuple[Path, Path], tmp_path: Path) -> None:
-    cert, key = _self_signed(tmp_path, "edge")
-    other_cert, _ = _self_signed(tmp_path, "impostor")
+    cert, key = self_signed(tmp_path, "edge")
+    other_cert, _ = self_signed(tmp_path, "impostor")
     fp = certificate_fingerprint(cert)
     target, draft = fixture_models
     with edge_server(target, "--tls-cert", str(cert), "--tls-key", str(key),
