@@ -242,7 +242,7 @@ class GelatoPolicy(Policy):
         self._since_stretch = 0
         return self.STREAM_TOKENS
 
-    EARN_DECAY = 0.9  # weight of the past in the realized value and time of each action
+    EARN_DECAY = 0.97  # weight of the past in the realized value and time of each action
 
     def _earn(self, action: str, value: float, time_s: float) -> None:
         acc = self._earned[action]
