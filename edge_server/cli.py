@@ -273,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
             require("onnxruntime")
     except MissingExtra as exc:
         flag = "--model" if args.model is not None and "llama" in str(exc) else "--dnn"
-        print(f"edge-server: {flag} needs {exc}", file=sys.stderr)
+        print(f"edge-server: {flag}: {exc}", file=sys.stderr)
         return 1
     if args.dnn is not None:
         from ondevice.common.dnn_profile import DnnProfileError, load_dnn
