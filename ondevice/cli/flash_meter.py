@@ -18,14 +18,13 @@ pure functions that the tests check without a Pico. Exit status: 0 the bridge an
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from ondevice.common import argtypes
-from ondevice.common.extras import install_hint
+from ondevice.common.extras import available, install_hint
 
 # (file in hw/firmware, its name on the Pico); main.py runs at boot, it imports ina219.py
 FIRMWARE = (("ina219.py", "ina219.py"), ("main.py", "main.py"))
@@ -111,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
         for cmd in commands:
             print(" ".join(cmd))
         return 0
-    if importlib.util.find_spec("mpremote") is None:
+    if not available("mpremote"):
         print(f"ondevice flash-meter: {install_hint('mpremote')}", file=sys.stderr)
         return 1
     for cmd in commands:
