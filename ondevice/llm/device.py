@@ -380,8 +380,7 @@ class Device:
     async def complete(self, prompt: str, **options: Any) -> Report:
         """Run ``stream`` to its end and return the report (``options`` as ``stream``)."""
         async with contextlib.aclosing(self.stream(prompt, **options)) as pieces:
-            async for _ in pieces:
-                pass
+            [_ async for _ in pieces]  # the report is built as the stream ends
         assert self.last_report is not None
         return self.last_report
 

@@ -28,9 +28,9 @@ SMALL = LlamaConfig(n_ctx=256, n_threads=1)
 def _generate_cli(draft: Path, url: str, *extra: str, env: dict[str, str] | None = None
                   ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "ondevice.cli", "generate", "--draft", str(draft), "--edge", url,
-         "--no-discover", "--prompt", "secure", "--max-tokens", "6", "--n-ctx", "256", "--json",
-         *extra],
+        [sys.executable, "-m", "ondevice.cli", "generate", "--draft", str(draft),
+         "--no-discover", "--edge", url, "--prompt", "secure", "--max-tokens", "6",
+         "--n-ctx", "256", "--json", *extra],
         capture_output=True, text=True, timeout=120, env=env or {**os.environ},
     )
 

@@ -48,7 +48,10 @@ def test_the_file_list(tmp_path: Path, inputs: tuple[Path, Path],
                        capsys: pytest.CaptureFixture[str]) -> None:
     token = tmp_path / "token"
     token.write_text("s3cret\n")
-    out = bundle(tmp_path, inputs, "--edge", "http://10.0.0.2:8470", "--token-file", str(token))
+    # Written into the bundle's unit only: nothing here connects or browses (no --interface
+    # or --no-discover applies to model-export).
+    edge_flag = ("--edge", "http://10.0.0.2:8470")
+    out = bundle(tmp_path, inputs, *edge_flag, "--token-file", str(token))
     listed = capsys.readouterr().out.split()
     files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
     assert listed == files == [

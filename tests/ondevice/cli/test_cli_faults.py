@@ -245,6 +245,8 @@ def test_item15_explicit_edge_does_not_browse(draft: str, edge: EdgeProc) -> Non
 
     before = sum(mdns_memberships().values())
     proc = subprocess.Popen(
+        # Deliberately without --no-discover/--interface: that no browsing starts is the test
+        # (and the autouse mDNS guard would fail it on a real interface).
         [sys.executable, "-m", "ondevice.cli", "generate", "--draft", draft, "--edge", edge.url,
          "--prompt", "Hello", "--max-tokens", "300", "--n-ctx", "512", "--threads", "1",
          "--policy", "fixed", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -39,9 +39,9 @@ def client(server: ServeProc, **kw: object) -> openai.OpenAI:
 
 def generate_json(draft: Path, edge: EdgeProc, prompt: str, seed: int, max_tokens: int) -> dict:
     done = subprocess.run(
-        [sys.executable, "-m", "ondevice.cli", "generate", "--draft", str(draft), "--edge",
-         edge.url, "--no-discover", *DEVICE_FLAGS, "--prompt", prompt, "--seed", str(seed),
-         "--max-tokens", str(max_tokens), "--temperature", "0", "--json"],
+        [sys.executable, "-m", "ondevice.cli", "generate", "--draft", str(draft),
+         "--no-discover", "--edge", edge.url, *DEVICE_FLAGS, "--prompt", prompt,
+         "--seed", str(seed), "--max-tokens", str(max_tokens), "--temperature", "0", "--json"],
         capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
