@@ -20,7 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ondevice.llm.policies import FixedPolicy, RoundStats
+from hw import Activity, open_meter
+from ondevice.common.llama_runtime import LlamaConfig, LlamaModel, LlamaRunner
+from ondevice.llm.generate import GenerateRequest, Generation
+from ondevice.llm.policies import FixedPolicy, Policy, RoundStats
 
 
 @dataclass
@@ -152,3 +155,34 @@ class KillEdgeAfter(FixedPolicy):
         self.seen += 1
         if self.seen == self.rounds:
             self.edge.kill()
+
+
+class SeedRecorder:
+    """Runs many short seeded generations (temperature 1) through one draft runner and one sim
+    meter, for the tests of the output distribution."""
+
+    def __init__(self, draft: Path, config: LlamaConfig) -> None:
+        self.model = LlamaModel(draft)
+        self.config = config
+        self.runner = LlamaRunner(self.model, config)
+        (self.eos,) = [t for t in range(self.model.n_vocab) if self.model.is_eog(t)]
+
+    async def tokens(self, url: str, prompt: str, policy: Policy, seeds: range,
+                     n: int) -> list[list[int]]:
+        """Each seed's tokens, an end-of-generation token shown at the end where one stopped it
+        (the report does not list it)."""
+        out = []
+        activity = Activity()
+        async with open_meter("sim", activity=activity) as meter:
+            for seed in seeds:
+                req = GenerateRequest(prompt=prompt, max_tokens=n, temperature=1.0, seed=seed)
+                gen = Generation(self.model, req, policy, edge_url=url, meter=meter,
+                                 activity=activity, llama_config=self.config)
+                report = await gen.run(self.runner)
+                assert not report.degraded, report.errors
+                out.append(report.tokens + ([self.eos] if report.stop_reason == "eos" else []))
+        return out
+
+    def close(self) -> None:
+        self.runner.close()
+        self.model.close()

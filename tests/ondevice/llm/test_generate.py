@@ -14,13 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _edge import EdgeProc, KillEdgeAfter, Reference, edge_server
+from _edge import EdgeProc, KillEdgeAfter, Reference, SeedRecorder, edge_server
 from _stats import P_REJECT, chi2_pvalue
 
-from hw import Activity, open_meter
-from ondevice.common.llama_runtime import LlamaConfig, LlamaModel, LlamaRunner
+from ondevice.common.llama_runtime import LlamaConfig
 from ondevice.common.speculative import softmax
-from ondevice.llm.generate import GenerateRequest, Generation, generate
+from ondevice.llm.generate import GenerateRequest, generate
 from ondevice.llm.policies import DeviceOnlyPolicy, EdgeOnlyPolicy, FixedPolicy
 
 PROMPTS = ["Hello world", "The quick brown fox jumps", "In the beginning there was"]
@@ -99,33 +98,6 @@ async def test_seeded_sampling_is_reproducible(
     assert runs[0].tokens != runs[2].tokens
 
 
-class _Recorder:
-    """Runs many short seeded generations through one draft runner and one sim meter."""
-
-    def __init__(self, draft: Path) -> None:
-        self.model = LlamaModel(draft)
-        self.runner = LlamaRunner(self.model, SMALL)
-        (self.eos,) = [t for t in range(self.model.n_vocab) if self.model.is_eog(t)]
-
-    async def tokens(self, url: str, prompt: str, policy, seeds: range, n: int) -> list[list[int]]:  # type: ignore[no-untyped-def]
-        out = []
-        activity = Activity()
-        async with open_meter("sim", activity=activity) as meter:
-            for seed in seeds:
-                req = GenerateRequest(prompt=prompt, max_tokens=n, temperature=1.0, seed=seed)
-                gen = Generation(self.model, req, policy, edge_url=url, meter=meter,
-                                 activity=activity, llama_config=SMALL)
-                report = await gen.run(self.runner)
-                assert not report.degraded, report.errors
-                # An end-of-generation token ends the output and is not listed: show it here.
-                out.append(report.tokens + ([self.eos] if report.stop_reason == "eos" else []))
-        return out
-
-    def close(self) -> None:
-        self.runner.close()
-        self.model.close()
-
-
 async def test_sampling_follows_target_distribution(
     fixture_models: tuple[Path, Path], target_ref: Reference
 ) -> None:
@@ -135,7 +107,7 @@ async def test_sampling_follows_target_distribution(
     prompt = PROMPTS[2]
     ids = target_ref.tokenize(prompt)
     p1 = softmax(target_ref.next_logits(ids), 1.0)
-    rec = _Recorder(fixture_models[1])
+    rec = SeedRecorder(fixture_models[1], SMALL)
     try:
         with edge_server(fixture_models[0], "--n-ctx", "128") as e:
             outs = await rec.tokens(e.url, prompt, FixedPolicy(3), range(1500), 4)
