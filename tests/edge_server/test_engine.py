@@ -109,6 +109,34 @@ async def test_batched_steps_serve_every_session_as_alone(target: LlamaModel) ->
     assert serial_batch <= 4 and mean_batch > 4  # one round alone is 3 drafted + 1 pending
 
 
+async def test_edge_only_streams_ride_in_every_step_together(target: LlamaModel) -> None:
+    """Five edge-only streams, each asking its next token as soon as it has sent the last (a
+    frame write between, as the server does, some quicker than others): after the first step
+    every step carries all five, with no batch window; the serial scheduler carries one."""
+
+    async def run(scheduler: str) -> list[int]:
+        with LlamaPool(target, n_seq=5, kv_tokens=512, config=CFG) as pool:
+            async with Engine(pool, ThreadPoolExecutor(1), scheduler=scheduler) as engine:
+                sessions = [engine.open(target.tokenize(f"stream {i}"), temperature=0.0,
+                                        seed=i, n_ctx=256) for i in range(5)]
+                await asyncio.gather(*(s.async_prefill() for s in sessions))
+                batches: list[int] = []
+
+                async def stream(i: int, s: object) -> None:
+                    for _ in range(12):
+                        _, step = await s.async_generate_one()  # type: ignore[attr-defined]
+                        batches.append(step.batch)
+                        for _ in range(1 + i):  # the frame to the device, quicker for some
+                            await asyncio.sleep(0)
+
+                await asyncio.gather(*(stream(i, s) for i, s in enumerate(sessions)))
+                return batches
+
+    batched = await run("batched")
+    assert batched[5:].count(5) >= len(batched[5:]) - 5, batched
+    assert set(await run("serial")) == {1}
+
+
 async def test_long_prefill_does_not_stall_others(target: LlamaModel) -> None:
     """A 600-token prompt prefills in chunks; another session's rounds are answered between
     its chunks, not after all of them."""
