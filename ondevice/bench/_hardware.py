@@ -111,6 +111,8 @@ class RoundCost:
     draft_energy_j: float  # of which while drafting
     tx_bytes: int
     rx_bytes: int
+    ahead: int = 0  # tokens drafted ahead while the round was in flight
+    ahead_energy_j: float = 0.0  # their device energy (drafting instead of waiting)
 
 
 def _packets(n_bytes: int) -> int:
@@ -166,20 +168,40 @@ class CostModel:
         return (drafted * d.draft_ms_per_token + max(pending - 1, 0) * d.prefill_ms_per_token
                 ) / 1e3
 
-    def round(self, drafted: int, pending: int = 1) -> RoundCost:
-        return self._round(int(drafted), int(pending))
+    def round(self, drafted: int, pending: int = 1, *, predrafted: int = 0,
+              ahead: int = 0) -> RoundCost:
+        """One round that sends ``drafted`` tokens, the first ``predrafted`` of them drafted
+        ahead during the previous round (free now: the draft's cache already holds them, so
+        no catch-up either), and drafts up to ``ahead`` more while this round is in flight:
+        as many as fit in the wait (net + verify), each drawing drafting power instead of
+        waiting power. The round's time does not grow: drafting ahead stops at the verdict."""
+        return self._round(int(drafted), int(pending), int(predrafted), int(ahead))
 
-    def _round_cost(self, drafted: int, pending: int) -> RoundCost:
+    def ahead_fits(self, drafted: int) -> int:
+        """Tokens the device can draft while a round of ``drafted`` tokens is in flight."""
+        c = self._round(int(drafted), 1, 0, 0)
+        return int((c.net_s + c.verify_s) * 1e3 // max(self.device.draft_ms_per_token, 1e-9))
+
+    def _round_cost(self, drafted: int, pending: int, predrafted: int = 0,
+                    ahead: int = 0) -> RoundCost:
         d = self.device
         tx, rx = self.round_frame_bytes(drafted), self.verdict_frame_bytes()
-        draft_s = self.draft_s(drafted, pending)
+        fresh = max(drafted - predrafted, 0)
+        draft_s = self.draft_s(fresh, 1 if predrafted else pending)
         net_s = d.rtt_ms / 1e3 + tx * 8 / (d.uplink_mbit_s * 1e6) + rx * 8 / (
             d.downlink_mbit_s * 1e6)
         verify_s = self.verify_s(drafted)
         round_s = draft_s + net_s + verify_s
         draft_e = d.draft_w * draft_s
         energy = draft_e + d.wait_w * (round_s - draft_s) + self._radio_j(tx, rx)
-        return RoundCost(draft_s, net_s, verify_s, round_s, energy, draft_e, tx, rx)
+        n_ahead = 0
+        if ahead > 0 and drafted > 0:
+            n_ahead = min(ahead, int((net_s + verify_s) * 1e3
+                                     // max(d.draft_ms_per_token, 1e-9)))
+        ahead_e = n_ahead * d.draft_ms_per_token / 1e3 * d.draft_w
+        energy += ahead_e - n_ahead * d.draft_ms_per_token / 1e3 * d.wait_w
+        return RoundCost(draft_s, net_s, verify_s, round_s, energy, draft_e, tx, rx, n_ahead,
+                         ahead_e)
 
     def device_only(self, n_tokens: int) -> tuple[float, float]:
         """(seconds, joules) for the draft alone to produce ``n_tokens``."""

@@ -14,6 +14,9 @@ Two hindsight references, not policies (they see the outcomes in advance):
   positions, minimizing time + lambda * energy. lambda = 0 gives the highest throughput any
   schedule of drafting lengths can reach on the trace; a sweep over lambda gives the best
   throughput at each energy per token (the oracle frontier).
+- ``oracle (all actions)``: the same over GELATO's whole action set (drafting lengths,
+  streaming a stretch, drafting ahead or not), at lambda = 0: the fastest schedule of the
+  actions GELATO has, against which its gap is measured like for like.
 - ``oracle-matches``: per round, draft exactly the number of leading accepted positions (capped
   at 16), the simple oracle of the speculative-decoding literature; it ignores costs, so on
   hardware where drafting does not pay it is beaten by not drafting.
@@ -44,6 +47,7 @@ from ondevice.bench._specs import (
 )
 from ondevice.bench.report import BenchRow
 from ondevice.bench.trace import Trace
+from ondevice.llm.acceptance import TokenFeatures
 from ondevice.llm.policies import Policy, RoundStats
 
 ORACLE_CAP = 16  # most tokens an oracle round drafts (the policies' cap)
@@ -105,9 +109,11 @@ def leading_accepts(accepts: np.ndarray, start: int, n: int) -> int:
 def simulate_policy(
     policy: Policy, trace: Trace, cost: CostModel, accepts: np.ndarray, entropies: np.ndarray,
     *, repeat: int = 1, on_prompt: Callable[[], None] | None = None,
+    features: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Tally:
     """Run ``policy`` over every prompt of the trace, ``repeat`` times; one policy object
-    throughout (its estimates, queue and budget are long-run)."""
+    throughout (its estimates, queue and budget are long-run). ``features`` is the trace's
+    (top1, margin) per position (``Trace.features``), for policies that want them."""
     total = Tally()
     for _ in range(repeat):
         for p in range(trace.n_prompts):
@@ -121,17 +127,25 @@ def simulate_policy(
                 s, e = cost.edge_only(n)
                 total.add(Tally(tokens=n, time_s=s, energy_j=e))
             else:
-                total.add(_speculate(policy, cost, accepts[sl], entropies[sl]))
+                feats = None if features is None else (features[0][sl], features[1][sl])
+                total.add(_speculate(policy, cost, accepts[sl], entropies[sl], feats))
             if on_prompt is not None:
                 on_prompt()
     return total
 
 
-def _speculate(policy: Policy, cost: CostModel, accepts: np.ndarray, ents: np.ndarray) -> Tally:
-    """One prompt through the round loop of ``Generation._speculate``."""
+def _speculate(policy: Policy, cost: CostModel, accepts: np.ndarray, ents: np.ndarray,
+               feats: tuple[np.ndarray, np.ndarray] | None = None) -> Tally:
+    """One prompt through the round loop of ``Generation._speculate``.
+
+    Drafting ahead: after a round's drafting the policy may ask for k tokens ahead; as many
+    as fit in the round's wait are drafted (``CostModel.round``). They hit when every drafted
+    token is accepted and the draft's next token is the edge's (the acceptance outcome at that
+    position: exact when greedy, an approximation when sampling, see docs/gelato.md); then the
+    next round starts with the hits less one already drafted."""
     t = Tally()
     n_pos = accepts.shape[0]
-    pos, pending = 0, 1
+    pos, pending, ready = 0, 1, 0  # ready: tokens drafted ahead that head the next round
     while pos < n_pos:
         left = n_pos - pos
         stream = min(policy.stream_tokens(), left)
@@ -141,32 +155,49 @@ def _speculate(policy: Policy, cost: CostModel, accepts: np.ndarray, ents: np.nd
             t.add(Tally(tokens=stream, time_s=s, energy_j=e))
             pending += stream  # the draft catches up on them when it drafts again
             pos += stream
+            ready = 0
             continue
         n_max = max(0, min(policy.round_budget(), left - 1))
         drafted = 0
         seen: list[float] = []
+        seen_f: list[TokenFeatures] = []
         for j in range(n_max):
             h = float(ents[pos + j])
             drafted += 1
-            if policy.needs_entropy:
+            if policy.needs_entropy or policy.needs_features:
                 seen.append(h)
-            if j + 1 >= n_max or not policy.keep_drafting(
-                j + 1, h if policy.needs_entropy else None
-            ):
+            if policy.needs_features and feats is not None:
+                f = TokenFeatures(h, float(feats[0][pos + j]), float(feats[1][pos + j]), j)
+                seen_f.append(f)
+                go = j + 1 < n_max and policy.keep_drafting(j + 1, h, f)
+            else:
+                go = j + 1 < n_max and policy.keep_drafting(
+                    j + 1, h if policy.needs_entropy else None)
+            if not go:
                 break
+        predrafted = min(ready, drafted)
         accepted = leading_accepts(accepts, pos, drafted)
         produced = accepted + 1  # accepted <= n_max <= left - 1
-        rc = cost.round(drafted, pending)
+        want = policy.ahead_tokens(drafted) if drafted else 0
+        rc = cost.round(drafted, pending, predrafted=predrafted, ahead=want)
+        hit = bool(rc.ahead and accepted == drafted and pos + drafted < n_pos
+                   and accepts[pos + drafted])
+        ahead_s = rc.ahead * cost.device.draft_ms_per_token / 1e3
         policy.observe(RoundStats(
             drafted=drafted, accepted=accepted, produced=produced, draft_s=rc.draft_s,
             rtt_s=rc.net_s + rc.verify_s, verify_s=rc.verify_s, round_s=rc.round_s,
             energy_j=rc.energy_j, draft_energy_j=rc.draft_energy_j, entropies=seen,
-            catchup_tokens=pending - 1 if drafted else 0,
+            features=seen_f, catchup_tokens=(pending - 1 if drafted and not predrafted else 0),
+            predrafted=predrafted, ahead=rc.ahead, ahead_hit=hit, ahead_s=ahead_s,
+            ahead_energy_j=rc.ahead_energy_j,
         ))
         t.add(Tally(tokens=produced, time_s=rc.round_s, energy_j=rc.energy_j, rounds=1,
                     drafted=drafted, accepted=accepted))
-        # The draft's cache misses the new token, and the last drafted one if all passed.
-        pending = pending + 1 if drafted == 0 else (2 if accepted == drafted else 1)
+        # The draft's cache misses the new token, and the last drafted one if all passed;
+        # after a hit it holds everything up to the tokens drafted ahead.
+        ready = rc.ahead - 1 if hit else 0
+        pending = (1 if hit else pending + 1 if drafted == 0
+                   else (2 if accepted == drafted else 1))
         pos += produced
     return t
 
@@ -225,6 +256,102 @@ def _oracle_prompt(cost: CostModel, accepts: np.ndarray, lam: float, cap: int) -
                     drafted=b, accepted=m))
         pend = min(pend + 1, pm) if b == 0 else (2 if m == b else 1)
         i += m + 1
+    return t
+
+
+STREAM_LENGTHS = (8, 16, 32, 64)  # stretches the oracle with the new actions may stream
+
+
+def simulate_oracle_actions(
+    trace: Trace, cost: CostModel, accepts: np.ndarray, *, lam_s_per_j: float = 0.0,
+    cap: int = ORACLE_CAP, repeat: int = 1,
+) -> Tally:
+    """The hindsight-optimal schedule over GELATO's whole action set: drafting lengths as
+    ``simulate_oracle``, plus streaming a stretch (``STREAM_LENGTHS``, or the rest of the
+    prompt when shorter) and, per round, drafting ahead as far as the wait allows or not."""
+    total = Tally()
+    for p in range(trace.n_prompts):
+        total.add(_oracle_actions_prompt(cost, accepts[trace.prompt_slice(p)], lam_s_per_j,
+                                         cap))
+    return _times(total, repeat)
+
+
+def _oracle_actions_prompt(cost: CostModel, accepts: np.ndarray, lam: float,
+                           cap: int) -> Tally:
+    # State: pending tokens (1..PM) with nothing drafted ahead, or r = 1..R tokens drafted
+    # ahead that head the next round (pending 1), stored at index PM + r.
+    n_pos = accepts.shape[0]
+    pm = PENDING_MAX
+    r_max = max(min(cap, cost.ahead_fits(cap)) - 1, 0)
+    n_state = pm + 1 + r_max
+    best = np.zeros((n_pos + 1, n_state))
+    plan: dict[tuple[int, int], tuple[str, int, int]] = {}
+    price: dict[tuple[int, ...], tuple[float, object]] = {}
+
+    def rc_of(b: int, pend: int, pre: int, k: int):  # type: ignore[no-untyped-def]
+        key = (b, pend, pre, k)
+        if key not in price:
+            rc = cost.round(b, pend, predrafted=pre, ahead=k)
+            price[key] = (rc.round_s + lam * rc.energy_j, rc)
+        return price[key]
+
+    def stream_of(n: int) -> tuple[float, float, float]:
+        key = (-1, n)
+        if key not in price:
+            s, e = cost.edge_only(n)
+            price[key] = (s + lam * e, (s, e))
+        c, (s, e) = price[key]  # type: ignore[misc]
+        return c, s, e
+
+    def unpack(st: int) -> tuple[int, int]:
+        return (st, 0) if st <= pm else (1, st - pm)
+
+    def after(i: int, b: int, acc: int, pend: int, n_ahead: int) -> int:
+        if n_ahead and b and acc == b and i + b < n_pos and accepts[i + b]:
+            r = min(n_ahead - 1, r_max)
+            return pm + r if r > 0 else 1
+        return min(pend + 1, pm) if b == 0 else (2 if acc == b else 1)
+
+    for i in range(n_pos - 1, -1, -1):
+        left = n_pos - i
+        n_max = min(cap, left - 1)
+        m = leading_accepts(accepts, i, n_max)
+        options = list(range(m + 1)) + ([m + 1] if m < n_max else [])
+        streams = sorted({n for n in STREAM_LENGTHS if n <= left} | ({left} if left < 64
+                                                                      else set()))
+        for st in range(1, n_state):
+            pend, ready = unpack(st)
+            best_c, choice = np.inf, ("draft", 0, 0)
+            for b in options:
+                acc = min(b, m)
+                for k in ((0, cap) if b else (0,)):
+                    c, rc = rc_of(b, pend, min(ready, b), k)
+                    v = c + best[i + acc + 1, after(i, b, acc, pend, rc.ahead)]  # type: ignore[attr-defined]
+                    if v < best_c - 1e-15:
+                        best_c, choice = v, ("draft", b, k)
+            for n in streams:
+                c, _, _ = stream_of(n)
+                v = c + best[i + n, min(pend + n, pm)]
+                if v < best_c - 1e-15:
+                    best_c, choice = v, ("stream", n, 0)
+            best[i, st] = best_c
+            plan[(i, st)] = choice
+    t = Tally()
+    i, st = 0, 1
+    while i < n_pos:
+        kind, b, k = plan[(i, st)]
+        pend, ready = unpack(st)
+        if kind == "stream":
+            _, s, e = stream_of(b)
+            t.add(Tally(tokens=b, time_s=s, energy_j=e))
+            i, st = i + b, min(pend + b, pm)
+            continue
+        acc = leading_accepts(accepts, i, b)
+        _, rc = rc_of(b, pend, min(ready, b), k)
+        t.add(Tally(tokens=acc + 1, time_s=rc.round_s, energy_j=rc.energy_j, rounds=1,  # type: ignore[attr-defined]
+                    drafted=b, accepted=acc))
+        st = after(i, b, acc, pend, rc.ahead)  # type: ignore[attr-defined]
+        i += acc + 1
     return t
 
 
@@ -334,12 +461,14 @@ def run_sim_bench(
     tick = progress or (lambda n: None)
     draws = [(acceptance_outcomes(trace, sampling=sampling, seed=s),
               policy_entropies(trace, sampling=sampling)) for s in cfg.seeds]
+    feats = trace.features(sampling)
 
     def run(spec: PolicySpec) -> BenchRow:
         total, policy = Tally(), None
         for accepts, ents in draws:
             policy = spec.make()
-            total.add(simulate_policy(policy, trace, cost, accepts, ents, repeat=repeat))
+            total.add(simulate_policy(policy, trace, cost, accepts, ents, repeat=repeat,
+                                      features=feats))
             tick(1)
         assert policy is not None
         return row_from_tally(spec.label, spec.group, total, spec=spec,
@@ -360,6 +489,13 @@ def run_sim_bench(
         total.add(simulate_oracle_matches(trace, cost, accepts, repeat=repeat))
     rows += oracle + [row_from_tally("oracle-matches", "oracle-matches", total,
                                      settings={"cap": ORACLE_CAP})]
+    total = Tally()
+    for accepts, _ in draws:  # the throughput oracle over GELATO's whole action set
+        total.add(simulate_oracle_actions(trace, cost, accepts, repeat=repeat))
+        tick(1)
+    rows.append(row_from_tally("oracle (all actions)", "oracle-actions", total, settings={
+        "lambda_s_per_j": 0.0, "cap": ORACLE_CAP, "stream_lengths": list(STREAM_LENGTHS),
+        "ahead": True}))
     if cfg.reference:
         t_ref, settings = best_entropy_threshold(trace, cost, draws, repeat=repeat, tick=tick)
         rows.append(row_from_tally("entropy-threshold*", "reference", t_ref, settings=settings))
@@ -376,7 +512,7 @@ def sim_units(cfg: BenchConfig) -> int:
     n_first = len(first_specs(cfg))
     n_second = len(cfg.v_sweep) + len(MATCHED_AGAINST) if "gelato" in cfg.policies else 0
     n_ref = len(THRESHOLD_CAPS) if cfg.reference else 0
-    return (n_first + len(ORACLE_LAMBDAS) + n_second) * len(cfg.seeds) + n_ref
+    return (n_first + len(ORACLE_LAMBDAS) + 1 + n_second) * len(cfg.seeds) + n_ref
 
 
 __all__ = [
@@ -393,6 +529,7 @@ __all__ = [
     "run_sim_bench",
     "sim_units",
     "simulate_oracle",
+    "simulate_oracle_actions",
     "simulate_oracle_matches",
     "simulate_policy",
 ]

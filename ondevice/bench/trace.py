@@ -8,7 +8,11 @@ A trace follows the target's greedy continuation of each prompt. At every positi
 - optionally, for a sampling temperature T > 0, ``entropy_t[i]`` (the draft's entropy at T) and
   ``p_accept[i]`` = sum_x min(p(x), q(x)), the probability that a token sampled from the
   top-k-truncated draft q is accepted by the target p (both at T): the expectation of
-  min(1, p/q) under q (Leviathan et al. 2023, section 3.2).
+  min(1, p/q) under q (Leviathan et al. 2023, section 3.2);
+- optionally (traces recorded since they were added; None in older files) ``top1[i]``, the
+  draft's largest next-token probability, and ``margin[i]``, top1 minus the second largest, both
+  at temperature 1 like ``entropy``, and, when sampling, ``top1_t[i]`` and ``margin_t[i]`` at T
+  like ``entropy_t``: the features of ``ondevice.llm.acceptance``.
 
 At temperature 0 the trace is exact for any drafting schedule: accepted tokens are the target's,
 so generation never leaves the greedy path. At T > 0 a rejection would leave it; the simulator
@@ -30,8 +34,10 @@ from typing import Any
 import numpy as np
 
 from ondevice.common.speculative import GREEDY_EPS, entropy_nats, softmax
+from ondevice.llm.acceptance import top_two
 
-TRACE_VERSION = 1
+TRACE_VERSION = 1  # arrays added since (top1, margin, ...) are optional: absent ones load as None
+FEATURE_FIELDS = ("top1", "margin", "top1_t", "margin_t")  # optional [N] float32 arrays
 
 # Ten varied prompts: narrative, technical, code, list, dialogue, arithmetic, definitions.
 # Drafts agree with targets very differently across such kinds of text, which is the point.
@@ -62,6 +68,10 @@ class Trace:
     entropy_t: np.ndarray | None = None  # [N] float32, nats at ``temperature``
     p_accept: np.ndarray | None = None  # [N] float32, acceptance probability at ``temperature``
     meta: dict[str, Any] = field(default_factory=dict)
+    top1: np.ndarray | None = None  # [N] float32, draft's largest probability at T = 1
+    margin: np.ndarray | None = None  # [N] float32, top1 minus the second largest, T = 1
+    top1_t: np.ndarray | None = None  # [N] float32, as top1 at ``temperature``
+    margin_t: np.ndarray | None = None  # [N] float32, as margin at ``temperature``
 
     def __post_init__(self) -> None:
         n = int(self.offsets[-1]) if len(self.offsets) else 0
@@ -70,7 +80,7 @@ class Trace:
         for name in ("entropy", "match", "tokens"):
             if getattr(self, name).shape != (n,):
                 raise ValueError(f"{name} must have shape ({n},)")
-        for name in ("entropy_t", "p_accept"):
+        for name in ("entropy_t", "p_accept", *FEATURE_FIELDS):
             arr = getattr(self, name)
             if arr is not None and arr.shape != (n,):
                 raise ValueError(f"{name} must have shape ({n},)")
@@ -92,6 +102,15 @@ class Trace:
     def prompt_slice(self, p: int) -> slice:
         return slice(int(self.offsets[p]), int(self.offsets[p + 1]))
 
+    def features(self, sampling: bool) -> tuple[np.ndarray, np.ndarray] | None:
+        """``(top1, margin)``, ``[N]`` each, at the temperature the policies see (T = 1 when
+        greedy, the trace's T when sampling, as ``entropy``/``entropy_t``); None when the trace
+        lacks them (recorded before they existed)."""
+        top1, margin = (self.top1_t, self.margin_t) if sampling else (self.top1, self.margin)
+        if top1 is None or margin is None:
+            return None
+        return top1, margin
+
     def greedy_acceptance(self) -> float:
         """Fraction of positions where the draft's argmax is the target's."""
         return float(self.match.mean()) if self.n_positions else float("nan")
@@ -100,11 +119,17 @@ class Trace:
     def from_prompts(
         cls, entropies: Sequence[Sequence[float]], matches: Sequence[Sequence[bool]], *,
         p_accept: Sequence[Sequence[float]] | None = None, meta: dict[str, Any] | None = None,
+        top1: Sequence[Sequence[float]] | None = None,
+        margin: Sequence[Sequence[float]] | None = None,
     ) -> Trace:
-        """Build a trace from per-prompt lists (hand-made traces in tests and examples)."""
+        """Build a trace from per-prompt lists (hand-made traces in tests and examples). With
+        ``p_accept`` it is a sampling trace whose T-quantities (``entropy_t``, and ``top1_t``
+        and ``margin_t`` if given) are the T = 1 ones."""
         lens = [len(e) for e in entropies]
         if [len(m) for m in matches] != lens:
             raise ValueError("entropies and matches differ in length")
+        if (top1 is None) != (margin is None):
+            raise ValueError("give both top1 and margin, or neither")
         offsets = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
         n = int(offsets[-1])
 
@@ -117,12 +142,15 @@ class Trace:
         if p_accept is not None:
             pa = cat(p_accept, np.float32)
             meta.setdefault("temperature", 1.0)
+        t1 = cat(top1, np.float32) if top1 is not None else None
+        mg = cat(margin, np.float32) if margin is not None else None
         return cls(
             entropy=cat(entropies, np.float32), match=cat(matches, bool), offsets=offsets,
             tokens=np.zeros(n, dtype=np.int32),
             prompt_tokens=np.ones(len(lens), dtype=np.int32),
             entropy_t=cat(entropies, np.float32) if pa is not None else None,
-            p_accept=pa, meta=meta,
+            p_accept=pa, meta=meta, top1=t1, margin=mg,
+            top1_t=t1 if pa is not None else None, margin_t=mg if pa is not None else None,
         )
 
     # -- files ------------------------------------------------------------------------------
@@ -138,6 +166,10 @@ class Trace:
             arrays["entropy_t"] = self.entropy_t
         if self.p_accept is not None:
             arrays["p_accept"] = self.p_accept
+        for name in FEATURE_FIELDS:
+            arr = getattr(self, name)
+            if arr is not None:
+                arrays[name] = arr
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("wb") as fh:  # np.savez would append ".npz" to a path without it
@@ -156,6 +188,7 @@ class Trace:
                 entropy_t=z["entropy_t"] if "entropy_t" in z.files else None,
                 p_accept=z["p_accept"] if "p_accept" in z.files else None,
                 meta=meta,
+                **{name: z[name] if name in z.files else None for name in FEATURE_FIELDS},
             )
 
 
@@ -203,6 +236,10 @@ def record_trace(
     cfg = LlamaConfig(n_ctx=n_ctx, n_threads=n_threads)
     ent: list[float] = []
     ent_t: list[float] = []
+    top1: list[float] = []
+    margin: list[float] = []
+    top1_t: list[float] = []
+    margin_t: list[float] = []
     acc_p: list[float] = []
     match: list[bool] = []
     toks: list[int] = []
@@ -236,10 +273,18 @@ def record_trace(
                     tok = int(np.argmax(p_logits))
                     if tm.is_eog(tok):
                         break
-                    ent.append(entropy_nats(softmax(q_logits, 1.0)))
+                    q1 = softmax(q_logits, 1.0)  # [vocab]
+                    ent.append(entropy_nats(q1))
+                    t1, mg = top_two(q1)
+                    top1.append(t1)
+                    margin.append(mg)
                     match.append(int(np.argmax(q_logits)) == tok)
                     if sampling:
-                        ent_t.append(entropy_nats(softmax(q_logits, temperature)))
+                        qt = softmax(q_logits, temperature)  # [vocab]
+                        ent_t.append(entropy_nats(qt))
+                        t1, mg = top_two(qt)
+                        top1_t.append(t1)
+                        margin_t.append(mg)
                         acc_p.append(acceptance_probability(p_logits, q_logits, temperature,
                                                             top_k))
                     toks.append(tok)
@@ -265,4 +310,7 @@ def record_trace(
         entropy_t=np.asarray(ent_t, dtype=np.float32) if sampling else None,
         p_accept=np.asarray(acc_p, dtype=np.float32) if sampling else None,
         meta=meta,
+        top1=np.asarray(top1, dtype=np.float32), margin=np.asarray(margin, dtype=np.float32),
+        top1_t=np.asarray(top1_t, dtype=np.float32) if sampling else None,
+        margin_t=np.asarray(margin_t, dtype=np.float32) if sampling else None,
     )

@@ -28,6 +28,15 @@ time and device energy per streamed token (radio receive and waiting, no draftin
 controller streams while that ratio beats the best drafting budget's, re-deciding after every
 stretch of L tokens (``should_stream``).
 
+A third action, drafting ahead (SpecEdge's proactive drafting, PipeSpec): after sending a round
+of b tokens the device drafts k more while the round is in flight, betting that all b are
+accepted and the edge's own next token is the draft's first extra one (probability p_hit, the
+round's survival times a). On a hit the next round starts with k - 1 tokens already drafted,
+saving (k - 1) t_draft of its time; always, the k tokens draw drafting instead of waiting power.
+Valued in the same units as the outer loop, score * p_hit (k - 1) t_draft - Q * k (e_draft -
+t_draft p_wait) (under a power budget the saved time also shrinks the allowance), and k is at
+most what fits in the round's wait (``choose_ahead``).
+
 Units: seconds, joules, watts. V converts tokens into the queue's joules (J per token); larger V
 weighs throughput more against the energy budget.
 """
@@ -229,6 +238,37 @@ def should_stream(model: RoundModel, q_j: float, v: float, budget: Budget | None
     return stream_score(model, q_j, v, budget) > best
 
 
+def ahead_value(model: RoundModel, *, k: int, p_hit: float, q_j: float, score: float,
+                budget: Budget | None) -> float:
+    """Drift-plus-penalty value of drafting ``k`` tokens ahead of a round in flight (see the
+    module docstring): the expected drafting time it saves the next round, at ``score``
+    (value per second, the outer loop's optimum), less the queue's price of its extra energy."""
+    if k <= 0:
+        return 0.0
+    saved_s = min(max(p_hit, 0.0), 1.0) * (k - 1) * model.t_draft_s
+    extra_j = k * (model.e_draft_j - model.t_draft_s * model.p_wait_w)
+    penalty = q_j * extra_j
+    if budget is not None and budget.power_w is not None:
+        penalty += q_j * budget.power_w * saved_s  # a shorter round earns less allowance
+    return score * saved_s - penalty
+
+
+def choose_ahead(model: RoundModel, *, drafted: int, p_hit: float, q_j: float, score: float,
+                 budget: Budget | None, cap: int) -> int:
+    """How many tokens to draft ahead of a round of ``drafted`` tokens: the best k in 0..K,
+    K what fits in the round's predicted wait (at most ``cap``); 0 when none pays."""
+    if drafted <= 0:
+        return 0
+    wait_s = model.time_s(drafted) - drafted * model.t_draft_s
+    k_max = min(cap, int(wait_s / max(model.t_draft_s, 1e-9)))
+    best_k, best = 0, 0.0
+    for k in range(2, k_max + 1):
+        val = ahead_value(model, k=k, p_hit=p_hit, q_j=q_j, score=score, budget=budget)
+        if val > best + 1e-15:
+            best_k, best = k, val
+    return best_k
+
+
 def keep_drafting(
     *, v: float, q_j: float, score: float, survival: float, a_next: float,
     e_draft_j: float, t_draft_s: float, budget: Budget | None = None,
@@ -332,7 +372,8 @@ class Estimates:
     def observe(
         self, *, drafted: int, accepted: int, draft_s: float, rtt_s: float, verify_s: float,
         round_s: float, energy_j: float, draft_energy_j: float, catchup_tokens: int = 0,
-        queue_s: float | None = None, batch_tokens: int | None = None,
+        queue_s: float | None = None, batch_tokens: int | None = None, predrafted: int = 0,
+        ahead_s: float = 0.0, ahead_energy_j: float = 0.0,
     ) -> None:
         """Fold one measured round into the estimates.
 
@@ -343,13 +384,18 @@ class Estimates:
         which the controller never drafts again.
 
         ``queue_s`` and ``batch_tokens`` are the edge's report of its load (None from an edge
-        that does not report it: then the round's own tokens are the whole batch)."""
+        that does not report it: then the round's own tokens are the whole batch).
+
+        Drafting ahead: the ``predrafted`` tokens cost this round no draft time, and the time
+        and energy spent drafting ahead during the wait (``ahead_s``, ``ahead_energy_j``) are
+        not waiting: both stay out of the per-token draft cost and the waiting power."""
         if drafted > 0:
             judged = min(drafted, accepted + 1)  # tokens the edge actually ruled on
             self.a.update(accepted / judged)
-            if catchup_tokens <= 1:
-                self.t_draft_s.update(draft_s / drafted)
-                self.e_draft_j.update(draft_energy_j / drafted)
+            fresh = drafted - predrafted
+            if catchup_tokens <= 1 and fresh > 0:
+                self.t_draft_s.update(draft_s / fresh)
+                self.e_draft_j.update(draft_energy_j / fresh)
         own = drafted + 1
         batch = own if batch_tokens is None else max(batch_tokens, own)
         self.verify_s.update(float(batch), verify_s)
@@ -359,6 +405,6 @@ class Estimates:
         # Everything in the round that is neither drafting, queueing nor verifying: network,
         # framing, both sides' bookkeeping. T(b) then adds up to the measured round time.
         self.t_net_s.update(max(round_s - draft_s - verify_s - wait_s, 0.0))
-        wait_s = round_s - draft_s
+        wait_s = round_s - draft_s - ahead_s
         if wait_s > 1e-4:
-            self.p_wait_w.update(max(energy_j - draft_energy_j, 0.0) / wait_s)
+            self.p_wait_w.update(max(energy_j - draft_energy_j - ahead_energy_j, 0.0) / wait_s)

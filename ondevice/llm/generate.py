@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from ondevice.common import wire
 from ondevice.common.llama_runtime import LlamaConfig, LlamaModel, LlamaRunner
 from ondevice.edge.client import EdgeClient, EdgePool, EdgeUnavailable
 from ondevice.edge.discovery import EdgeBrowser, rank_edges
-from ondevice.llm.draft import DraftStream
+from ondevice.llm.draft import Ahead, Drafted, DraftStream
 from ondevice.llm.policies import Policy, RoundStats
 from ondevice.llm.report import Report
 
@@ -79,6 +80,8 @@ class _Totals:
     rtt_s: float = 0.0
     round_s: float = 0.0
     overhead_s: float = 0.0
+    ahead: int = 0  # tokens drafted ahead while rounds were in flight
+    ahead_hits: int = 0  # rounds whose tokens drafted ahead headed the next round
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -444,16 +447,22 @@ class Generation:
                 policy.keep_drafting,
                 want_entropy=policy.needs_entropy,
                 is_eog=self.model.is_eog,
+                want_features=policy.needs_features,
             )
             s0 = time.monotonic()
-            verdict = await edge.async_round(drafted.ids, drafted.q_ids, drafted.q_probs)
-            r1 = time.monotonic()
             n = int(drafted.ids.shape[0])
+            verdict, ahead = await self._round_with_ahead(edge, stream, drafted, n)
+            r1 = time.monotonic()
             if not 0 <= verdict.accepted <= n:
                 raise wire.EdgeError("bad-frame", f"edge accepted {verdict.accepted} of {n}")
             produced = drafted.ids[: verdict.accepted].tolist() + [verdict.token]
             before = len(stream.out)
             done = self._accept_tokens(stream, produced)
+            hit = not done and ahead is not None and stream.adopt_ahead(ahead)
+            ahead_n = len(ahead.ids) if ahead is not None else 0
+            ahead_s = ahead.draft_s if ahead is not None else 0.0
+            tot.ahead += ahead_n
+            tot.ahead_hits += int(hit)
             rtt_s = r1 - s0
             tot.rounds += 1
             tot.drafted += n
@@ -475,14 +484,45 @@ class Generation:
                     energy_j=self.meter.energy_j(r0, r1),
                     draft_energy_j=self.meter.energy_j(r0, s0),
                     entropies=drafted.entropies,
+                    features=drafted.features,
                     catchup_tokens=drafted.catchup_tokens,
                     queue_s=None if verdict.queue_ms is None else verdict.queue_ms / 1e3,
                     batch_tokens=verdict.batch,
+                    predrafted=drafted.predrafted,
+                    ahead=ahead_n,
+                    ahead_hit=hit,
+                    ahead_s=ahead_s,
+                    ahead_energy_j=self.meter.energy_j(s0, s0 + ahead_s) if ahead_s else 0.0,
                 )
             )
             if done:
                 return True
         return True
+
+    async def _round_with_ahead(self, edge: EdgeClient, stream: DraftStream, drafted: Drafted,
+                                n: int) -> tuple[wire.Verdict, Ahead | None]:
+        """Send the round; meanwhile draft ahead as far as the policy asks (in the worker
+        thread, stopped when the verdict comes). The draft is never used by two threads:
+        whatever happens to the round, the drafting ahead is stopped and awaited first."""
+        k = self.policy.ahead_tokens(n) if n else 0
+        if k > 0 and self._max_draft is not None:
+            k = min(k, self._max_draft)
+        if k <= 0:
+            return await edge.async_round(drafted.ids, drafted.q_ids, drafted.q_probs), None
+        stop = threading.Event()
+        task = asyncio.ensure_future(self._busy(
+            stream.draft_ahead, drafted, k, stop,
+            want_entropy=self.policy.needs_entropy or self.policy.needs_features,
+            is_eog=self.model.is_eog))
+        try:
+            verdict = await edge.async_round(drafted.ids, drafted.q_ids, drafted.q_probs)
+        except BaseException:
+            stop.set()
+            with contextlib.suppress(Exception):
+                await asyncio.shield(task)
+            raise
+        stop.set()
+        return verdict, await asyncio.shield(task)
 
     def _report(self, stream: DraftStream, t0: float, t1: float, n_prompt: int) -> Report:
         tot = self.totals
@@ -554,6 +594,8 @@ class Generation:
             errors=self.errors,
             policy_settings_start=self._policy_start,
             meter_started_monotonic_s=self.meter.started_t_s,
+            ahead_drafted=tot.ahead,
+            ahead_hits=tot.ahead_hits,
             edge_connects=(self._edges.connects - self._connects_before
                            if self._edges is not None else 0),
         )

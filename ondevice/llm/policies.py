@@ -13,6 +13,12 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from ondevice.llm import gelato
+from ondevice.llm.acceptance import (
+    BinnedAcceptance,
+    LogisticAcceptance,
+    PrequentialModel,
+    TokenFeatures,
+)
 
 Mode = Literal["speculative", "device-only", "edge-only"]
 
@@ -31,6 +37,7 @@ class RoundStats:
     energy_j: float  # device energy over the round (from the meter)
     draft_energy_j: float = 0.0  # of which while drafting
     entropies: list[float] = field(default_factory=list)  # per drafted token, nats (if asked)
+    features: list[TokenFeatures] = field(default_factory=list)  # per drafted token (if asked)
     # Committed tokens the draft evaluated at the round's start beyond the one it drafts from
     # (0 or 1 after a drafted round; more after rounds that drafted nothing, or the prompt):
     # that catch-up is in draft_s but is not the cost of the tokens drafted.
@@ -39,6 +46,16 @@ class RoundStats:
     # round waited for a batch, and the tokens of the batched decode that verified it.
     queue_s: float | None = None
     batch_tokens: int | None = None
+    # Drafting ahead: ``predrafted`` of this round's drafted tokens were drafted during the
+    # previous round's flight (no draft time now); ``ahead`` tokens were drafted during this
+    # round's flight, taking ``ahead_s`` and ``ahead_energy_j`` of its wait, and
+    # ``ahead_hit`` says whether they head the next round (every drafted token accepted and
+    # the edge's own next token equal to the first of them) or were dropped.
+    predrafted: int = 0
+    ahead: int = 0
+    ahead_hit: bool = False
+    ahead_s: float = 0.0
+    ahead_energy_j: float = 0.0
 
 
 class Policy(ABC):
@@ -47,6 +64,8 @@ class Policy(ABC):
     name: str = "policy"
     mode: Mode = "speculative"
     needs_entropy: bool = False  # whether keep_drafting wants the draft's entropy
+    # whether keep_drafting also wants each token's TokenFeatures, as a third argument
+    needs_features: bool = False
 
     @abstractmethod
     def round_budget(self) -> int:
@@ -66,6 +85,11 @@ class Policy(ABC):
     def observe_stream(self, tokens: int, time_s: float, energy_j: float) -> None:  # noqa: B027
         """Learn from a streamed stretch (``tokens`` the edge generated alone)."""
 
+    def ahead_tokens(self, drafted: int) -> int:
+        """After drafting a round of ``drafted`` tokens, before it is sent: draft up to this
+        many more while it is in flight, on the bet that all of it is accepted (0: do not)."""
+        return 0
+
     def describe(self) -> dict[str, object]:
         """Settings to put in the report."""
         return {}
@@ -76,16 +100,22 @@ class FixedPolicy(Policy):
 
     name = "fixed"
 
-    def __init__(self, gamma: int) -> None:
+    def __init__(self, gamma: int, *, ahead: int = 0) -> None:
         if gamma < 1:
             raise ValueError(f"gamma must be >= 1, got {gamma}")
+        if ahead < 0:
+            raise ValueError(f"ahead must be >= 0, got {ahead}")
         self.gamma = gamma
+        self.ahead = ahead  # tokens drafted ahead of every round in flight
 
     def round_budget(self) -> int:
         return self.gamma
 
+    def ahead_tokens(self, drafted: int) -> int:
+        return self.ahead if drafted else 0
+
     def describe(self) -> dict[str, object]:
-        return {"gamma": self.gamma}
+        return {"gamma": self.gamma, **({"ahead": self.ahead} if self.ahead else {})}
 
 
 class DeviceOnlyPolicy(Policy):
@@ -166,15 +196,20 @@ class GelatoPolicy(Policy):
 
     name = "gelato"
     needs_entropy = True
+    needs_features = True
 
     def __init__(
         self, *, v: float = DEFAULT_V, budget: gelato.Budget | None = None, cap: int = 16,
-        estimates: gelato.Estimates | None = None, stream: bool = True,
+        estimates: gelato.Estimates | None = None, stream: bool = True, ahead: bool = True,
+        acceptance: str = "logistic",
     ) -> None:
         if v <= 0:
             raise ValueError("V must be > 0")
         self.v, self.budget, self.cap = v, budget, cap
         self.stream = stream  # whether the stream action is in the action set
+        self.ahead = ahead  # whether drafting ahead is in the action set
+        self.ahead_drafted = self.ahead_hits = self.ahead_rounds = 0
+        self._judged_now = 0  # keep_drafting calls this round (tokens in the survival)
         self.streamed = 0  # tokens the edge generated alone at this policy's choice
         self._streak = 0  # stretches streamed in a row
         self._probe = 0  # drafting rounds left to probe after a streak of stretches
@@ -186,7 +221,13 @@ class GelatoPolicy(Policy):
         self._since_stretch = 0
         self.q_j = 0.0
         self.est = estimates or gelato.Estimates()
-        self.acceptance = gelato.AcceptanceModel()
+        # P(accept) of each drafted token: "logistic" on the draft's entropy, top-1
+        # probability, top-1 margin, position and running rate (``acceptance.py``), or
+        # "bins", the entropy-binned model of the paper's rule.
+        if acceptance not in ("logistic", "bins"):
+            raise ValueError(f"acceptance must be 'logistic' or 'bins', not {acceptance!r}")
+        self.acceptance: PrequentialModel = (LogisticAcceptance() if acceptance == "logistic"
+                                             else BinnedAcceptance())
         self._ref = 0
         self._score = 0.0
         self._survival = 1.0
@@ -275,6 +316,7 @@ class GelatoPolicy(Policy):
             self._model, self.q_j, self.v, self.budget, self.cap
         )
         self._survival = 1.0
+        self._judged_now = 0
         if self.rounds < len(self.WARMUP):
             self._ref = self.WARMUP[self.rounds]
             return self._ref
@@ -292,25 +334,53 @@ class GelatoPolicy(Policy):
         best = replace(self._model, a=gelato.A_MAX)
         return gelato.choose_budget(best, self.q_j, self.v, self.budget, self.cap)[0] > 0
 
-    def keep_drafting(self, drafted: int, entropy_nats: float | None) -> bool:
+    @staticmethod
+    def _features(j: int, entropy_nats: float, features: TokenFeatures | None) -> TokenFeatures:
+        """The token's features; without them (a trace that lacks top-1 and margin) the
+        top-1 and margin inputs sit at their centre, 0.5, where they move nothing."""
+        return features if features is not None else TokenFeatures(entropy_nats, 0.5, 0.5, j)
+
+    def keep_drafting(self, drafted: int, entropy_nats: float | None,
+                      features: TokenFeatures | None = None) -> bool:
         assert entropy_nats is not None
-        a = self.acceptance.predict(entropy_nats)
+        a = self.acceptance.predict(self._features(drafted - 1, entropy_nats, features))
         self._survival *= a
+        self._judged_now = drafted
         return gelato.keep_drafting(
             v=self.v, q_j=self.q_j, score=self._score, survival=self._survival, a_next=a,
             e_draft_j=self._model.e_draft_j, t_draft_s=self._model.t_draft_s,
             budget=self.budget,
         )
 
+    def ahead_tokens(self, drafted: int) -> int:
+        """Drafting ahead (``gelato.choose_ahead``): the chance of a hit is the round's
+        predicted survival (tokens the inner loop did not see at the mean acceptance) times
+        the mean acceptance of the next token. ``drafted`` is the round's drafted tokens."""
+        if not self.ahead or not drafted:
+            return 0
+        m = self._model
+        unseen = max(drafted - self._judged_now, 0)
+        p_hit = self._survival * m.a ** (unseen + 1)
+        return gelato.choose_ahead(m, drafted=drafted, p_hit=p_hit, q_j=self.q_j,
+                                   score=max(self._score, 0.0), budget=self.budget,
+                                   cap=self.cap)
+
     def observe(self, stats: RoundStats) -> None:
+        if stats.ahead:
+            self.ahead_rounds += 1
+            self.ahead_drafted += stats.ahead
+            self.ahead_hits += int(stats.ahead_hit)
         self.est.observe(
             drafted=stats.drafted, accepted=stats.accepted, draft_s=stats.draft_s,
             rtt_s=stats.rtt_s, verify_s=stats.verify_s, round_s=stats.round_s,
             energy_j=stats.energy_j, draft_energy_j=stats.draft_energy_j,
             catchup_tokens=stats.catchup_tokens, queue_s=stats.queue_s,
-            batch_tokens=stats.batch_tokens,
+            batch_tokens=stats.batch_tokens, predrafted=stats.predrafted,
+            ahead_s=stats.ahead_s, ahead_energy_j=stats.ahead_energy_j,
         )
-        self.acceptance.observe_round(stats.entropies, stats.accepted)
+        feats = stats.features or [self._features(j, h, None)
+                                   for j, h in enumerate(stats.entropies)]
+        self.acceptance.observe_round(feats, stats.accepted)
         # A round after a stretch also pays the draft's catch-up on the streamed tokens: that
         # is the stretch's cost, not drafting's, so it is taken out of the round's outcome.
         m = self._model
@@ -339,6 +409,9 @@ class GelatoPolicy(Policy):
             "mean_queue_j": self.q_sum / self.rounds if self.rounds else 0.0,
             "mean_reference_budget": self.ref_sum / self.rounds if self.rounds else None,
             "streamed_tokens": self.streamed,
+            "ahead_rounds": self.ahead_rounds,
+            "ahead_drafted": self.ahead_drafted,
+            "ahead_hits": self.ahead_hits,
             "acceptance_brier_prior": prior_mse,
             "acceptance_brier_learned": learned_mse,
             "acceptance_calibration": self.acceptance.calibration(),

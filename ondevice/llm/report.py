@@ -57,6 +57,8 @@ class Report:
     policy_settings_start: dict[str, Any] = field(default_factory=dict)
     meter_started_monotonic_s: float | None = None  # when the meter began sampling
     edge_connects: int = 0  # edge sockets this prompt opened (0 when it reused a kept one)
+    ahead_drafted: int = 0  # tokens drafted ahead while rounds were in flight
+    ahead_hits: int = 0  # rounds whose tokens drafted ahead headed the next round
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -83,7 +85,9 @@ def format_report(report: dict[str, Any]) -> str:
         f"tokens        {report['n_tokens']} in {report['elapsed_s']:.2f} s"
         f" = {report['tokens_per_s']:.1f} tokens/s ({report['stop_reason']})",
         f"rounds        {report['rounds']}, mean drafted {f(report['mean_drafted'], '.2f')},"
-        f" acceptance {f(report['acceptance'], '.3f')}",
+        f" acceptance {f(report['acceptance'], '.3f')}"
+        + (f", drafted ahead {report['ahead_drafted']} ({report['ahead_hits']} rounds hit)"
+           if report.get("ahead_drafted") else ""),
         f"per round     draft {f(report['mean_draft_ms'], '.1f')} ms, verify"
         f" {f(report['mean_verify_ms'], '.1f')} ms, rtt {f(report['mean_rtt_ms'], '.1f')} ms,"
         f" overhead {f(report['overhead_ms_per_round'], '.2f')} ms",

@@ -91,20 +91,26 @@ def trace(fixture_models: tuple[Path, Path]):  # type: ignore[no-untyped-def]
     ("rpi5", "edge-gpu"), ("rpi5", "edge-gpu-32k"),
     ("jetson-orin-nano", "edge-gpu"), ("jetson-orin-nano", "edge-gpu-32k")])
 def test_gelato_is_never_beaten_by_edge_only(trace, device: str, edge_name: str) -> None:  # type: ignore[no-untyped-def]
-    """With the stream action gelato is at least about as fast as edge-only at no more
-    J/token on every shipped profile pair, over a long run (the simulator's virtual clock; 3 %
-    slack for the warm-up rounds and probes)."""
+    """Gelato is never beaten by edge-only on a shipped profile pair, over a long run (the
+    simulator's virtual clock; 3 % slack for the warm-up rounds and probes). Unconstrained
+    (every action; its objective is speed) it is at least as fast; with edge-only's own
+    J/token as its budget it is as fast at no more J/token. At that budget nothing is cheaper
+    than streaming, so the energy of the warm-up rounds is never paid back: a longer run
+    (11 500 tokens) keeps it within the 3 %."""
     cost = CostModel(load_profile(device, "device"), load_profile(edge_name, "edge"))
     acc = acceptance_outcomes(trace, sampling=False)
     ent = policy_entropies(trace, sampling=False)
 
-    def run(policy: Policy):  # type: ignore[no-untyped-def]
-        return simulate_policy(policy, trace, cost, acc, ent, repeat=16)  # ~2900 tokens
+    def run(policy: Policy, repeat: int = 16):  # type: ignore[no-untyped-def]
+        return simulate_policy(policy, trace, cost, acc, ent, repeat=repeat,  # 180 tokens each
+                               features=trace.features(False))
 
     edge_only, g = run(EdgeOnlyPolicy()), run(GelatoPolicy())
     tps = lambda t: t.tokens / t.time_s  # noqa: E731
     jpt = lambda t: t.energy_j / t.tokens  # noqa: E731
     assert tps(g) >= 0.97 * tps(edge_only), (tps(g), tps(edge_only))
-    assert jpt(g) <= 1.03 * jpt(edge_only), (jpt(g), jpt(edge_only))
+    matched = run(GelatoPolicy(budget=gelato.Budget(j_per_token=jpt(edge_only))), 64)
+    assert tps(matched) >= 0.97 * tps(edge_only), (tps(matched), tps(edge_only))
+    assert jpt(matched) <= 1.03 * jpt(edge_only), (jpt(matched), jpt(edge_only))
     fixed = run(FixedPolicy(4))
     assert tps(g) >= 0.95 * tps(fixed) or jpt(g) <= jpt(fixed)
