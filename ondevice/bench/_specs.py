@@ -18,7 +18,7 @@ from ondevice.llm.policies import DEFAULT_V, POLICIES, Policy, make_policy
 
 DEFAULT_GAMMAS = (1, 2, 4, 8)
 DEFAULT_V_SWEEP = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)  # J per token
-MATCHED_AGAINST = ("fixed-4", "adaedl", "hf-heuristic")  # baselines gelato is matched to
+MATCHED_AGAINST = ("fixed-4", "adaedl", "hf-heuristic", "edge-only")  # gelato matched to
 AUTO_BUDGET_FRACTION = 0.5  # auto power budget: this far from the least mean power of any
 # run (the device waiting, nothing drafted) toward unconstrained GELATO's, so it binds and
 # stays feasible

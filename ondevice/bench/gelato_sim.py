@@ -268,7 +268,7 @@ def simulate_oracle_actions(
 ) -> Tally:
     """The hindsight-optimal schedule over GELATO's whole action set: drafting lengths as
     ``simulate_oracle``, plus streaming a stretch (``STREAM_LENGTHS``, or the rest of the
-    prompt when shorter) and, per round, drafting ahead as far as the wait allows or not."""
+    prompt) and, per round, drafting ahead as far as the wait allows or not."""
     total = Tally()
     for p in range(trace.n_prompts):
         total.add(_oracle_actions_prompt(cost, accepts[trace.prompt_slice(p)], lam_s_per_j,
@@ -317,8 +317,7 @@ def _oracle_actions_prompt(cost: CostModel, accepts: np.ndarray, lam: float,
         n_max = min(cap, left - 1)
         m = leading_accepts(accepts, i, n_max)
         options = list(range(m + 1)) + ([m + 1] if m < n_max else [])
-        streams = sorted({n for n in STREAM_LENGTHS if n <= left} | ({left} if left < 64
-                                                                      else set()))
+        streams = sorted({n for n in STREAM_LENGTHS if n <= left} | {left})
         for st in range(1, n_state):
             pend, ready = unpack(st)
             best_c, choice = np.inf, ("draft", 0, 0)

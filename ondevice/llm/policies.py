@@ -212,12 +212,19 @@ class GelatoPolicy(Policy):
         self._judged_now = 0  # keep_drafting calls this round (tokens in the survival)
         self.streamed = 0  # tokens the edge generated alone at this policy's choice
         self._streak = 0  # stretches streamed in a row
+        self._probe_every = self.STREAM_PROBE_EVERY  # doubles while probes lose (backoff)
+        self._probed = False  # a probe ran since the last stretch
+        self._stretch = self.STREAM_TOKENS  # the next stretch's length; doubles while it wins
+        self._ready = 0  # tokens drafted ahead that head the next round
+        self._q_drafted = 0.0  # the queue when drafting last ran (its realized rate's price)
         self._probe = 0  # drafting rounds left to probe after a streak of stretches
-        # Realized drift-plus-penalty value and time of each action, exponentially weighted:
-        # their ratio is what the action has been earning per second (renewal reward). The
+        # Realized tokens, energy and time of each action, exponentially weighted: priced at
+        # the current queue they give what the action earns per second (renewal reward). The
         # choice between drafting and streaming compares these, so a round model that learns
-        # slowly (acceptance, verify slope) cannot lock drafting out.
-        self._earned = {"draft": [0.0, 0.0], "stream": [0.0, 0.0]}
+        # slowly (acceptance, verify slope) cannot lock drafting out; pricing at the queue of
+        # now, not of when the action ran, keeps a drained queue from favouring the action
+        # that was cheap while it was full.
+        self._earned = {"draft": [0.0, 0.0, 0.0], "stream": [0.0, 0.0, 0.0]}
         self._since_stretch = 0
         self.q_j = 0.0
         self.est = estimates or gelato.Estimates()
@@ -242,7 +249,9 @@ class GelatoPolicy(Policy):
     WARMUP = (2, 4, 1, 3)  # first rounds' budgets: varied, so verify time vs b is measurable
     EXPLORE_EVERY = 16  # when the optimum is not to draft, still draft one token this often
     STREAM_TOKENS = 64  # a streamed stretch (one request, one RTT), re-decided after each
+    STREAM_MAX_TOKENS = 1024  # stretches double up to this while streaming keeps winning
     STREAM_PROBE_EVERY = 4  # stretches in a row before one drafting round re-measures drafting
+    STREAM_PROBE_MAX = 64  # ... at most, after probes that did not win drafting back
     STREAM_AFTER_ROUNDS = 12  # drafting rounds measured before streaming is weighed against them
     STREAM_RETRY_ROUNDS = 64  # drafting rounds in a row before streaming is measured again
     STREAM_CONFIDENT_ROUNDS = 64  # before this many rounds, streaming must win by EARLY_MARGIN
@@ -251,11 +260,15 @@ class GelatoPolicy(Policy):
     PROBE_ROUNDS = 3  # drafting rounds in a probe
 
     def stream_tokens(self) -> int:
-        """The stream action: ``STREAM_TOKENS`` when its ratio beats the best drafting
-        budget's (``gelato.should_stream``), else 0. Not before ``STREAM_AFTER_ROUNDS``
-        drafting rounds were measured; after ``STREAM_PROBE_EVERY`` stretches in a row, one
-        drafting round of at least ``PROBE_BUDGET`` tokens (if drafting could pay at all)
-        keeps the drafting estimates alive."""
+        """The stream action: a stretch of ``STREAM_TOKENS`` when its ratio beats the best
+        drafting budget's (``gelato.should_stream``), else 0; each stretch in a row doubles
+        the next (to ``STREAM_MAX_TOKENS``: fewer round trips while streaming stays best).
+        Not before ``STREAM_AFTER_ROUNDS``
+        drafting rounds were measured; after ``STREAM_PROBE_EVERY`` stretches in a row, a
+        probe of ``PROBE_ROUNDS`` drafting rounds of at least ``PROBE_BUDGET`` tokens (if
+        drafting could pay at all) keeps the drafting estimates alive; each probe after which
+        streaming still wins doubles that interval (to ``STREAM_PROBE_MAX``), so a pair where
+        streaming is best pays ever less for probing; drafting winning resets it."""
         if not self.stream or self.rounds < self.STREAM_AFTER_ROUNDS or self._probe:
             return 0
         self._model = self.est.model()
@@ -274,25 +287,40 @@ class GelatoPolicy(Policy):
         if not better:
             self._streak = 0
             self._since_stretch += 1
+            self._probe_every, self._probed = self.STREAM_PROBE_EVERY, False
+            self._stretch = self.STREAM_TOKENS
             return 0
-        if self._streak >= self.STREAM_PROBE_EVERY and self._could_pay():
+        if self._probed:  # streaming won again after a probe: probe half as often
+            self._probe_every = min(2 * self._probe_every, self.STREAM_PROBE_MAX)
+            self._probed = False
+        # The queue drained well below where drafting was last measured: drafting's realized
+        # rate came from a dearer time (its rounds were cut short by the penalty), so measure
+        # it again now rather than after the backed-off interval.
+        drained = self._q_drafted > 0.0 and self.q_j < 0.5 * self._q_drafted
+        if drained:
+            self._probe_every = self.STREAM_PROBE_EVERY
+        if (self._streak >= self._probe_every or drained) and self._could_pay():
             self._streak = 0
             self._probe = self.PROBE_ROUNDS
+            self._probed = True
             return 0
+        if self._streak:  # streaming won again: a longer stretch pays fewer round trips
+            self._stretch = min(2 * self._stretch, self.STREAM_MAX_TOKENS)
         self._streak += 1
         self._since_stretch = 0
-        return self.STREAM_TOKENS
+        return self._stretch
 
-    EARN_DECAY = 0.97  # weight of the past in the realized value and time of each action
+    EARN_DECAY = 0.97  # weight of the past in the realized outcomes of each action
 
-    def _earn(self, action: str, value: float, time_s: float) -> None:
+    def _earn(self, action: str, tokens: float, energy_j: float, time_s: float) -> None:
         acc = self._earned[action]
-        acc[0] = self.EARN_DECAY * acc[0] + value
-        acc[1] = self.EARN_DECAY * acc[1] + time_s
+        for i, x in enumerate((tokens, energy_j, time_s)):
+            acc[i] = self.EARN_DECAY * acc[i] + x
 
     def _rate(self, action: str) -> float | None:
-        value, time_s = self._earned[action]
-        return value / time_s if time_s > 0 else None
+        """The action's realized drift-plus-penalty value per second at the current queue."""
+        tokens, energy_j, time_s = self._earned[action]
+        return self._value(tokens, energy_j, time_s) / time_s if time_s > 0 else None
 
     def _value(self, tokens: float, energy_j: float, time_s: float) -> float:
         """Drift-plus-penalty value of an action's outcome: V * tokens - Q * (E - C)."""
@@ -300,18 +328,19 @@ class GelatoPolicy(Policy):
         return self.v * tokens - self.q_j * (energy_j - allowance)
 
     def observe_stream(self, tokens: int, time_s: float, energy_j: float) -> None:
-        self._earn("stream", self._value(tokens, energy_j, time_s), time_s)
+        self._earn("stream", tokens, energy_j, time_s)
         self.est.observe_stream(tokens=tokens, time_s=time_s, energy_j=energy_j)
         if self.budget is not None:
             allowance = self.budget.allowance_j(time_s, tokens)
             self.q_j = gelato.queue_update(self.q_j, energy_j, allowance)
         self.streamed += tokens
+        self._ready = 0
         self.energy_j += energy_j
         self.time_s += time_s
         self.tokens += tokens
 
     def round_budget(self) -> int:
-        self._model = self.est.model()
+        self._model = replace(self.est.model(), free_tokens=self._ready)
         self._ref, self._score = gelato.choose_budget(
             self._model, self.q_j, self.v, self.budget, self.cap
         )
@@ -346,10 +375,11 @@ class GelatoPolicy(Policy):
         a = self.acceptance.predict(self._features(drafted - 1, entropy_nats, features))
         self._survival *= a
         self._judged_now = drafted
+        free = drafted <= self._model.free_tokens  # drafted ahead: costs nothing now
         return gelato.keep_drafting(
             v=self.v, q_j=self.q_j, score=self._score, survival=self._survival, a_next=a,
-            e_draft_j=self._model.e_draft_j, t_draft_s=self._model.t_draft_s,
-            budget=self.budget,
+            e_draft_j=0.0 if free else self._model.e_draft_j,
+            t_draft_s=0.0 if free else self._model.t_draft_s, budget=self.budget,
         )
 
     def ahead_tokens(self, drafted: int) -> int:
@@ -358,7 +388,7 @@ class GelatoPolicy(Policy):
         the mean acceptance of the next token. ``drafted`` is the round's drafted tokens."""
         if not self.ahead or not drafted:
             return 0
-        m = self._model
+        m = replace(self._model, free_tokens=0)  # this round's wait, all its drafting priced
         unseen = max(drafted - self._judged_now, 0)
         p_hit = self._survival * m.a ** (unseen + 1)
         return gelato.choose_ahead(m, drafted=drafted, p_hit=p_hit, q_j=self.q_j,
@@ -366,6 +396,7 @@ class GelatoPolicy(Policy):
                                    cap=self.cap)
 
     def observe(self, stats: RoundStats) -> None:
+        self._ready = stats.ahead - 1 if stats.ahead_hit else 0
         if stats.ahead:
             self.ahead_rounds += 1
             self.ahead_drafted += stats.ahead
@@ -388,8 +419,8 @@ class GelatoPolicy(Policy):
                      if stats.catchup_tokens > 1 else 0.0)
         catchup_j = catchup_s * m.e_draft_j / max(m.t_draft_s, 1e-9)
         time_s = max(stats.round_s - catchup_s, 1e-9)
-        self._earn("draft", self._value(stats.produced, stats.energy_j - catchup_j, time_s),
-                   time_s)
+        self._earn("draft", stats.produced, stats.energy_j - catchup_j, time_s)
+        self._q_drafted = self.q_j
         if self.budget is not None:
             allowance = self.budget.allowance_j(stats.round_s, stats.produced)
             self.q_j = gelato.queue_update(self.q_j, stats.energy_j, allowance)

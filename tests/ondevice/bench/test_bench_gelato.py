@@ -380,3 +380,119 @@ def test_sim_bench_budget_runs(fixture_trace: Trace) -> None:
     sweep = [r for r in bench.rows if r.group == "gelato-sweep"]
     assert [r.budget_w for r in sweep] == [3.0, 3.0]
     assert bench.info["auto_budget"] is False
+
+
+# -- issue 14: drafting ahead, the oracle over every action, the shipped trace ---------------
+
+def test_drafting_ahead_by_hand() -> None:
+    """A round of 2 with 3 tokens asked ahead: its wait (10 ms net + 8 ms verify) fits one
+    10 ms draft, so one is drafted, at 5 W instead of 2 W; the round's time is unchanged. The
+    next round's predrafted tokens cost no draft time and no catch-up."""
+    cost = CostModel(DEVICE, EDGE)
+    plain, ahead = cost.round(2), cost.round(2, ahead=3)
+    assert ahead.ahead == 1 and cost.ahead_fits(2) == 1
+    assert ahead.round_s == pytest.approx(plain.round_s)
+    assert ahead.energy_j - plain.energy_j == pytest.approx(0.010 * (5.0 - 2.0))
+    assert ahead.ahead_energy_j == pytest.approx(0.010 * 5.0)
+    nxt = cost.round(3, pending=2, predrafted=2)
+    assert nxt.draft_s == pytest.approx(0.010)  # one fresh token, no catch-up
+
+
+def test_simulated_hits_head_the_next_round() -> None:
+    """Fixed 2 with 1 ahead on HAND (accept, accept, reject, accept x3), a slow edge so the
+    token fits: round 1 drafts positions 0-1 (both accepted) and bets on position 2, which is
+    rejected: no hit. Round 2 from position 3 drafts 3-4 (accepted) and bets on position 5,
+    the edge's own last token, which matches: a hit (with nothing left to head). On a trace
+    with no rejection the first round hits and the second starts predrafted."""
+    slow_edge = EdgeProfile(name="slow", verify_t0_ms=50.0, verify_ms_per_token=1.0)
+    cost = CostModel(DEVICE, slow_edge)
+    seen: list[RoundStats] = []
+
+    class Watch(FixedPolicy):
+        def observe(self, stats: RoundStats) -> None:
+            seen.append(stats)
+
+    simulate_policy(Watch(2, ahead=1), HAND, cost, HAND.match, HAND.entropy)
+    assert [s.ahead_hit for s in seen] == [False, True]
+    good = Trace.from_prompts([[0.1] * 7], [[True] * 7])
+    seen.clear()
+    t = simulate_policy(Watch(2, ahead=3), good, cost, good.match, good.entropy)
+    assert seen[0].ahead == 3 and seen[0].ahead_hit
+    assert seen[1].predrafted == 2 and seen[1].draft_s == pytest.approx(0.0)
+    assert t.tokens == 7
+
+
+def test_oracle_over_every_action_bounds_every_policy_and_the_old_oracle(
+        fixture_trace: Trace) -> None:
+    from ondevice.bench.gelato_sim import simulate_oracle_actions
+    from ondevice.llm.policies import EdgeOnlyPolicy
+
+    for dev, edge in (("rpi5", "edge-gpu"), ("jetson-orin-nano", "edge-gpu-32k")):
+        cost = CostModel(load_profile(dev, "device"),  # type: ignore[arg-type]
+                         load_profile(edge, "edge"))  # type: ignore[arg-type]
+        acc = fixture_trace.match
+        best = simulate_oracle_actions(fixture_trace, cost, acc)
+        assert best.tokens == fixture_trace.n_positions
+        old = simulate_oracle(fixture_trace, cost, acc)
+        assert best.time_s <= old.time_s * (1 + 1e-9)
+        for policy in (GelatoPolicy(), FixedPolicy(4, ahead=8), EdgeOnlyPolicy()):
+            t = simulate_policy(policy, fixture_trace, cost, acc, fixture_trace.entropy,
+                                features=fixture_trace.features(False))
+            assert t.time_s >= best.time_s * (1 - 1e-9), (dev, edge, policy.name)
+
+
+def test_gelato_drafts_ahead_where_the_wait_is_long(fixture_trace: Trace) -> None:
+    """On a Jetson with the 32k-context edge a round waits several draft tokens' time:
+    unconstrained gelato drafts ahead and hits; fixed 4 with 8 ahead beats fixed 4."""
+    cost = CostModel(load_profile("jetson-orin-nano", "device"),  # type: ignore[arg-type]
+                     load_profile("edge-gpu-32k", "edge"))  # type: ignore[arg-type]
+    acc, ent = fixture_trace.match, fixture_trace.entropy
+    g = GelatoPolicy(stream=False)
+    simulate_policy(g, fixture_trace, cost, acc, ent, repeat=4,
+                    features=fixture_trace.features(False))
+    assert g.ahead_drafted > 0 and g.ahead_hits > 0
+    plain = simulate_policy(FixedPolicy(4), fixture_trace, cost, acc, ent)
+    ahead = simulate_policy(FixedPolicy(4, ahead=8), fixture_trace, cost, acc, ent)
+    assert ahead.tokens == plain.tokens and ahead.time_s < plain.time_s
+
+
+def test_never_beaten_and_the_all_actions_oracle_are_targets() -> None:
+    rows = [_row("fixed-4", 10.0, 0.3), _row("edge-only", 12.0, 0.1),
+            _row("gelato", 14.0, 0.2, "gelato"), _row("gelato @edge-only", 12.5, 0.1,
+                                                      "gelato-matched"),
+            _row("oracle (all actions)", 15.0, 0.2, "oracle-actions")]
+    rows[3].budget_j_per_token = 0.1
+    t = evaluate_targets(rows)
+    assert t["never_beaten"]["ratio_at_equal_energy"]["edge-only"] == pytest.approx(12.5 / 12)
+    assert t["never_beaten"]["met"]
+    assert t["gelato_vs_oracle_actions"]["ratio"] == pytest.approx(14 / 15)
+    slower = [*rows[:3], _row("gelato @edge-only", 11.0, 0.1, "gelato-matched"), rows[4]]
+    slower[3].budget_j_per_token = 0.1
+    assert not evaluate_targets(slower)["never_beaten"]["met"]
+
+
+def test_the_shipped_trace() -> None:
+    from ondevice.bench.trace import shipped_trace
+
+    path = shipped_trace()
+    assert path.is_file() and path.stat().st_size < 300_000
+    trace = Trace.load(path)
+    assert trace.meta["target"].startswith("gemma-3-270m") and trace.n_prompts == 10
+    assert trace.features(False) is not None and trace.features(True) is not None
+    assert trace.p_accept is not None and 0.5 < trace.greedy_acceptance() < 1.0
+
+
+def test_cli_sim_without_a_trace_replays_the_shipped_one(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["bench", "gelato", "--mode", "sim", "--profile", "rpi5", "--edge-profile",
+               "edge-gpu", "--repeat", "1", "--V-sweep", "2", "--policies",
+               "gelato,fixed,edge-only", "--gammas", "4", "--out", str(tmp_path),
+               "--no-progress"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "replaying the trace shipped with coinfer" in out
+    assert "entropy+top1+margin+position+running" in out
+    data = json.loads((tmp_path / "gelato-sim-rpi5+edge-gpu.json").read_text())
+    assert {m["features"] for m in data["meta"]["acceptance_models"]} >= {"entropy-bins",
+                                                                          "adaedl"}
+    assert "oracle (all actions)" in {r["policy"] for r in data["rows"]}
