@@ -44,6 +44,10 @@ def add_device_flags(p: argparse.ArgumentParser) -> None:
                    help="gelato: long-term average device power budget, watts")
     b.add_argument("--energy-per-token", type=argtypes.positive_float, metavar="J",
                    help="gelato: long-term device energy budget per generated token, joules")
+    p.add_argument("--draft-ahead", type=argtypes.non_negative_int, default=None, metavar="N",
+                   help="draft while a round is in flight, on the bet that all of it is "
+                   "accepted: 0 never; N > 0 with --policy fixed, N tokens ahead of every "
+                   "round (default: gelato decides per round, fixed drafts none ahead)")
     p.add_argument("--V", dest="v", type=argtypes.positive_float, default=DEFAULT_V,
                    help=f"gelato: throughput-vs-energy weight, J per token (default {DEFAULT_V});"
                    " larger V favours tokens/s, smaller V tracks the budget more tightly")
@@ -102,6 +106,7 @@ def device_from_args(args: argparse.Namespace) -> Any:
         v=args.v,
         power_budget_w=args.power_budget,
         energy_per_token_j=args.energy_per_token,
+        draft_ahead=args.draft_ahead,
         top_k=args.top_k,
         n_ctx=args.n_ctx,
         n_threads=args.threads,

@@ -55,15 +55,19 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     from ondevice.cli._bench_fleet import add_fleet_parser
 
     add_fleet_parser(bsub)
+    from ondevice.cli._bench_ahead import add_ahead_parser
+
+    add_ahead_parser(bsub)
 
 
 def run_bench(args: argparse.Namespace) -> int:
     """Run the ``bench`` subcommand ``args`` names."""
     from ondevice.bench.enachi import run_enachi
+    from ondevice.cli._bench_ahead import run_ahead
     from ondevice.cli._bench_fleet import run_fleet
 
     runners: dict[str, Callable[[argparse.Namespace], int]] = {
-        "gelato": _run_gelato, "enachi": run_enachi, "fleet": run_fleet}
+        "gelato": _run_gelato, "enachi": run_enachi, "fleet": run_fleet, "ahead": run_ahead}
     try:
         return runners[args.bench](args)
     except KeyboardInterrupt:

@@ -93,7 +93,8 @@ class Device:
 
     ``meter`` is a SPEC (``docs/meters.md``); with ``require_meter`` a measured meter that
     gives no reading within 3 s makes ``open`` raise ``MeterUnavailable``. ``policy`` is a
-    policy name (with ``gamma``, ``v``, ``power_budget_w``, ``energy_per_token_j``) or a
+    policy name (with ``gamma``, ``v``, ``power_budget_w``, ``energy_per_token_j``,
+    ``draft_ahead``, see ``make_policy``) or a
     ``Policy`` object, kept for the Device's life. ``n_ctx``/``n_threads`` (or a whole
     ``llama_config``) size the draft's context; unset, the model's sidecar decides.
 
@@ -121,6 +122,7 @@ class Device:
         v: float = DEFAULT_V,
         power_budget_w: float | None = None,
         energy_per_token_j: float | None = None,
+        draft_ahead: int | None = None,
         top_k: int = 32,
         n_ctx: int | None = None,
         n_threads: int | None = None,
@@ -150,7 +152,8 @@ class Device:
                                        or energy_per_token_j is not None):
                 raise ValueError("power_budget_w/energy_per_token_j are for policy 'gelato'")
             self.policy = make_policy(policy, gamma=gamma, v=v, power_budget_w=power_budget_w,
-                                      energy_per_token_j=energy_per_token_j)
+                                      energy_per_token_j=energy_per_token_j,
+                                      draft_ahead=draft_ahead)
         if top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
         self.top_k = top_k

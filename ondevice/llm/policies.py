@@ -458,16 +458,22 @@ POLICIES = ("gelato", "fixed", "adaedl", "hf-heuristic", "device-only", "edge-on
 
 def make_policy(
     name: str, *, gamma: int = 4, v: float = DEFAULT_V, power_budget_w: float | None = None,
-    energy_per_token_j: float | None = None,
+    energy_per_token_j: float | None = None, draft_ahead: int | None = None,
 ) -> Policy:
-    """Build a policy by its ``--policy`` name."""
+    """Build a policy by its ``--policy`` name. ``draft_ahead``: None, gelato decides (fixed
+    drafts none ahead); 0, never; N > 0, fixed drafts N ahead of every round (gelato: allowed,
+    it decides how far). Other policies take no ``draft_ahead`` but None or 0."""
+    if draft_ahead is not None and draft_ahead < 0:
+        raise ValueError(f"draft_ahead must be >= 0, got {draft_ahead}")
+    if draft_ahead and name not in ("gelato", "fixed"):
+        raise ValueError("drafting ahead is for the gelato and fixed policies")
     if name == "gelato":
         budget = None
         if power_budget_w is not None or energy_per_token_j is not None:
             budget = gelato.Budget(power_w=power_budget_w, j_per_token=energy_per_token_j)
-        return GelatoPolicy(v=v, budget=budget)
+        return GelatoPolicy(v=v, budget=budget, ahead=draft_ahead != 0)
     if name == "fixed":
-        return FixedPolicy(gamma)
+        return FixedPolicy(gamma, ahead=draft_ahead or 0)
     if name == "adaedl":
         return AdaEdlPolicy()
     if name == "hf-heuristic":

@@ -150,3 +150,28 @@ class _CountHits(FixedPolicy):
 
     def observe(self, stats: RoundStats) -> None:
         self.hits += int(stats.ahead_hit)
+
+
+def test_draft_ahead_flag(fixture_models: tuple[Path, Path]) -> None:
+    """``--draft-ahead``: N for fixed, 0 turns gelato's off, refused for other policies."""
+    import subprocess
+    import sys
+
+    from ondevice.llm.policies import make_policy
+
+    assert make_policy("fixed", gamma=3, draft_ahead=5).ahead_tokens(3) == 5
+    assert make_policy("fixed").ahead_tokens(3) == 0
+    assert make_policy("gelato", draft_ahead=0).ahead is False  # type: ignore[attr-defined]
+    assert make_policy("gelato").ahead is True  # type: ignore[attr-defined]
+    with pytest.raises(ValueError, match="gelato and fixed"):
+        make_policy("adaedl", draft_ahead=2)
+    done = subprocess.run(
+        [sys.executable, "-m", "ondevice.cli", "generate", "--draft", str(fixture_models[1]),
+         "--no-discover", "--policy", "adaedl", "--draft-ahead", "2", "--prompt", "x"],
+        capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and "gelato and fixed" in done.stderr
+    done = subprocess.run(
+        [sys.executable, "-m", "ondevice.cli", "generate", "--draft", str(fixture_models[1]),
+         "--no-discover", "--draft-ahead", "-1", "--prompt", "x"],
+        capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "--draft-ahead" in done.stderr
