@@ -54,6 +54,7 @@ class DeviceResult:
     batch_n: int = 0
     queue_ms_sum: float = 0.0
     diverged: int = 0  # verdict tokens that differed from the trace (float noise near ties)
+    streamed: int = 0  # tokens the edge generated alone at the policy's choice (stream action)
     b_history: list[int] = field(default_factory=list)  # gelato's budget per round
     t_start_s: float = 0.0
 
@@ -85,6 +86,7 @@ class FleetRow:
     diverged: int
     real_devices: int = 0  # devices running a real draft (this benchmark: none, all replay)
     replayed_devices: int = 0
+    streamed_share: float | None = None  # of the tokens, those the edge streamed alone
     energy_source: str = "modelled"
 
     def to_dict(self) -> dict[str, Any]:
@@ -113,6 +115,7 @@ def summarize(mode: str, n: int, policy: str, scheduler: str, results: Sequence[
         acceptance=sum(r.accepted for r in results) / drafted if drafted else None,
         diverged=sum(r.diverged for r in results),
         replayed_devices=n,
+        streamed_share=(sum(r.streamed for r in results) / max(sum(r.tokens for r in results), 1)),
     )
 
 
@@ -188,6 +191,26 @@ async def run_real_device(index: int, url: str, pt: PromptTrace, policy: Policy,
         else:
             while pos < n_tokens:
                 r0 = time.monotonic()
+                n_stream = min(policy.stream_tokens(), n_tokens - pos)
+                if n_stream > 0:  # the stream action: the edge generates a stretch alone
+                    got = 0
+                    async for chunk in edge.async_generate(n_stream):
+                        for tok in chunk.ids.tolist():
+                            res.diverged += int(tok != int(pt.tokens[pos + got]))
+                            got += 1
+                        if chunk.batch is not None:
+                            res.batch_sum += chunk.batch
+                            res.batch_n += 1
+                            res.queue_ms_sum += chunk.queue_ms or 0.0
+                    seconds = time.monotonic() - r0
+                    energy = edge_only_energy_j(cost, got, seconds)
+                    policy.observe_stream(got, seconds, energy)
+                    res.energy_j += energy
+                    res.streamed += got
+                    pos += got
+                    if got == 0:
+                        break
+                    continue
                 n_max = max(0, min(policy.round_budget(), n_tokens - pos - 1, 32))
                 ids, ents = draft_round(pt, pos, policy, n_max)
                 draft_s = cost.draft_s(len(ids), 1)
@@ -286,6 +309,9 @@ def simulate_fleet(traces: Sequence[PromptTrace], policy_name: str, n: int, cost
         seq += 1
 
     start = {}
+    # device -> (end position, request time, tokens) of the stretch the edge streams to it
+    stretch: dict[int, tuple[int, float, int]] = {}
+
     for i in range(n):
         push(0.0, "draft", i)
     while events:
@@ -297,6 +323,12 @@ def simulate_fleet(traces: Sequence[PromptTrace], policy_name: str, n: int, cost
                 res[i].tokens = pos[i]
                 continue
             if policies[i].mode == "edge-only":  # one generate request, then the edge streams
+                pending.append((t + half_rtt, i, 0, [], [], t))
+                push(t + half_rtt, "arrive", i)
+                continue
+            n_stream = min(policies[i].stream_tokens(), limit[i] - pos[i])
+            if n_stream > 0:  # a stretch: one generate request, then the edge streams
+                stretch[i] = (pos[i] + n_stream, t, n_stream)
                 pending.append((t + half_rtt, i, 0, [], [], t))
                 push(t + half_rtt, "arrive", i)
                 continue
@@ -319,6 +351,23 @@ def simulate_fleet(traces: Sequence[PromptTrace], policy_name: str, n: int, cost
             edge_free_at = t + svc
             for arrive_t, dev, nd, _ids, ents, r0 in take:
                 pt, pol, r = pts[dev], policies[dev], res[dev]
+                if dev in stretch:
+                    pos[dev] += 1
+                    r.batch_sum += batch
+                    r.batch_n += 1
+                    r.queue_ms_sum += max(t - arrive_t, 0.0) * 1e3
+                    end, s0, n_got = stretch[dev]
+                    if pos[dev] < end:
+                        pending.append((edge_free_at, dev, 0, [], [], r0))
+                    else:  # the stretch's last token: the device decides again
+                        del stretch[dev]
+                        done_t = edge_free_at + half_rtt
+                        energy = edge_only_energy_j(cost, n_got, done_t - s0)
+                        pol.observe_stream(n_got, done_t - s0, energy)
+                        r.energy_j += energy
+                        r.streamed += n_got
+                        push(done_t, "draft", dev)
+                    continue
                 if pol.mode == "edge-only":
                     pos[dev] += 1
                     r.batch_sum += batch

@@ -252,7 +252,7 @@ class GelatoPolicy(Policy):
     STREAM_MAX_TOKENS = 1024  # stretches double up to this while streaming keeps winning
     STREAM_PROBE_EVERY = 4  # stretches in a row before one drafting round re-measures drafting
     STREAM_PROBE_MAX = 64  # ... at most, after probes that did not win drafting back
-    STREAM_AFTER_ROUNDS = 12  # drafting rounds measured before streaming is weighed against them
+    STREAM_AFTER_ROUNDS = 8  # drafting rounds measured before streaming is weighed against them
     STREAM_RETRY_ROUNDS = 64  # drafting rounds in a row before streaming is measured again
     STREAM_CONFIDENT_ROUNDS = 64  # before this many rounds, streaming must win by EARLY_MARGIN
     EARLY_MARGIN = 1.25
