@@ -277,8 +277,11 @@ class GelatoPolicy(Policy):
         margin = 1.0 if self.rounds >= self.STREAM_CONFIDENT_ROUNDS else self.EARLY_MARGIN
         drafted, streamed = self._rate("draft"), self._rate("stream")
         if streamed is None:  # no stretch yet: the round model's prediction decides a first one
-            best = gelato.choose_budget(self._model, self.q_j, self.v, self.budget, self.cap)[1]
-            better = gelato.stream_score(self._model, self.q_j, self.v, self.budget) > (
+            b_best, best = gelato.choose_budget(self._model, self.q_j, self.v, self.budget,
+                                                self.cap)
+            # Not drafting at all (b* = 0) is streaming with a round trip per token: stream.
+            better = b_best == 0 or gelato.stream_score(
+                self._model, self.q_j, self.v, self.budget) > (
                 margin * best if best > 0 else best)
         elif self._streak == 0 and self._since_stretch >= self.STREAM_RETRY_ROUNDS:
             better = True  # drafting for a while: measure streaming again

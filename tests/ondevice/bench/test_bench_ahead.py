@@ -25,6 +25,8 @@ def test_bench_ahead_compares_with_and_without(fixture_models: tuple[Path, Path]
     out = capsys.readouterr().out
     assert rc == 0, out
     data = json.loads((tmp_path / "ahead.json").read_text())
+    if rig == "netns" and data["rig"] != "netns":
+        pytest.skip(f"no network namespaces here: {data['rig_note']}")
     assert data["rig"] == rig and data["delay_ms"] == 20 and data["energy_source"] == "modelled"
     rows = {r["label"]: r for r in data["rows"]}
     assert set(rows) == {"fixed-4", "fixed-4 +4 ahead", "gelato, no drafting ahead", "gelato"}
