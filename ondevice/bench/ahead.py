@@ -11,20 +11,19 @@ measured; J/token is modelled by the ``sim`` meter (labelled so).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ondevice.bench._netns import Host, NetnsUnavailable, two_hosts
-
-EDGE_START_S = 120.0
+from ondevice.edge.local import edge_child
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,37 +99,6 @@ def _rig(use_netns: bool) -> Iterator[tuple[Host | None, Host | None, str]]:
     yield None, None, note
 
 
-@contextlib.contextmanager
-def _edge(target: Path, edge: Host | None, delay_ms: float, threads: int,
-          n_ctx: int) -> Iterator[str]:
-    host = edge.ip if edge is not None else "127.0.0.1"
-    prefix = list(edge.prefix) if edge is not None else []
-    cmd = [*prefix, sys.executable, "-m", "edge_server.cli", "--model", str(target),
-           "--host", host, "--port", "0", "--no-advertise", "--emulate-delay-ms",
-           f"{delay_ms:g}", "--threads", str(threads), "--n-ctx", str(n_ctx)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    try:
-        assert proc.stdout is not None
-        deadline = time.monotonic() + EDGE_START_S
-        url = None
-        while url is None:
-            line = proc.stdout.readline()
-            if not line:
-                raise RuntimeError(f"edge-server exited ({proc.wait()}) before listening")
-            if "listening on" in line:
-                url = line.strip().rsplit(" ", 1)[-1]
-            if time.monotonic() > deadline:
-                raise RuntimeError("edge-server did not start in time")
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-
-
 def _generate(dev: Host | None, draft: Path, url: str, prompt: str, max_tokens: int,
               threads: int, n_ctx: int, policy: AheadPolicy) -> dict[str, Any]:
     prefix = list(dev.prefix) if dev is not None else []
@@ -155,25 +123,37 @@ def run_ahead_bench(
     """Every policy on every prompt against one delayed edge (see the module docstring)."""
     pols = list(policies) or default_policies()
     rows = {p.label: AheadRow(p.label) for p in pols}
-    with _rig(use_netns) as (dev, edge, note), \
-            _edge(target, edge, delay_ms, edge_threads, n_ctx) as url:
-        for prompt in prompts:
-            for p in pols:
-                rep = _generate(dev, draft, url, prompt, max_tokens, threads, n_ctx, p)
-                r = rows[p.label]
-                r.tokens += int(rep["n_tokens"])
-                r.time_s += float(rep["elapsed_s"])
-                r.energy_j += float(rep["energy_j"] or 0.0)
-                r.rounds += int(rep["rounds"])
-                r.ahead_drafted += int(rep.get("ahead_drafted") or 0)
-                r.ahead_hits += int(rep.get("ahead_hits") or 0)
-                r.degraded += int(bool(rep["degraded"]))
-                r.runs += 1
-                progress(1)
+
+    async def bench(dev: Host | None, edge: Host | None) -> None:
+        args = ["--model", str(target), "--host", edge.ip if edge else "127.0.0.1", "--port",
+                "0", "--no-advertise", "--emulate-delay-ms", f"{delay_ms:g}", "--threads",
+                str(edge_threads), "--n-ctx", str(n_ctx)]
+        async with edge_child(args, quiet=True, prefix=edge.prefix if edge else ()) as url:
+            for prompt in prompts:
+                for p in pols:
+                    rep = await asyncio.to_thread(_generate, dev, draft, url, prompt,
+                                                  max_tokens, threads, n_ctx, p)
+                    _add(rows[p.label], rep)
+                    progress(1)
+
+    with _rig(use_netns) as (dev, edge, note):
+        asyncio.run(bench(dev, edge))
     return AheadBench(list(rows.values()), "netns" if dev is not None else "loopback", note,
                       delay_ms, meta={"target": target.name, "draft": draft.name,
                                       "prompts": list(prompts), "max_tokens": max_tokens,
                                       "threads": threads, "edge_threads": edge_threads})
+
+
+def _add(r: AheadRow, rep: dict[str, Any]) -> None:
+    """Fold one ``ondevice generate --json`` report into a policy's totals."""
+    r.tokens += int(rep["n_tokens"])
+    r.time_s += float(rep["elapsed_s"])
+    r.energy_j += float(rep["energy_j"] or 0.0)
+    r.rounds += int(rep["rounds"])
+    r.ahead_drafted += int(rep.get("ahead_drafted") or 0)
+    r.ahead_hits += int(rep.get("ahead_hits") or 0)
+    r.degraded += int(bool(rep["degraded"]))
+    r.runs += 1
 
 
 def format_ahead(bench: AheadBench) -> str:

@@ -20,19 +20,20 @@ STOP_S = 15.0  # s: SIGTERM, then SIGKILL after this long
 @contextlib.asynccontextmanager
 async def edge_child(
     args: Sequence[str], *, core: int | None = None, quiet: bool = False,
-    startup_s: float = STARTUP_S,
+    startup_s: float = STARTUP_S, prefix: Sequence[str] = (),
 ) -> AsyncIterator[str]:
     """Start ``edge-server ARGS``; yield the URL it prints once listening; stop it on exit.
 
     ``core`` pins the child (and every thread it starts) to one CPU; ``quiet`` drops its
-    stderr. Raises RuntimeError if it exits or stays silent past ``startup_s``.
+    stderr; ``prefix`` runs it inside something that execs it (``ip netns exec NS``).
+    Raises RuntimeError if it exits or stays silent past ``startup_s``.
     """
     code = ("import os, runpy, sys; "
             + (f"os.sched_setaffinity(0, {{{core}}}); " if core is not None else "")
             + "sys.argv = ['edge-server'] + sys.argv[1:]; "
             "runpy.run_module('edge_server.cli', run_name='__main__')")
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", code, *args, stdout=asyncio.subprocess.PIPE,
+        *prefix, sys.executable, "-c", code, *args, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.DEVNULL if quiet else None, start_new_session=True,
     )
     try:
