@@ -278,10 +278,11 @@ class EmulatedChannel(Channel):
         bits = 8.0 * nbytes
         energy = airtime = 0.0
         slots: set[int] = set()
+        k_min = 0  # the slot after the last one used up (float rounding may keep t at its edge)
         while bits > 1e-9:
             if until is not None and t >= until:
                 break
-            k = int((t - self._t0) // self.slot_s)
+            k = max(int((t - self._t0) // self.slot_s), k_min)
             end = self._t0 + (k + 1) * self.slot_s
             if until is not None:
                 end = min(end, until)
@@ -296,8 +297,9 @@ class EmulatedChannel(Channel):
                 energy += (p + self.circuit_w) * dt
                 airtime += dt
             t += dt
-            if dt <= 0.0 and end <= t:
-                t = end + 1e-12  # numerical guard at a slot edge
+            if t >= end:  # this slot is used up: the next step is in the next one, whatever
+                k_min = k + 1  # the rounding of t near the edge (loop time of a long uptime)
+                t = max(t, end)
             await asyncio.sleep(max(0.0, t - loop.time()))
         delivered = bits <= 1e-9
         self._busy_until = t

@@ -251,3 +251,26 @@ async def test_wifi_channel_with_iw(tmp_path: Path, mode: str, want: str) -> Non
     calls = (tmp_path / "calls").read_text().splitlines()
     assert calls.count("dev wlan0 set txpower fixed 1000") == 1
     assert not any("fixed 1000 " in c or c.endswith("mBm") for c in calls)
+
+
+class _LongUptimeLoop(asyncio.SelectorEventLoop):
+    """A real event loop whose clock reads as on a board up for 5.5 hours (loop time
+    ~20 000 s, where a float's spacing exceeds 1e-12 s)."""
+
+    def time(self) -> float:
+        return super().time() + 20_000.0
+
+
+def test_send_completes_on_a_long_uptime_clock() -> None:
+    """At loop time ~20 000 s the slot-edge arithmetic once rounded back onto the same
+    slot and spun forever; the send must end, taking its airtime."""
+
+    async def send() -> tuple[object, float]:
+        async with EmulatedChannel(bw_mhz=1, snr_db=6, fading="none", circuit_w=0.2) as ch:
+            rep = await ch.async_send(20_000, share=0.5, power=ConstantPower(0.05))
+            return rep, ch.mean_gain
+
+    with asyncio.Runner(loop_factory=_LongUptimeLoop) as runner:
+        rep, gain = runner.run(asyncio.wait_for(send(), 10.0))
+    want = 8 * 20_000 / shannon_bps(0.5, 1e6, 0.05, gain, N0)
+    assert rep.delivered and rep.airtime_s == pytest.approx(want, rel=1e-6)  # type: ignore[attr-defined]
