@@ -27,6 +27,7 @@ prequentially (each outcome against the prediction made before it was seen):
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -147,21 +148,23 @@ class _Prequential:
         return out
 
 
-class PrequentialModel:
+class PrequentialModel(ABC):
     """Base of the models here: ``observe_round``'s censoring and the prequential score.
     Subclasses implement ``predict`` and ``_learn`` (an update that scores nothing)."""
 
     def __init__(self, c: float) -> None:
         self._score = _Prequential(c)
 
+    @abstractmethod
     def predict(self, f: TokenFeatures) -> float:
-        raise NotImplementedError
+        """P(accept) for ``f`` now, in [A_MIN, A_MAX]."""
 
+    @abstractmethod
     def _learn(self, f: TokenFeatures, accepted: bool) -> None:
-        raise NotImplementedError
+        """Update the model with one outcome (scoring is done by the caller)."""
 
-    def _end_round(self, judged: Sequence[TokenFeatures], n_accepted: int) -> None:
-        """Hook after a round's tokens were learned (the running rate)."""
+    def _end_round(self, judged: Sequence[TokenFeatures], n_accepted: int) -> None:  # noqa: B027
+        """Hook after a round's tokens were learned (the running rate); default: nothing."""
 
     def observe(self, f: TokenFeatures, accepted: bool) -> None:
         """Score the current prediction for ``f`` against the outcome, then learn from it."""
@@ -209,7 +212,7 @@ class AdaEDLAcceptance(PrequentialModel):
         return adaedl_prior(f.entropy, self.c)
 
     def _learn(self, f: TokenFeatures, accepted: bool) -> None:
-        pass
+        """The bound does not learn."""
 
 
 class BinnedAcceptance(PrequentialModel):

@@ -220,8 +220,9 @@ def test_edge_memory_is_bounded_by_the_kv_pool_not_by_sessions_times_context(
                         opened = wire.decode((await ws.receive(timeout=60)).data)
                         assert isinstance(opened, wire.Opened), opened
                         await ws.send_bytes(wire.encode(wire.Generate(opened.session, 8)))
-                        while not wire.decode((await ws.receive(timeout=60)).data).done:
-                            pass
+                        done = False
+                        while not done:  # read the stream to its last frame
+                            done = wire.decode((await ws.receive(timeout=60)).data).done
                         rss.append(_rss_mib(e.proc.pid))
                     async with http.get(e.url + wire.INFO_PATH) as resp:
                         info = await resp.json()
