@@ -7,7 +7,15 @@ argmax matched and its entropy, from the real pair) at the speed of a device har
 it drafts the trace's tokens (a matched token is the target's, the first unmatched one any
 other token, later ones filler the edge rejects anyway), sleeps the profile's drafting time,
 and sends real ``round`` frames. The edge does all its real work: prefill, batched verification
-with the rejection sampler, edge-only generation. Device energy is modelled from the profile
+with the rejection sampler, edge-only generation.
+
+The trace holds only along the path it was recorded on. Where the edge's greedy token is not
+the trace's (a near-tie that the edge's float sums, which depend on the batch a step carries
+and on where its sequence's cells lie in the KV pool, resolve otherwise than the recording
+did), the session's context has left the trace, and a device that kept drafting it would
+draft a path the edge never takes. So a drafting device ends that session at the verdict that
+shows it and goes on with the next prompt in a new session (``diverged`` counts these); it
+also moves on when a prompt's trace runs out. Device energy is modelled from the profile
 (``CostModel``: drafting, waiting and radio power), labelled modelled.
 
 Sim mode runs the same devices and policies against an event-driven model of a batching edge
@@ -22,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -53,8 +62,9 @@ class DeviceResult:
     batch_sum: float = 0.0  # sum over rounds/steps of the edge's decode size
     batch_n: int = 0
     queue_ms_sum: float = 0.0
-    diverged: int = 0  # verdict tokens that differed from the trace (float noise near ties)
+    diverged: int = 0  # sessions whose edge path left the trace (next prompt followed)
     streamed: int = 0  # tokens the edge generated alone at the policy's choice (stream action)
+    sessions: int = 0  # sessions opened (a new one per trace, real mode)
     b_history: list[int] = field(default_factory=list)  # gelato's budget per round
     t_start_s: float = 0.0
 
@@ -83,7 +93,8 @@ class FleetRow:
     mean_queue_ms: float | None
     edge_rss_mib: float | None
     acceptance: float | None
-    diverged: int
+    diverged: int  # sessions whose edge path left the trace (real mode)
+    sessions: int = 0  # sessions the devices opened (real mode: one per trace replayed)
     real_devices: int = 0  # devices running a real draft (this benchmark: none, all replay)
     replayed_devices: int = 0
     streamed_share: float | None = None  # of the tokens, those the edge streamed alone
@@ -114,6 +125,7 @@ def summarize(mode: str, n: int, policy: str, scheduler: str, results: Sequence[
         edge_rss_mib=rss_mib,
         acceptance=sum(r.accepted for r in results) / drafted if drafted else None,
         diverged=sum(r.diverged for r in results),
+        sessions=sum(r.sessions for r in results),
         replayed_devices=n,
         streamed_share=(sum(r.streamed for r in results) / max(sum(r.tokens for r in results), 1)),
     )
@@ -162,104 +174,131 @@ def draft_round(pt: PromptTrace, pos: int, policy: Policy, n_max: int) -> tuple[
     return ids, ents
 
 
-async def run_real_device(index: int, url: str, pt: PromptTrace, policy: Policy,
+async def run_real_device(index: int, url: str, pts: Sequence[PromptTrace], policy: Policy,
                           cost: CostModel, vocab_hash: str, n_tokens: int,
                           start_delay_s: float = 0.0) -> DeviceResult:
-    """One replayed device against a real edge (module docstring)."""
+    """One replayed device against a real edge (module docstring): ``n_tokens`` tokens over
+    one socket, replaying ``pts[0]``, then ``pts[1]``, ... in turn (a new session each) when a
+    trace runs out or the edge's greedy path leaves it (``diverged``)."""
     from ondevice.edge.client import EdgeClient
 
     await asyncio.sleep(start_delay_s)
-    n_tokens = min(n_tokens, len(pt.tokens) - 1)
     res = DeviceResult(index, 0, 0.0, 0.0, t_start_s=time.monotonic())
-    d = cost.device
     async with EdgeClient(url, timeout_s=120.0) as edge:
-        await edge.async_open(pt.ids, vocab_hash=vocab_hash, draft_model="replay",
-                              temperature=0.0, seed=index, top_k=1)
-        pos = 0
-        if policy.mode == "edge-only":
-            t0 = time.monotonic()
-            async for chunk in edge.async_generate(n_tokens):
-                for tok in chunk.ids.tolist():
-                    res.diverged += int(pos < len(pt.tokens) and tok != int(pt.tokens[pos]))
-                    pos += 1
-                if chunk.batch is not None:
-                    res.batch_sum += chunk.batch
-                    res.batch_n += 1
-                    res.queue_ms_sum += chunk.queue_ms or 0.0
-            res.tokens = pos
-            res.energy_j = edge_only_energy_j(cost, pos, time.monotonic() - t0)
-        else:
-            while pos < n_tokens:
-                r0 = time.monotonic()
-                n_stream = min(policy.stream_tokens(), n_tokens - pos)
-                if n_stream > 0:  # the stream action: the edge generates a stretch alone
-                    got = 0
-                    async for chunk in edge.async_generate(n_stream):
-                        for tok in chunk.ids.tolist():
-                            res.diverged += int(tok != int(pt.tokens[pos + got]))
-                            got += 1
-                        if chunk.batch is not None:
-                            res.batch_sum += chunk.batch
-                            res.batch_n += 1
-                            res.queue_ms_sum += chunk.queue_ms or 0.0
-                    seconds = time.monotonic() - r0
-                    energy = edge_only_energy_j(cost, got, seconds)
-                    policy.observe_stream(got, seconds, energy)
-                    res.energy_j += energy
-                    res.streamed += got
-                    pos += got
-                    if got == 0:
-                        break
-                    continue
-                n_max = max(0, min(policy.round_budget(), n_tokens - pos - 1, 32))
-                ids, ents = draft_round(pt, pos, policy, n_max)
-                draft_s = cost.draft_s(len(ids), 1)
-                await asyncio.sleep(draft_s)  # the profile's device drafting time
-                s0 = time.monotonic()
-                n = len(ids)
-                verdict = await edge.async_round(
-                    np.asarray(ids, np.int32), np.asarray(ids, np.int32).reshape(n, 1),
-                    np.ones((n, 1), np.float32))
-                r1 = time.monotonic()
-                produced = verdict.accepted + 1
-                expect = int(pt.tokens[pos + verdict.accepted])
-                res.diverged += int(verdict.token != expect)
-                rc = cost.round(n)
-                wait_s = (r1 - r0) - draft_s
-                energy = rc.draft_energy_j + d.wait_w * wait_s + (rc.energy_j - rc.draft_energy_j
-                                                                  - d.wait_w * (rc.round_s
-                                                                                - rc.draft_s))
-                policy.observe(RoundStats(
-                    drafted=n, accepted=verdict.accepted, produced=produced, draft_s=draft_s,
-                    rtt_s=r1 - s0, verify_s=verdict.verify_ms / 1e3, round_s=r1 - r0,
-                    energy_j=energy, draft_energy_j=rc.draft_energy_j, entropies=ents,
-                    queue_s=None if verdict.queue_ms is None else verdict.queue_ms / 1e3,
-                    batch_tokens=verdict.batch))
-                pos += produced
-                res.rounds += 1
-                res.drafted += n
-                res.accepted += verdict.accepted
-                res.energy_j += energy
-                if verdict.batch is not None:
-                    res.batch_sum += verdict.batch
-                    res.batch_n += 1
-                    res.queue_ms_sum += verdict.queue_ms or 0.0
-                res.b_history.append(n)
-            res.tokens = pos
+        for leg in itertools.count():
+            if res.tokens >= n_tokens:
+                break
+            pt = pts[leg % len(pts)]
+            if leg:
+                await edge.async_end_session()
+            await edge.async_open(pt.ids, vocab_hash=vocab_hash, draft_model="replay",
+                                  temperature=0.0, seed=index, top_k=1)
+            res.sessions += 1
+            room = min(n_tokens - res.tokens, len(pt.tokens) - 1)
+            got = await _replay_leg(edge, pt, room, policy, cost, res)
+            res.tokens += got
+            if got == 0:  # the edge ended the prompt at once (end of generation)
+                break
     res.seconds = time.monotonic() - res.t_start_s
     return res
+
+
+def _count_batch(res: DeviceResult, frame: Any) -> None:
+    if frame.batch is not None:
+        res.batch_sum += frame.batch
+        res.batch_n += 1
+        res.queue_ms_sum += frame.queue_ms or 0.0
+
+
+async def _stream(edge: Any, pt: PromptTrace, pos: int, n: int, res: DeviceResult
+                  ) -> tuple[int, bool]:
+    """Let the edge generate ``n`` tokens from trace position ``pos``; (tokens, whether one of
+    them left the trace)."""
+    got, left = 0, False
+    async for chunk in edge.async_generate(n):
+        for tok in chunk.ids.tolist():
+            left = left or tok != int(pt.tokens[pos + got])
+            got += 1
+        _count_batch(res, chunk)
+    return got, left
+
+
+async def _replay_leg(edge: Any, pt: PromptTrace, room: int, policy: Policy, cost: CostModel,
+                      res: DeviceResult) -> int:
+    """Replay one open session along ``pt`` for at most ``room`` tokens; return the tokens
+    produced. Drafting policies stop the leg where the edge's token is not the trace's: past
+    it the trace no longer describes the session's context (a near-tie that the edge's batch
+    resolved the other way, or a path recorded with other float sums)."""
+    if policy.mode == "edge-only":  # the tokens' values do not change its cost: no early stop
+        t0 = time.monotonic()
+        got, left = await _stream(edge, pt, 0, room, res)
+        res.diverged += int(left)
+        res.energy_j += edge_only_energy_j(cost, got, time.monotonic() - t0)
+        return got
+    d = cost.device
+    pos = 0
+    while pos < room:
+        r0 = time.monotonic()
+        n_stream = min(policy.stream_tokens(), room - pos)
+        if n_stream > 0:  # the stream action: the edge generates a stretch alone
+            got, left = await _stream(edge, pt, pos, n_stream, res)
+            seconds = time.monotonic() - r0
+            energy = edge_only_energy_j(cost, got, seconds)
+            policy.observe_stream(got, seconds, energy)
+            res.energy_j += energy
+            res.streamed += got
+            pos += got
+            if left or got == 0:
+                res.diverged += int(left)
+                break
+            continue
+        n_max = max(0, min(policy.round_budget(), room - pos - 1, 32))
+        ids, ents = draft_round(pt, pos, policy, n_max)
+        draft_s = cost.draft_s(len(ids), 1)
+        await asyncio.sleep(draft_s)  # the profile's device drafting time
+        s0 = time.monotonic()
+        n = len(ids)
+        verdict = await edge.async_round(
+            np.asarray(ids, np.int32), np.asarray(ids, np.int32).reshape(n, 1),
+            np.ones((n, 1), np.float32))
+        r1 = time.monotonic()
+        produced = verdict.accepted + 1
+        rc = cost.round(n)
+        wait_s = (r1 - r0) - draft_s
+        energy = rc.draft_energy_j + d.wait_w * wait_s + (rc.energy_j - rc.draft_energy_j
+                                                          - d.wait_w * (rc.round_s
+                                                                        - rc.draft_s))
+        policy.observe(RoundStats(
+            drafted=n, accepted=verdict.accepted, produced=produced, draft_s=draft_s,
+            rtt_s=r1 - s0, verify_s=verdict.verify_ms / 1e3, round_s=r1 - r0,
+            energy_j=energy, draft_energy_j=rc.draft_energy_j, entropies=ents,
+            queue_s=None if verdict.queue_ms is None else verdict.queue_ms / 1e3,
+            batch_tokens=verdict.batch))
+        pos += produced
+        res.rounds += 1
+        res.drafted += n
+        res.accepted += verdict.accepted
+        res.energy_j += energy
+        _count_batch(res, verdict)
+        res.b_history.append(n)
+        if verdict.token != int(pt.tokens[pos - 1]):  # the edge left the trace
+            res.diverged += 1
+            break
+    return pos
 
 
 async def run_real_fleet(url: str, traces: Sequence[PromptTrace], policy_name: str, n: int,
                          cost: CostModel, vocab_hash: str, n_tokens: int, *,
                          power_budget_w: float | None = None, join_every_s: float = 0.0,
                          ) -> list[DeviceResult]:
-    """``n`` replayed devices at once (or joining every ``join_every_s``), prompts in turn."""
+    """``n`` replayed devices at once (or joining every ``join_every_s``); device ``i``
+    starts on prompt ``i`` and goes on with the next ones in turn."""
     policies = [make_policy(policy_name, gamma=4, power_budget_w=power_budget_w)
                 for _ in range(n)]
+    k = len(traces)
     return list(await asyncio.gather(*(
-        run_real_device(i, url, traces[i % len(traces)], policies[i], cost, vocab_hash,
-                        n_tokens, start_delay_s=i * join_every_s)
+        run_real_device(i, url, [traces[(i + j) % k] for j in range(k)], policies[i], cost,
+                        vocab_hash, n_tokens, start_delay_s=i * join_every_s)
         for i in range(n))))
 
 

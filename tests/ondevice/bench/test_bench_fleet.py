@@ -133,7 +133,35 @@ async def test_real_fleet_device_streams_a_stretch(fixture_models: tuple[Path, P
         vhash = m.vocab_hash()
     policy = Alternate()
     with edge_server(fixture_models[0], "--n-ctx", "256") as e:
-        res = await run_real_device(0, e.url, traces[0], policy, cost, vhash, 30)
-    assert res.tokens >= 30 - 1 and res.diverged == 0
+        res = await run_real_device(0, e.url, [traces[0]], policy, cost, vhash, 30)
+    assert res.tokens == 30 and res.diverged == 0 and res.sessions == 1
     assert policy.stretches and all(n == 5 for n in policy.stretches[:-1])
     assert res.streamed == sum(policy.stretches) and res.rounds > 0
+
+
+async def test_real_fleet_device_leaves_a_trace_the_edge_left(fixture_models: tuple[Path, Path],
+                                                              traces: list) -> None:
+    """Where the edge's greedy path is not the trace's (here: a trace corrupted at position
+    8 and marked matched, so the device drafts the wrong token there), the device ends that
+    session at the verdict that shows it and goes on with the next prompt; without this it
+    would draft a stale path for the rest of the run (every verdict off the trace)."""
+    from dataclasses import replace
+
+    from _edge import edge_server
+
+    from ondevice.bench.fleet import run_real_device
+
+    good = traces[0]
+    tokens = good.tokens.copy()
+    tokens[8] = (int(tokens[8]) + 1) % 200 + 3
+    match = good.match.copy()
+    match[:12] = True
+    bad = replace(good, tokens=tokens, match=match)
+    cost = CostModel(load_profile("rpi5", "device"), load_profile("edge-gpu", "edge"))
+    with LlamaModel(fixture_models[0]) as m:
+        vhash = m.vocab_hash()
+    with edge_server(fixture_models[0], "--n-ctx", "256") as e:
+        res = await run_real_device(0, e.url, [bad, traces[1]], FixedPolicy(4), cost, vhash,
+                                    40)
+    assert res.diverged == 1 and res.sessions == 2 and res.tokens == 40
+    assert res.accepted >= 8  # the matched positions before the corruption were accepted
