@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from edge_server._advice import ACTIVE_S, StreamAdvisor
 from ondevice.common import wire
 from ondevice.common.llama_pool import LlamaPool, Part, PoolFull
 from ondevice.common.speculative import sample_full, session_rng, verify
@@ -59,6 +60,7 @@ class StepInfo:
     queue_ms: float
     batch: int
     compute_ms: float
+    advise_stream: bool = False  # the edge's advice at the time (``_advice.StreamAdvisor``)
 
 
 @dataclass(slots=True, eq=False)
@@ -72,6 +74,7 @@ class Job:
     finish: Callable[[np.ndarray], Any]
     future: asyncio.Future[tuple[Any, StepInfo]]
     t_enqueue: float = field(default_factory=time.perf_counter)
+    verify: bool = False  # a verification round (the advisor's cost line is fitted on these)
 
 
 class EngineSession:
@@ -92,6 +95,7 @@ class EngineSession:
         self.n_ctx = n_ctx
         self.prefill_ms = 0.0
         self.closed = False
+        self.t_last_job = time.perf_counter()  # end of its last step (the advisor's "active")
 
     @property
     def cached(self) -> int:
@@ -126,7 +130,7 @@ class EngineSession:
             return accepted, token
 
         (accepted, token), step = await self.engine.submit(
-            self, pending + msg.draft.tolist(), n + 1, finish)
+            self, pending + msg.draft.tolist(), n + 1, finish, verify=True)
         self.committed.extend(msg.draft[:accepted].tolist())
         self.committed.append(token)
         return accepted, token, step
@@ -166,6 +170,8 @@ class Engine:
         self.steps = 0
         self.step_tokens = 0
         self.step_jobs = 0
+        self.advisor = StreamAdvisor()
+        self._t_free = time.perf_counter()  # when the compute thread last went idle
 
     async def __aenter__(self) -> Engine:
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="edge-engine")
@@ -230,7 +236,8 @@ class Engine:
     # -- the scheduler ----------------------------------------------------------------------
 
     async def submit(self, s: EngineSession, tokens: list[int], n_logits: int,
-                     finish: Callable[[np.ndarray], Any]) -> tuple[Any, StepInfo]:
+                     finish: Callable[[np.ndarray], Any], *, verify: bool = False,
+                     ) -> tuple[Any, StepInfo]:
         """Queue one job of session ``s`` and wait for its result and step."""
         if s.closed:
             raise wire.WireError("unknown-session", "the session is closed")
@@ -239,7 +246,7 @@ class Engine:
                                  f"engine's step of {self.pool.max_step_tokens}")
         future: asyncio.Future[tuple[Any, StepInfo]] = (
             asyncio.get_running_loop().create_future())
-        self._pending.append(Job(s, tokens, n_logits, finish, future))
+        self._pending.append(Job(s, tokens, n_logits, finish, future, verify=verify))
         self._wake.set()
         return await future
 
@@ -325,10 +332,22 @@ class Engine:
             self.steps += 1
             self.step_tokens += batch
             self.step_jobs += len(jobs)
+            for job in jobs:
+                job.seq.t_last_job = t1
+            self.advisor.observe_step(
+                compute_s=t1 - t0, idle_s=t0 - self._t_free, tokens=batch, jobs=len(jobs),
+                # serial scheduling never batches: a streamed token is a step of its own
+                active=(1 if self.scheduler == "serial"
+                        else sum(1 for s in self._open if t1 - s.t_last_job < ACTIVE_S)),
+                rounds=[(len(j.tokens), r[1][0] + 1) for j, r in zip(jobs, results, strict=True)
+                        if j.verify and r[0]],
+                fit=all(j.n_logits == len(j.tokens) for j in jobs))
+            self._t_free = t1
+            advise = self.advisor.advise_stream
             for job, (ok, value) in zip(jobs, results, strict=True):
                 if job.future.done():  # the session went away meanwhile
                     continue
-                info = StepInfo((t0 - job.t_enqueue) * 1e3, batch, (t1 - t0) * 1e3)
+                info = StepInfo((t0 - job.t_enqueue) * 1e3, batch, (t1 - t0) * 1e3, advise)
                 if ok:
                     job.future.set_result((value, info))
                 else:
@@ -348,4 +367,5 @@ class Engine:
             "mean_batch_tokens": self.step_tokens / self.steps if self.steps else None,
             "mean_batch_jobs": self.step_jobs / self.steps if self.steps else None,
             "pending": len(self._pending),
+            "advice": self.advisor.describe(),
         }

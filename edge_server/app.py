@@ -383,7 +383,8 @@ class _Connection:
             accepted, token, step = await session.async_verify(msg)
             edge_ms = (time.perf_counter() - t_in) * 1e3
             await self.send(wire.Verdict(accepted, token, step.compute_ms, edge_ms,
-                                         queue_ms=step.queue_ms, batch=step.batch))
+                                         queue_ms=step.queue_ms, batch=step.batch,
+                                         advise=step.advise_stream))
         elif isinstance(msg, wire.Open):
             await self._open(msg)
         elif isinstance(msg, wire.Generate):
@@ -477,7 +478,8 @@ class _Connection:
             token, step = await session.async_generate_one()
             done = model.is_eog(token) or i == max_tokens - 1
             await self.send(wire.Tokens(np.array([token], dtype=np.int32), done,
-                                        step.compute_ms, step.queue_ms, step.batch))
+                                        step.compute_ms, step.queue_ms, step.batch,
+                                        step.advise_stream))
             if done:
                 return
         await self.send(wire.Tokens(np.zeros(0, dtype=np.int32), True, 0.0))

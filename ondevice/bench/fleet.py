@@ -211,16 +211,17 @@ def _count_batch(res: DeviceResult, frame: Any) -> None:
 
 
 async def _stream(edge: Any, pt: PromptTrace, pos: int, n: int, res: DeviceResult
-                  ) -> tuple[int, bool]:
+                  ) -> tuple[int, bool, bool | None]:
     """Let the edge generate ``n`` tokens from trace position ``pos``; (tokens, whether one of
-    them left the trace)."""
-    got, left = 0, False
+    them left the trace, the edge's last advice)."""
+    got, left, advice = 0, False, None
     async for chunk in edge.async_generate(n):
         for tok in chunk.ids.tolist():
             left = left or tok != int(pt.tokens[pos + got])
             got += 1
         _count_batch(res, chunk)
-    return got, left
+        advice = chunk.advise if chunk.advise is not None else advice
+    return got, left, advice
 
 
 async def _replay_leg(edge: Any, pt: PromptTrace, room: int, policy: Policy, cost: CostModel,
@@ -231,7 +232,7 @@ async def _replay_leg(edge: Any, pt: PromptTrace, room: int, policy: Policy, cos
     resolved the other way, or a path recorded with other float sums)."""
     if policy.mode == "edge-only":  # the tokens' values do not change its cost: no early stop
         t0 = time.monotonic()
-        got, left = await _stream(edge, pt, 0, room, res)
+        got, left, _ = await _stream(edge, pt, 0, room, res)
         res.diverged += int(left)
         res.energy_j += edge_only_energy_j(cost, got, time.monotonic() - t0)
         return got
@@ -241,10 +242,10 @@ async def _replay_leg(edge: Any, pt: PromptTrace, room: int, policy: Policy, cos
         r0 = time.monotonic()
         n_stream = min(policy.stream_tokens(), room - pos)
         if n_stream > 0:  # the stream action: the edge generates a stretch alone
-            got, left = await _stream(edge, pt, pos, n_stream, res)
+            got, left, advice = await _stream(edge, pt, pos, n_stream, res)
             seconds = time.monotonic() - r0
             energy = edge_only_energy_j(cost, got, seconds)
-            policy.observe_stream(got, seconds, energy)
+            policy.observe_stream(got, seconds, energy, edge_advice=advice)
             res.energy_j += energy
             res.streamed += got
             pos += got
@@ -273,7 +274,7 @@ async def _replay_leg(edge: Any, pt: PromptTrace, room: int, policy: Policy, cos
             rtt_s=r1 - s0, verify_s=verdict.verify_ms / 1e3, round_s=r1 - r0,
             energy_j=energy, draft_energy_j=rc.draft_energy_j, entropies=ents,
             queue_s=None if verdict.queue_ms is None else verdict.queue_ms / 1e3,
-            batch_tokens=verdict.batch))
+            batch_tokens=verdict.batch, edge_advice=verdict.advise))
         pos += produced
         res.rounds += 1
         res.drafted += n

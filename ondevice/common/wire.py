@@ -22,10 +22,14 @@ type ``t``     direction  keys (wire type, unit)
                           ``verify_ms`` target batch time (float, ms); ``edge_ms`` time from frame
                           in to frame out (float, ms); optional, since issue 12 (absent from an
                           older edge): ``queue_ms`` time the work waited for its batch (float,
-                          ms); ``batch`` tokens in the batched decode that verified it (int)
+                          ms); ``batch`` tokens in the batched decode that verified it (int);
+                          ``advise`` (bool): true while the edge is the fleet's bottleneck and
+                          a verified position costs it more per produced token than a
+                          streamed one, i.e. the fleet goes faster if its sessions stream
 ``generate``   dev->edge  ``session`` (str); ``max_tokens`` (int): the target generates alone
 ``tokens``     edge->dev  ``ids`` (bin int32[m]); ``done`` (bool); ``verify_ms`` (float, ms);
-                          optional ``queue_ms`` (float, ms) and ``batch`` (int) as in ``verdict``
+                          optional ``queue_ms`` (float, ms), ``batch`` (int) and ``advise``
+                          (bool) as in ``verdict``
 ``close``      dev->edge  ``session`` (str)
 ``error``      edge->dev  ``code`` (str, one of ``ERROR_CODES``); ``message`` (str)
 ``dnn_open``   dev->edge  one split-inference task. ``v`` protocol version (int); ``model`` DNN
@@ -149,6 +153,7 @@ class Verdict:
     edge_ms: float
     queue_ms: float | None = None  # waited for a batch (None: the edge did not say)
     batch: int | None = None  # tokens in the decode that verified this round
+    advise: bool | None = None  # the edge advises its sessions to stream (None: did not say)
 
 
 @dataclass(slots=True)
@@ -164,6 +169,7 @@ class Tokens:
     verify_ms: float = 0.0
     queue_ms: float | None = None
     batch: int | None = None
+    advise: bool | None = None
 
 
 @dataclass(slots=True)
@@ -254,7 +260,7 @@ def encode(msg: Message) -> bytes:
             "token": msg.token,
             "verify_ms": msg.verify_ms,
             "edge_ms": msg.edge_ms,
-            **_load_keys(msg.queue_ms, msg.batch),
+            **_load_keys(msg.queue_ms, msg.batch, msg.advise),
         }
     elif isinstance(msg, Open):
         body = {
@@ -283,7 +289,7 @@ def encode(msg: Message) -> bytes:
             "ids": _arr(msg.ids, _I32),
             "done": msg.done,
             "verify_ms": msg.verify_ms,
-            **_load_keys(msg.queue_ms, msg.batch),
+            **_load_keys(msg.queue_ms, msg.batch, msg.advise),
         }
     elif isinstance(msg, Close):
         body = {"t": "close", "session": msg.session}
@@ -336,9 +342,12 @@ def _opt(body: dict, key: str, typ: type) -> Any:
     return _get(body, key, typ) if key in body else None
 
 
-def _load_keys(queue_ms: float | None, batch: int | None) -> dict[str, Any]:
+def _load_keys(queue_ms: float | None, batch: int | None,
+               advise: bool | None) -> dict[str, Any]:
     """The optional load keys of ``verdict`` and ``tokens``, only when known."""
     out: dict[str, Any] = {}
+    if advise is not None:
+        out["advise"] = bool(advise)
     if queue_ms is not None:
         out["queue_ms"] = float(queue_ms)
     if batch is not None:
@@ -393,6 +402,7 @@ def decode(frame: bytes) -> Message:
             edge_ms=_get(body, "edge_ms", float),
             queue_ms=_opt(body, "queue_ms", float),
             batch=_opt(body, "batch", int),
+            advise=_opt(body, "advise", bool),
         )
     if kind == "open":
         return Open(
@@ -422,6 +432,7 @@ def decode(frame: bytes) -> Message:
             verify_ms=_get(body, "verify_ms", float),
             queue_ms=_opt(body, "queue_ms", float),
             batch=_opt(body, "batch", int),
+            advise=_opt(body, "advise", bool),
         )
     if kind == "close":
         return Close(session=_get(body, "session", str))

@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ondevice.common.dnn_profile import RAW_SPLIT, DnnProfile
+from ondevice.common.estimators import Ewma
 from ondevice.dnn.enachi import (
     Link,
     SplitOption,
@@ -49,7 +50,6 @@ from ondevice.dnn.enachi import (
     queue_update,
     rayleigh_points,
 )
-from ondevice.llm.gelato import Ewma
 
 POLICIES = ("enachi", "device-only", "edge-only", "fixed-split", "no-progressive",
             "constant-power")

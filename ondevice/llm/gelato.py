@@ -26,7 +26,10 @@ stream, i.e. the edge's target generates the next L tokens alone and streams the
 per token is [V - Q (e_stream - c_stream)] / t_stream with t_stream and e_stream the measured
 time and device energy per streamed token (radio receive and waiting, no drafting); the
 controller streams while that ratio beats the best drafting budget's, re-deciding after every
-stretch of L tokens (``should_stream``).
+stretch of L tokens (``should_stream``). In a fleet the edge may advise streaming (it is the
+bottleneck and a verified position costs it more per produced token than a streamed one,
+``edge_server/_advice.py``): ``GelatoPolicy`` then streams unless its energy queue is above
+zero, because no device reaches that fleet-wide optimum by its own comparison.
 
 A third action, drafting ahead (SpecEdge's proactive drafting, PipeSpec): after sending a round
 of b tokens the device drafts k more while the round is in flight, betting that all b are
@@ -47,6 +50,8 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from ondevice.common.estimators import Ewma, LinearFit
 
 # AdaEDL (Agrawal et al., 2024): acceptance lower bound 1 - sqrt(c * H), H the draft's entropy
 # in nats. c = 0.4 makes the bound cross 0.5 at H ~ 0.6 nats.
@@ -70,23 +75,6 @@ def adaedl_bound(entropy_nats: float, c: float = ADAEDL_C) -> float:
 def queue_update(q_j: float, energy_j: float, allowance_j: float) -> float:
     """Q_{r+1} = max(Q_r + E_r - C_r, 0)."""
     return max(q_j + energy_j - allowance_j, 0.0)
-
-
-class Ewma:
-    """Exponentially weighted mean that starts at a prior worth ``prior_weight`` samples."""
-
-    def __init__(self, prior: float, *, alpha: float = 0.1, prior_weight: float = 3.0) -> None:
-        if not 0.0 < alpha <= 1.0:
-            raise ValueError("alpha must be in (0, 1]")
-        self.value = float(prior)
-        self.alpha = alpha
-        self._weight = prior_weight  # early samples move the mean faster than alpha
-
-    def update(self, x: float) -> float:
-        self._weight += 1.0
-        step = max(self.alpha, 1.0 / self._weight)
-        self.value += step * (float(x) - self.value)
-        return self.value
 
 
 class AcceptanceModel:
@@ -284,38 +272,6 @@ def keep_drafting(
     gain = survival * a_next
     allowance = budget.allowance_j(t_draft_s, gain) if budget is not None else 0.0
     return v * gain - q_j * (e_draft_j - allowance) - score * t_draft_s > 0.0
-
-
-class LinearFit:
-    """y ~ c0 + c1 x by exponentially forgetting least squares (verify time vs drafted tokens).
-
-    While the x seen so far barely vary (a fixed drafting length gives no slope information)
-    the slope is ``slope_ratio`` times the fitted level: a batch of b tokens costs about
-    (1 + slope_ratio * b) single-token evaluations (hardware-profiles.md section 2: 1.05-1.3x
-    at b = 2..8 on GPUs, more on CPUs)."""
-
-    def __init__(self, c0: float, c1: float, *, decay: float = 0.97,
-                 slope_ratio: float = 0.1) -> None:
-        self.prior = (c0, c1)
-        self.decay = decay
-        self.slope_ratio = slope_ratio
-        self.s = np.zeros(5)  # [n, sx, sy, sxx, sxy]
-
-    def update(self, x: float, y: float) -> None:
-        self.s *= self.decay
-        self.s += (1.0, x, y, x * x, x * y)
-
-    def coef(self) -> tuple[float, float]:
-        n, sx, sy, sxx, sxy = self.s
-        if n < 1.0:
-            return self.prior
-        var = sxx / n - (sx / n) ** 2
-        if var < 0.25:  # x nearly constant: slope in proportion to the level
-            c0 = max(sy / n / (1.0 + self.slope_ratio * sx / n), 0.0)
-            return c0, self.slope_ratio * c0
-        c1 = (sxy / n - sx / n * sy / n) / var
-        c1 = max(c1, 0.0)
-        return max(sy / n - c1 * sx / n, 0.0), c1
 
 
 @dataclass(slots=True)

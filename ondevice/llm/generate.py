@@ -422,13 +422,15 @@ class Generation:
             n_stream = min(policy.stream_tokens(), left)
             if n_stream > 0:  # the stream action: the edge generates the stretch alone
                 r0, before, done = time.monotonic(), len(stream.out), False
+                advice = None
                 async for chunk in edge.async_generate(n_stream):  # read to its last frame
                     tot.verify_s += chunk.verify_ms / 1e3
+                    advice = chunk.advise if chunk.advise is not None else advice
                     if not done:
                         done = self._accept_tokens(stream, chunk.ids.tolist())
                 r1 = time.monotonic()
                 policy.observe_stream(len(stream.out) - before, r1 - r0,
-                                      self.meter.energy_j(r0, r1))
+                                      self.meter.energy_j(r0, r1), edge_advice=advice)
                 if done or len(stream.out) == before:  # end of generation, or an empty stretch
                     return True
                 continue
@@ -488,6 +490,7 @@ class Generation:
                     catchup_tokens=drafted.catchup_tokens,
                     queue_s=None if verdict.queue_ms is None else verdict.queue_ms / 1e3,
                     batch_tokens=verdict.batch,
+                    edge_advice=verdict.advise,
                     predrafted=drafted.predrafted,
                     ahead=ahead_n,
                     ahead_hit=hit,

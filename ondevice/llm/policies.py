@@ -46,6 +46,9 @@ class RoundStats:
     # round waited for a batch, and the tokens of the batched decode that verified it.
     queue_s: float | None = None
     batch_tokens: int | None = None
+    # The edge's advice to stream (``advise`` in its verdict; None from an edge that does not
+    # give it): it is the fleet's bottleneck and drafting costs it more per token.
+    edge_advice: bool | None = None
     # Drafting ahead: ``predrafted`` of this round's drafted tokens were drafted during the
     # previous round's flight (no draft time now); ``ahead`` tokens were drafted during this
     # round's flight, taking ``ahead_s`` and ``ahead_energy_j`` of its wait, and
@@ -82,8 +85,10 @@ class Policy(ABC):
         """Before a round: let the edge generate this many tokens alone first (0: draft)."""
         return 0
 
-    def observe_stream(self, tokens: int, time_s: float, energy_j: float) -> None:  # noqa: B027
-        """Learn from a streamed stretch (``tokens`` the edge generated alone)."""
+    def observe_stream(self, tokens: int, time_s: float, energy_j: float,  # noqa: B027
+                       edge_advice: bool | None = None) -> None:
+        """Learn from a streamed stretch (``tokens`` the edge generated alone; the edge's
+        advice to stream in its last ``tokens`` frame, None if it gave none)."""
 
     def ahead_tokens(self, drafted: int) -> int:
         """After drafting a round of ``drafted`` tokens, before it is sent: draft up to this
@@ -218,6 +223,8 @@ class GelatoPolicy(Policy):
         self._ready = 0  # tokens drafted ahead that head the next round
         self._q_drafted = 0.0  # the queue when drafting last ran (its realized rate's price)
         self._probe = 0  # drafting rounds left to probe after a streak of stretches
+        self.edge_advice = False  # the edge's latest advice to stream (the fleet's best)
+        self.advised = 0  # stretches streamed on the edge's advice
         # Realized tokens, energy and time of each action, exponentially weighted: priced at
         # the current queue they give what the action earns per second (renewal reward). The
         # choice between drafting and streaming compares these, so a round model that learns
@@ -269,14 +276,24 @@ class GelatoPolicy(Policy):
         drafting could pay at all) keeps the drafting estimates alive; each probe after which
         streaming still wins doubles that interval (to ``STREAM_PROBE_MAX``), so a pair where
         streaming is best pays ever less for probing; drafting winning resets it."""
-        if not self.stream or self.rounds < self.STREAM_AFTER_ROUNDS or self._probe:
+        # The edge's advice: it is the fleet's bottleneck and a drafted token costs it more
+        # than a streamed one, so every device streaming is the fleet's best (a device alone
+        # would not find it: while the others draft, its streamed tokens wait behind their
+        # rounds). Followed from the first round it comes with, unless the device's energy
+        # budget is in debt (a queue above zero): its own comparison then keeps the budget
+        # first.
+        advised = self.edge_advice and self.q_j <= 0.0
+        if not self.stream or self._probe or (self.rounds < self.STREAM_AFTER_ROUNDS
+                                              and not advised):
             return 0
         self._model = self.est.model()
         # While drafting is still being learned (its acceptance and costs converge over tens
         # of rounds) streaming must win by a margin; afterwards, by anything.
         margin = 1.0 if self.rounds >= self.STREAM_CONFIDENT_ROUNDS else self.EARLY_MARGIN
         drafted, streamed = self._rate("draft"), self._rate("stream")
-        if streamed is None:  # no stretch yet: the round model's prediction decides a first one
+        if advised:
+            better = True
+        elif streamed is None:  # no stretch yet: the round model's prediction decides a first one
             b_best, best = gelato.choose_budget(self._model, self.q_j, self.v, self.budget,
                                                 self.cap)
             # Not drafting at all (b* = 0) is streaming with a round trip per token: stream.
@@ -310,6 +327,7 @@ class GelatoPolicy(Policy):
         if self._streak:  # streaming won again: a longer stretch pays fewer round trips
             self._stretch = min(2 * self._stretch, self.STREAM_MAX_TOKENS)
         self._streak += 1
+        self.advised += int(advised)
         self._since_stretch = 0
         return self._stretch
 
@@ -330,7 +348,10 @@ class GelatoPolicy(Policy):
         allowance = self.budget.allowance_j(time_s, tokens) if self.budget is not None else 0.0
         return self.v * tokens - self.q_j * (energy_j - allowance)
 
-    def observe_stream(self, tokens: int, time_s: float, energy_j: float) -> None:
+    def observe_stream(self, tokens: int, time_s: float, energy_j: float,
+                       edge_advice: bool | None = None) -> None:
+        if edge_advice is not None:
+            self.edge_advice = edge_advice
         self._earn("stream", tokens, energy_j, time_s)
         self.est.observe_stream(tokens=tokens, time_s=time_s, energy_j=energy_j)
         if self.budget is not None:
@@ -399,6 +420,8 @@ class GelatoPolicy(Policy):
                                    cap=self.cap)
 
     def observe(self, stats: RoundStats) -> None:
+        if stats.edge_advice is not None:
+            self.edge_advice = stats.edge_advice
         self._ready = stats.ahead - 1 if stats.ahead_hit else 0
         if stats.ahead:
             self.ahead_rounds += 1
@@ -443,6 +466,7 @@ class GelatoPolicy(Policy):
             "mean_queue_j": self.q_sum / self.rounds if self.rounds else 0.0,
             "mean_reference_budget": self.ref_sum / self.rounds if self.rounds else None,
             "streamed_tokens": self.streamed,
+            "stretches_on_edge_advice": self.advised,
             "ahead_rounds": self.ahead_rounds,
             "ahead_drafted": self.ahead_drafted,
             "ahead_hits": self.ahead_hits,

@@ -211,3 +211,29 @@ async def test_good_client_served_after_abuse(
     await _served_well(limited_edge.url, fixture_models[1], target_ref)
     log = limited_edge.log()
     assert "Traceback" not in log, log
+
+
+async def test_replies_carry_the_edges_advice(limited_edge: EdgeProc,
+                                              vocab: tuple[str, int]) -> None:
+    """Every verdict and tokens frame says whether the edge advises streaming (a bool, never
+    absent), and /v1/info shows the figures the advice is made of, counting the rounds."""
+    async with aiohttp.ClientSession() as http, http.get(limited_edge.url + wire.INFO_PATH) as resp:
+        seen = (await resp.json())["engine"]["advice"]["rounds_seen"]
+    async with Raw(limited_edge.url) as raw:
+        opened = await raw.open(vocab[0])
+        for i in range(4):
+            verdict = await raw.ask(_round(opened.session, [1 + i, 2]))
+            assert isinstance(verdict, wire.Verdict), verdict
+            assert isinstance(verdict.advise, bool) and verdict.batch is not None
+        await raw.ws.send_bytes(wire.encode(wire.Generate(opened.session, 3)))
+        chunks = []
+        while not chunks or not chunks[-1].done:
+            chunks.append(wire.decode((await raw.ws.receive(timeout=30)).data))
+        assert all(isinstance(c, wire.Tokens) for c in chunks)
+        assert all(isinstance(c.advise, bool) for c in chunks if len(c.ids))
+    async with aiohttp.ClientSession() as http, http.get(limited_edge.url + wire.INFO_PATH) as resp:
+        advice = (await resp.json())["engine"]["advice"]
+    assert advice["rounds_seen"] == seen + 4
+    assert 0.0 <= advice["busy"] <= 1.0 and advice["step_ms_per_token"] >= 0.0
+    assert set(advice) >= {"advise_stream", "stream_ms_per_token", "verify_ms_per_token",
+                           "active_sessions"}

@@ -125,7 +125,8 @@ async def test_real_fleet_device_streams_a_stretch(fixture_models: tuple[Path, P
             self.turn += 1
             return 5 if self.turn % 2 else 0
 
-        def observe_stream(self, tokens: int, time_s: float, energy_j: float) -> None:
+        def observe_stream(self, tokens: int, time_s: float, energy_j: float,
+                           edge_advice: bool | None = None) -> None:
             self.stretches.append(tokens)
 
     cost = CostModel(load_profile("rpi5", "device"), load_profile("edge-gpu", "edge"))

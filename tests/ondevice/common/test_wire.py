@@ -108,3 +108,19 @@ def test_load_keys_are_optional_both_ways() -> None:
     bad = msgpack.packb({**body, "batch": "many"})
     with pytest.raises(wire.WireError, match="batch"):
         wire.decode(bad)
+
+
+def test_advice_key_is_optional_both_ways() -> None:
+    """The edge's advice to stream: a bool in verdict and tokens when the edge gives it,
+    absent (decoded None) from an older edge; anything but a bool is a bad frame."""
+    import msgpack
+
+    for advise in (True, False):
+        v = wire.Verdict(3, 17, 4.5, 6.0, queue_ms=1.0, batch=9, advise=advise)
+        assert wire.decode(wire.encode(v)).advise is advise
+        tk = wire.Tokens(np.array([5], np.int32), False, 2.0, 0.5, 9, advise)
+        assert wire.decode(wire.encode(tk)).advise is advise
+    old = msgpack.unpackb(wire.encode(wire.Verdict(3, 17, 4.5, 6.0)))
+    assert "advise" not in old and wire.decode(msgpack.packb(old)).advise is None
+    with pytest.raises(wire.WireError, match="advise"):
+        wire.decode(msgpack.packb({**old, "advise": 1}))

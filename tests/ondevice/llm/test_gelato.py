@@ -14,8 +14,6 @@ from ondevice.llm import gelato
 from ondevice.llm.gelato import (
     AcceptanceModel,
     Budget,
-    Ewma,
-    LinearFit,
     RoundModel,
     choose_budget,
     expected_tokens,
@@ -91,29 +89,6 @@ def test_inner_rule_marginal_value() -> None:
     assert not keep_drafting(v=1.0, q_j=1.0, score=10.0, survival=0.27, a_next=0.9, **common)
     # With an empty queue only time matters.
     assert keep_drafting(v=1.0, q_j=0.0, score=10.0, survival=0.3, a_next=0.9, **common)
-
-
-def test_ewma_converges() -> None:
-    e = Ewma(10.0, alpha=0.05)
-    rng = np.random.default_rng(0)
-    for x in rng.normal(3.0, 0.5, 2000):
-        e.update(x)
-    assert e.value == pytest.approx(3.0, abs=0.1)
-
-
-def test_linear_fit_recovers_slope_and_falls_back() -> None:
-    fit = LinearFit(0.5, 0.5)
-    rng = np.random.default_rng(1)
-    for _ in range(300):
-        b = int(rng.integers(0, 9))
-        fit.update(b, 0.02 + 0.003 * b + rng.normal(0, 1e-4))
-    c0, c1 = fit.coef()
-    assert c0 == pytest.approx(0.02, abs=1e-3) and c1 == pytest.approx(0.003, abs=3e-4)
-    const = LinearFit(0.5, 0.5, slope_ratio=0.1)
-    for _ in range(50):
-        const.update(4.0, 0.028)  # only b = 4 ever seen: level c0 (1 + 0.1 * 4) = 0.028
-    c0, c1 = const.coef()
-    assert c0 == pytest.approx(0.02) and c1 == pytest.approx(0.002)
 
 
 def test_acceptance_model_learns_from_outcomes() -> None:

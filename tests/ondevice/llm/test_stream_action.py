@@ -54,7 +54,8 @@ class Alternate(Policy):
     def round_budget(self) -> int:
         return self.b
 
-    def observe_stream(self, tokens: int, time_s: float, energy_j: float) -> None:
+    def observe_stream(self, tokens: int, time_s: float, energy_j: float,
+                       edge_advice: bool | None = None) -> None:
         self.streamed.append((tokens, time_s, energy_j))
 
     def observe(self, stats: RoundStats) -> None:
@@ -114,3 +115,41 @@ def test_gelato_is_never_beaten_by_edge_only(trace, device: str, edge_name: str)
     assert jpt(matched) <= 1.03 * jpt(edge_only), (jpt(matched), jpt(edge_only))
     fixed = run(FixedPolicy(4))
     assert tps(g) >= 0.95 * tps(fixed) or jpt(g) <= jpt(fixed)
+
+
+def _rounds(policy: GelatoPolicy, n: int, advice: bool | None) -> None:
+    """``n`` rounds where drafting pays well: 4 drafted, all accepted, in 50 ms, 30 of them
+    the verification (a streamed token would cost about that much)."""
+    for _ in range(n):
+        policy.observe(RoundStats(
+            drafted=4, accepted=4, produced=5, draft_s=0.01, rtt_s=0.04, verify_s=0.03,
+            round_s=0.05, energy_j=0.1, draft_energy_j=0.05, entropies=[0.1] * 4,
+            edge_advice=advice))
+
+
+@pytest.mark.parametrize("advice", [None, False])
+def test_gelato_drafts_where_drafting_pays_without_the_edges_advice(advice: bool | None
+                                                                    ) -> None:
+    policy = GelatoPolicy()
+    _rounds(policy, 10, advice)
+    assert policy.stream_tokens() == 0 and policy.advised == 0
+
+
+def test_gelato_streams_on_the_edges_advice() -> None:
+    """The edge advises streaming (it is the fleet's bottleneck and drafted tokens cost it
+    more): gelato streams although drafting pays more for itself, and drafts again once the
+    advice is withdrawn (a stretch's last frame says so)."""
+    policy = GelatoPolicy()
+    _rounds(policy, 10, True)
+    n = policy.stream_tokens()
+    assert n == GelatoPolicy.STREAM_TOKENS and policy.advised == 1
+    policy.observe_stream(n, 0.64, 1.0, edge_advice=False)
+    assert policy.stream_tokens() == 0
+
+
+def test_an_energy_budget_in_debt_outranks_the_advice() -> None:
+    policy = GelatoPolicy(budget=gelato.Budget(power_w=0.1))  # every round overspends it
+    _rounds(policy, 10, True)
+    assert policy.q_j > 0
+    policy.stream_tokens()
+    assert policy.advised == 0
