@@ -13,8 +13,9 @@ edge-only generation step. Sessions submit one job at a time and await it. The s
    so a long prompt never holds the others back for more than one chunk;
 3. run the step in the compute thread: one ``LlamaPool.step`` and, while its logits are valid,
    each job's own math (the rejection sampler, sampling a token);
-4. answer each job's future; each job learns the time it waited (``queue_ms``) and the tokens
-   of the decode it ran in (``batch``).
+4. answer each job's future; each job learns the time it waited (``queue_ms``), the tokens
+   of the decode it ran in (``batch``) and whether the edge advises its sessions to stream
+   (``_advice.StreamAdvisor``, fed every step's compute, idle time and rounds).
 
 Oldest-first with at most one job per session per step means no session starves: a job waits
 at most for the steps of the jobs queued before it. ``serial`` scheduling (one job per step,
