@@ -77,7 +77,7 @@ class StreamAdvisor:
         compute_ms = compute_s * 1e3
         if fit:
             self.step_ms.update(float(tokens), compute_ms)
-        c0, c1 = (max(float(c), 0.0) for c in self.step_ms.coef())
+        c0, c1 = self._line()
         whole = c0 + c1 * tokens
         if whole > 0:  # the rounds' part of the line, scaled to the step's measured time
             share = sum(c0 / max(jobs, 1) + c1 * d for d, _ in rounds) / whole
@@ -87,10 +87,15 @@ class StreamAdvisor:
         self.verify_ms = self.decay * self.verify_ms + share * compute_ms
         self.verify_tokens = self.decay * self.verify_tokens + sum(p for _, p in rounds)
 
+    def _line(self) -> tuple[float, float]:
+        """(c0, c1) of the step-time line, ms, as plain floats (``LinearFit`` keeps both >= 0)."""
+        c0, c1 = self.step_ms.coef()
+        return float(c0), float(c1)
+
     def costs_ms(self) -> tuple[float, float]:
         """(stream, verify): the edge's compute per produced token, ms (verify 0 before any
         round)."""
-        c0, c1 = (max(float(c), 0.0) for c in self.step_ms.coef())
+        c0, c1 = self._line()
         stream = c0 / max(self.active.value, 1.0) + c1
         verify = self.verify_ms / self.verify_tokens if self.verify_tokens > 0 else 0.0
         return stream, verify
@@ -105,7 +110,7 @@ class StreamAdvisor:
     def describe(self) -> dict[str, float | bool | int]:
         """For ``/v1/info``."""
         stream, verify = self.costs_ms()
-        c0, c1 = (float(c) for c in self.step_ms.coef())
+        c0, c1 = self._line()
         return {"advise_stream": self.advise_stream, "busy": round(self.busy.value, 3),
                 "step_ms_fixed": round(c0, 3), "step_ms_per_token": round(c1, 3),
                 "stream_ms_per_token": round(stream, 3),

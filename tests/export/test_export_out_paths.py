@@ -16,7 +16,7 @@ import pytest
 
 from export import ExportError, make_draft, quantize_gguf
 
-pytest.importorskip("llama_cpp")
+pytest.importorskip("llama_cpp", reason="needs llama-cpp-python: pip install 'coinfer[llm]'")
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -23,7 +23,7 @@ import pytest
 
 from export._rank_drafts import Acceptance, DraftRank, Expected, RankReport
 
-pytest.importorskip("llama_cpp")
+pytest.importorskip("llama_cpp", reason="needs llama-cpp-python: pip install 'coinfer[llm]'")
 
 REPO = Path(__file__).resolve().parents[2]
 

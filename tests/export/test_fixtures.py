@@ -23,7 +23,8 @@ from llama_reference import forward, read_gguf_tensors
 from export import _bpe
 from export._fixtures import BOS_ID, EOS_ID, VOCAB_SIZE, build_vocab, write_fixtures
 
-llama_cpp = pytest.importorskip("llama_cpp")
+llama_cpp = pytest.importorskip(
+    "llama_cpp", reason="needs llama-cpp-python: pip install 'coinfer[llm]'")
 
 REPO = Path(__file__).resolve().parents[2]
 PROMPTS = [

@@ -14,7 +14,7 @@ from export import ExportError
 from export._presets import PRESETS, build_sidecar, quantize_for_board
 from ondevice.common.model_sidecar import SCHEMA, SidecarError, load_sidecar, sidecar_path
 
-pytest.importorskip("llama_cpp")
+pytest.importorskip("llama_cpp", reason="needs llama-cpp-python: pip install 'coinfer[llm]'")
 from ondevice.common.llama_runtime import LlamaConfig, LlamaModel, LlamaRunner
 
 REPO = Path(__file__).resolve().parents[2]

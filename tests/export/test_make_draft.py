@@ -18,7 +18,7 @@ from export._check_pair import check_pair
 from export._fixtures import TARGET_DIMS
 from export._make_draft import layer_types_note, make_draft
 
-pytest.importorskip("llama_cpp")
+pytest.importorskip("llama_cpp", reason="needs llama-cpp-python: pip install 'coinfer[llm]'")
 from ondevice.common.llama_runtime import LlamaConfig, LlamaModel, LlamaRunner
 
 REPO = Path(__file__).resolve().parents[2]

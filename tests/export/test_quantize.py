@@ -12,7 +12,8 @@ import pytest
 
 from export import QUANT_TYPES, ExportError, quantize_gguf
 
-llama_cpp = pytest.importorskip("llama_cpp")
+llama_cpp = pytest.importorskip(
+    "llama_cpp", reason="needs llama-cpp-python: pip install 'coinfer[llm]'")
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -21,7 +21,7 @@ from export._rank_drafts import (
     round_seconds,
 )
 
-pytest.importorskip("llama_cpp")
+pytest.importorskip("llama_cpp", reason="needs llama-cpp-python: pip install 'coinfer[llm]'")
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -15,8 +15,8 @@ import pytest
 
 from ondevice.common.dnn_profile import load_dnn
 
-pytest.importorskip("PIL")
-pytest.importorskip("sklearn")
+pytest.importorskip("PIL", reason="needs Pillow: pip install 'coinfer[export]'")
+pytest.importorskip("sklearn", reason="needs scikit-learn: pip install 'coinfer[export]'")
 
 
 def _digit(digits_dnn: Path, k: int) -> tuple[np.ndarray, int]:
