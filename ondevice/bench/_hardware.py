@@ -2,9 +2,11 @@
 
 A device profile says how fast and at what power the device drafts, what it draws while it
 waits, what its radio costs per byte and per packet, and its link (uplink, downlink, RTT). An
-edge profile says how long the edge's target takes to verify a round: t0 + k * b ms for b
-positions evaluated (the drafted tokens plus one). Every number carries its source in the JSON
-file (``profiles/*.json``, keys of docs/hardware-profiles.md).
+edge profile says how long the edge's target takes to evaluate b positions in one pass (a
+round's drafted tokens plus one): either a line t0 + k * b ms, or one position's time times a
+published table of the relative cost of 1..n positions (llama.cpp's kernels make that cost a
+staircase, not a line), continued past the table at a stated slope. Every number carries its
+source in the JSON file (``profiles/*.json``, keys of docs/hardware-profiles.md).
 
 Frame sizes are exact: they are the lengths of the frames ``ondevice.common.wire`` encodes, which is
 what the ``sim`` meter counts on a real run (its radio model is per message byte and per
@@ -14,6 +16,7 @@ what the ``sim`` meter counts on a real run (its radio model is per message byte
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import math
 from dataclasses import dataclass, field
@@ -51,12 +54,37 @@ class DeviceProfile:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class EdgeProfile:
-    """The edge's verification cost: ``verify_t0_ms + verify_ms_per_token * positions``."""
+    """The edge's cost of evaluating ``b`` positions in one pass (``verify_ms``), given either
+    as a line, ``verify_t0_ms + verify_ms_per_token * b``, or as a table: ``verify_1_ms``
+    (one position) times ``verify_rel[b - 1]`` (relative costs of 1..n positions, the first
+    1.0), past the table ``verify_rel[-1] + verify_rel_slope * (b - n)``."""
 
     name: str
-    verify_t0_ms: float
-    verify_ms_per_token: float
+    verify_t0_ms: float = 0.0
+    verify_ms_per_token: float = 0.0
+    verify_1_ms: float = 0.0
+    verify_rel: tuple[float, ...] = ()
+    verify_rel_slope: float = 0.0
     sources: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        line = self.verify_t0_ms > 0 or self.verify_ms_per_token > 0
+        if line == bool(self.verify_rel):
+            raise ValueError(f"edge profile {self.name!r}: give verify_t0_ms and "
+                             "verify_ms_per_token, or verify_1_ms and verify_rel")
+        if self.verify_rel and (self.verify_rel[0] != 1.0 or self.verify_1_ms <= 0
+                                or any(b < a for a, b in itertools.pairwise(self.verify_rel))):
+            raise ValueError(f"edge profile {self.name!r}: verify_rel starts at 1.0 and never "
+                             "decreases, and verify_1_ms is > 0")
+
+    def verify_ms(self, positions: int) -> float:
+        """Milliseconds to evaluate ``positions`` (>= 1) positions in one batched pass."""
+        if not self.verify_rel:
+            return self.verify_t0_ms + self.verify_ms_per_token * positions
+        n = len(self.verify_rel)
+        rel = (self.verify_rel[positions - 1] if positions <= n
+               else self.verify_rel[-1] + self.verify_rel_slope * (positions - n))
+        return self.verify_1_ms * rel
 
 
 def profile_names(kind: str) -> list[str]:
@@ -88,15 +116,17 @@ def load_profile(spec: str, kind: str) -> DeviceProfile | EdgeProfile:
         raise ValueError(f"profile {spec!r} is a {data.get('kind')} profile, not a {kind} one")
     cls = DeviceProfile if kind == "device" else EdgeProfile
     params = data["params"]
-    values = {k: float(v["value"]) for k, v in params.items()}
+    values: dict[str, Any] = {}
+    for k, v in params.items():
+        value = v["value"]
+        numbers = [float(x) for x in value] if isinstance(value, list) else [float(value)]
+        if not numbers or not all(math.isfinite(x) and x >= 0 for x in numbers):
+            raise ValueError(f"profile {spec!r}: {k} must be finite numbers >= 0")
+        values[k] = tuple(numbers) if isinstance(value, list) else numbers[0]
     try:
-        prof = cls(name=data["name"], sources=params, **values)
+        return cls(name=data["name"], sources=params, **values)
     except TypeError as exc:
         raise ValueError(f"profile {spec!r}: {exc}") from None
-    for k, v in values.items():
-        if not math.isfinite(v) or v < 0:
-            raise ValueError(f"profile {spec!r}: {k} must be a finite number >= 0")
-    return prof
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +185,7 @@ class CostModel:
 
     def verify_s(self, drafted: int) -> float:
         """The edge's batched evaluation of ``drafted + 1`` positions."""
-        return (self.edge.verify_t0_ms + self.edge.verify_ms_per_token * (drafted + 1)) / 1e3
+        return self.edge.verify_ms(drafted + 1) / 1e3
 
     def draft_s(self, drafted: int, pending: int) -> float:
         """Drafting ``drafted`` tokens when ``pending`` committed tokens are not yet in the

@@ -19,8 +19,8 @@ also moves on when a prompt's trace runs out. Device energy is modelled from the
 (``CostModel``: drafting, waiting and radio power), labelled modelled.
 
 Sim mode runs the same devices and policies against an event-driven model of a batching edge
-whose decode of ``B`` tokens costs ``verify_t0_ms + verify_ms_per_token * B`` (the GPU edge
-profiles), on the trace alone.
+whose decode of ``B`` tokens costs what the edge profile says of B positions
+(``EdgeProfile.verify_ms``), on the trace alone.
 
 Per (N, policy, scheduler): aggregate tokens/s, per-device tokens/s (median, p5), per-device
 J/token (modelled), mean edge batch (tokens per decode, from the verdicts), edge RSS.
@@ -238,9 +238,10 @@ async def _replay_leg(edge: Any, pt: PromptTrace, room: int, policy: Policy, cos
         return got
     d = cost.device
     pos = 0
+    policy.begin_prompt()
     while pos < room:
         r0 = time.monotonic()
-        n_stream = min(policy.stream_tokens(), room - pos)
+        n_stream = min(policy.stream_tokens(room - pos), room - pos)
         if n_stream > 0:  # the stream action: the edge generates a stretch alone
             got, left, advice = await _stream(edge, pt, pos, n_stream, res)
             seconds = time.monotonic() - r0
@@ -334,6 +335,8 @@ def simulate_fleet(traces: Sequence[PromptTrace], policy_name: str, n: int, cost
     d = cost.device
     half_rtt = d.rtt_ms / 2e3
     policies = [make(policy_name, gamma=4, power_budget_w=power_budget_w) for _ in range(n)]
+    for policy in policies:  # each device replays one prompt
+        policy.begin_prompt()
     res = [DeviceResult(i, 0, 0.0, 0.0) for i in range(n)]
     pos = [0] * n
     pts = [traces[i % len(traces)] for i in range(n)]
@@ -366,7 +369,7 @@ def simulate_fleet(traces: Sequence[PromptTrace], policy_name: str, n: int, cost
                 pending.append((t + half_rtt, i, 0, [], [], t))
                 push(t + half_rtt, "arrive", i)
                 continue
-            n_stream = min(policies[i].stream_tokens(), limit[i] - pos[i])
+            n_stream = min(policies[i].stream_tokens(limit[i] - pos[i]), limit[i] - pos[i])
             if n_stream > 0:  # a stretch: one generate request, then the edge streams
                 stretch[i] = (pos[i] + n_stream, t, n_stream)
                 pending.append((t + half_rtt, i, 0, [], [], t))
@@ -387,7 +390,7 @@ def simulate_fleet(traces: Sequence[PromptTrace], policy_name: str, n: int, cost
             for p in take:
                 pending.remove(p)
             batch = sum(p[2] + 1 for p in take)
-            svc = (e.verify_t0_ms + e.verify_ms_per_token * batch) / 1e3
+            svc = e.verify_ms(batch) / 1e3
             edge_free_at = t + svc
             for arrive_t, dev, nd, _ids, ents, r0 in take:
                 pt, pol, r = pts[dev], policies[dev], res[dev]

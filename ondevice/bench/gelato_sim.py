@@ -75,19 +75,34 @@ class Tally:
         self.accepted += other.accepted
 
 
-def acceptance_outcomes(trace: Trace, *, sampling: bool, seed: int = 0) -> np.ndarray:
+def acceptance_outcomes(trace: Trace, *, sampling: bool, seed: int = 0,
+                        acceptance: float | None = None) -> np.ndarray:
     """Whether a token drafted at each position is accepted. ``[N] bool``.
 
     Greedy: the recorded argmax match. Sampling: one draw u < p_accept per position from a
     generator seeded with ``seed``, shared by every policy of a run.
+
+    ``acceptance``: replay the trace as a weaker draft would, at this mean per-token
+    acceptance (below the trace's own): greedy, each matching position is kept with
+    probability acceptance / mean(match) (one seeded draw per position); sampling, every
+    p_accept is scaled by acceptance / mean(p_accept). Thinning is uniform over positions, so
+    the draft's entropy tells less about acceptance than in a real weaker pair (a harder
+    test of a controller that predicts acceptance, not an easier one).
     """
-    if not sampling:
-        return trace.match.copy()
-    if trace.p_accept is None:
+    if sampling and trace.p_accept is None:
         raise ValueError("this trace has no acceptance probabilities: record it with "
                          "--temperature > 0")
+    base = trace.p_accept.astype(np.float64) if sampling else trace.match.astype(np.float64)
+    if acceptance is not None:
+        mean = float(base.mean()) if base.size else 0.0
+        if not 0.0 < acceptance <= mean + 1e-9:
+            raise ValueError(f"acceptance {acceptance:g} must be > 0 and at most the trace's "
+                             f"own ({mean:.3f}): thinning only lowers it")
+        base = base * (acceptance / mean)
+    if not sampling and acceptance is None:
+        return trace.match.copy()
     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(7,)))
-    return rng.random(trace.n_positions) < trace.p_accept
+    return rng.random(trace.n_positions) < base
 
 
 def policy_entropies(trace: Trace, *, sampling: bool) -> np.ndarray:
@@ -146,12 +161,13 @@ def _speculate(policy: Policy, cost: CostModel, accepts: np.ndarray, ents: np.nd
     t = Tally()
     n_pos = accepts.shape[0]
     pos, pending, ready = 0, 1, 0  # ready: tokens drafted ahead that head the next round
+    policy.begin_prompt()
     while pos < n_pos:
         left = n_pos - pos
-        stream = min(policy.stream_tokens(), left)
+        stream = min(policy.stream_tokens(left), left)
         if stream > 0:  # the edge generates alone: one RTT to ask, then token after token
             s, e = cost.edge_only(stream)
-            policy.observe_stream(stream, s, e)
+            policy.observe_stream(stream, s, e, verify_s=stream * cost.verify_s(0))
             t.add(Tally(tokens=stream, time_s=s, energy_j=e))
             pending += stream  # the draft catches up on them when it drafts again
             pos += stream
@@ -188,6 +204,8 @@ def _speculate(policy: Policy, cost: CostModel, accepts: np.ndarray, ents: np.nd
             rtt_s=rc.net_s + rc.verify_s, verify_s=rc.verify_s, round_s=rc.round_s,
             energy_j=rc.energy_j, draft_energy_j=rc.draft_energy_j, entropies=seen,
             features=seen_f, catchup_tokens=(pending - 1 if drafted and not predrafted else 0),
+            sync_s=(rc.draft_s - (drafted - predrafted - 1) * cost.device.draft_ms_per_token
+                    / 1e3 if drafted > predrafted else 0.0),
             predrafted=predrafted, ahead=rc.ahead, ahead_hit=hit, ahead_s=ahead_s,
             ahead_energy_j=rc.ahead_energy_j,
         ))
@@ -450,15 +468,17 @@ class SimBench:
 def run_sim_bench(
     trace: Trace, cost: CostModel, cfg: BenchConfig, *, sampling: bool = False,
     repeat: int = 1, progress: Callable[[int], None] | None = None,
+    acceptance: float | None = None,
 ) -> SimBench:
     """Every policy of ``cfg`` and the oracles on one trace and cost model.
 
     Each (policy, seed) gets a fresh policy; tallies add up over seeds (seeds only matter when
     sampling). Phase one runs the baselines and unconstrained GELATO; phase two the V sweep at
     the budget (``cfg``'s, else automatic) and GELATO matched to the baselines' J/token.
+    ``acceptance`` thins the trace to that per-token acceptance (``acceptance_outcomes``).
     """
     tick = progress or (lambda n: None)
-    draws = [(acceptance_outcomes(trace, sampling=sampling, seed=s),
+    draws = [(acceptance_outcomes(trace, sampling=sampling, seed=s, acceptance=acceptance),
               policy_entropies(trace, sampling=sampling)) for s in cfg.seeds]
     feats = trace.features(sampling)
 

@@ -192,17 +192,59 @@ class Trace:
             )
 
 
-SHIPPED_TRACE = "gemma-3-270m.npz"
+# The shipped traces: one per prompt set, each recorded from the demo's Gemma 3 270M Q4_K_M
+# target and its Q2_K requantized draft, 128 tokens per prompt at T = 0.8 (so each replays
+# greedy and sampled acceptance). "mixed" is DEFAULT_PROMPTS, the set GELATO's constants were
+# tuned on (TUNING_SET); the others are held out: nothing of the controller was fitted to them.
+TUNING_SET = "mixed"
+PROMPT_SETS: tuple[str, ...] = ("mixed", "stories", "instructions", "code", "facts")
+TRACE_FILE = "gemma-3-270m-{}.npz"
 
 
-def shipped_trace() -> Path:
-    """The trace that ships with coinfer (``ondevice/bench/traces/``): the demo's Gemma 3
-    270M Q4_K_M target and its Q2_K requantized draft on the 10 built-in prompts, 128 tokens
-    each, recorded at T = 0.8 (so it replays greedy and sampled acceptance)."""
+def prompt_set(name: str) -> tuple[str, ...]:
+    """The prompts of a shipped prompt set (``PROMPT_SETS``); ValueError for another name."""
+    if name == "mixed":
+        return DEFAULT_PROMPTS
+    if name not in PROMPT_SETS:
+        raise ValueError(f"unknown prompt set {name!r}; shipped: {', '.join(PROMPT_SETS)}")
     from importlib import resources
 
-    entry = resources.files("ondevice.bench").joinpath("traces", SHIPPED_TRACE)
+    entry = resources.files("ondevice.bench").joinpath("prompts", f"{name}.json")
+    return tuple(json.loads(entry.read_text()))
+
+
+def shipped_trace(name: str = TUNING_SET) -> Path:
+    """The trace of a shipped prompt set (``ondevice/bench/traces/``); the tuning set's by
+    default. ValueError for an unknown set."""
+    from importlib import resources
+
+    if name not in PROMPT_SETS:
+        raise ValueError(f"no shipped trace {name!r}; shipped: {', '.join(PROMPT_SETS)}")
+    entry = resources.files("ondevice.bench").joinpath("traces", TRACE_FILE.format(name))
     return Path(str(entry))
+
+
+def shipped_traces() -> dict[str, Path]:
+    """Every shipped trace by prompt set, the tuning set first."""
+    return {name: shipped_trace(name) for name in PROMPT_SETS}
+
+
+def resolve_traces(specs: Sequence[str]) -> dict[str, Path]:
+    """Traces to replay, by name: each spec is a shipped prompt set, ``all`` (every shipped
+    trace) or a path to an ``.npz`` (named by its stem). No spec: every shipped trace."""
+    out: dict[str, Path] = {}
+    for spec in specs or ["all"]:
+        if spec == "all":
+            out.update(shipped_traces())
+        elif spec in PROMPT_SETS:
+            out[spec] = shipped_trace(spec)
+        else:
+            path = Path(spec)
+            if not path.is_file():
+                raise ValueError(f"--trace {spec}: neither a file nor a shipped prompt set "
+                                 f"({', '.join(PROMPT_SETS)}, all)")
+            out[path.stem] = path
+    return out
 
 
 def load_prompts(path: Path) -> list[str]:

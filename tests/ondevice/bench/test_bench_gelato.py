@@ -268,12 +268,13 @@ def test_no_probing_when_drafting_cannot_pay() -> None:
         return budgets
 
     # A draft token costs more time than the edge takes per token: even perfect acceptance
-    # cannot pay, so after the warm-up GELATO never drafts (no probes).
+    # cannot pay, so once its first rounds measured drafting GELATO never drafts again.
     slow = world(GelatoPolicy(), 0.030, 80)
-    assert sum(slow[len(GelatoPolicy.WARMUP):]) == 0
-    # A cheap draft with perfect acceptance is worth drafting.
+    first = GelatoPolicy.FIRST_ROUNDS
+    assert all(b >= GelatoPolicy.EXPLORE_MIN for b in slow[:1]) and sum(slow[first:]) == 0
+    # A cheap draft with perfect acceptance is worth drafting, round after round.
     fast = world(GelatoPolicy(), 0.002, 80)
-    assert sum(fast[len(GelatoPolicy.WARMUP):]) > 0
+    assert all(b > 0 for b in fast[first:])
 
 
 def test_draft_budget_zero_evaluates_nothing(fixture_models: tuple[Path, Path]) -> None:
@@ -471,28 +472,73 @@ def test_never_beaten_and_the_all_actions_oracle_are_targets() -> None:
     assert not evaluate_targets(slower)["never_beaten"]["met"]
 
 
-def test_the_shipped_trace() -> None:
-    from ondevice.bench.trace import shipped_trace
+def test_the_shipped_traces() -> None:
+    """Five shipped traces from distinct prompt sets, each recorded from its set's prompts by
+    the project's own recorder: the tuning set (the 10 built-in prompts) and four held-out
+    sets of 8 prompts x 128 tokens, greedy and T = 0.8 (features at both)."""
+    from ondevice.bench.trace import PROMPT_SETS, TUNING_SET, prompt_set, shipped_traces
 
-    path = shipped_trace()
-    assert path.is_file() and path.stat().st_size < 300_000
-    trace = Trace.load(path)
-    assert trace.meta["target"].startswith("gemma-3-270m") and trace.n_prompts == 10
-    assert trace.features(False) is not None and trace.features(True) is not None
-    assert trace.p_accept is not None and 0.5 < trace.greedy_acceptance() < 1.0
+    traces = shipped_traces()
+    assert list(traces) == list(PROMPT_SETS) and TUNING_SET == "mixed"
+    seen: set[str] = set()
+    for name, path in traces.items():
+        assert path.is_file() and path.stat().st_size < 300_000, name
+        trace = Trace.load(path)
+        assert trace.meta["target"].startswith("gemma-3-270m")
+        assert tuple(trace.meta["prompts"]) == prompt_set(name)
+        assert not seen & set(trace.meta["prompts"]), f"{name} repeats another set's prompt"
+        seen |= set(trace.meta["prompts"])
+        assert trace.features(False) is not None and trace.features(True) is not None
+        assert trace.p_accept is not None and trace.temperature == pytest.approx(0.8)
+        assert 0.5 < trace.greedy_acceptance() < 1.0
+        lengths = np.diff(trace.offsets)
+        if name == TUNING_SET:
+            assert trace.n_prompts == 10
+        else:
+            assert trace.n_prompts >= 8 and (lengths == 128).sum() >= 8, (name, lengths)
 
 
-def test_cli_sim_without_a_trace_replays_the_shipped_one(
+def _strict_json(text: str) -> object:
+    def no(constant: str) -> object:
+        raise ValueError(f"not JSON: {constant}")
+
+    return json.loads(text, parse_constant=no)
+
+
+def test_cli_sim_without_a_trace_replays_every_shipped_one(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rc = main(["bench", "gelato", "--mode", "sim", "--profile", "rpi5", "--edge-profile",
-               "edge-gpu", "--repeat", "1", "--V-sweep", "2", "--policies",
-               "gelato,fixed,edge-only", "--gammas", "4", "--out", str(tmp_path),
-               "--no-progress"])
+               "edge-gpu", "--repeat", "1", "--V-sweep", "2", "--out", str(tmp_path),
+               "--no-progress", "--jobs", "1"])
     out = capsys.readouterr().out
     assert rc == 0, out
-    assert "replaying the trace shipped with coinfer" in out
+    assert "replaying the traces shipped with coinfer" in out
+    assert "tuned on 'mixed' only" in out and "mixed*" in out
+    data = _strict_json((tmp_path / "gelato-heldout.json").read_text())
+    assert isinstance(data, dict)
+    assert [c["trace"] for c in data["cells"]] == ["mixed", "stories", "instructions", "code",
+                                                   "facts"]
+    for cell in data["cells"]:
+        labels = {r["policy"] for r in cell["rows"]}
+        assert {"gelato", "fixed-4", "edge-only", "oracle (all actions)"} <= labels
+        assert cell["verdict"]["regime"] in ("paper", "streaming")
+        assert cell["tuning_set"] == (cell["trace"] == "mixed")
+    assert (tmp_path / "gelato-heldout-rpi5+edge-gpu.png").stat().st_size > 10_000
+    assert "paper: vs best SD" in (tmp_path / "gelato-heldout.txt").read_text()
+
+
+def test_cli_sim_one_pair_one_trace_in_full(tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["bench", "gelato", "--mode", "sim", "--profile", "rpi5", "--edge-profile",
+               "edge-gpu", "--trace", "code", "--repeat", "1", "--V-sweep", "2",
+               "--policies", "gelato,fixed,edge-only", "--gammas", "4", "--out",
+               str(tmp_path), "--no-progress", "--acceptance", "0.7"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
     assert "entropy+top1+margin+position+running" in out
+    assert "thinned to acceptance 0.7" in out
     data = json.loads((tmp_path / "gelato-sim-rpi5+edge-gpu.json").read_text())
     assert {m["features"] for m in data["meta"]["acceptance_models"]} >= {"entropy-bins",
                                                                           "adaedl"}
     assert "oracle (all actions)" in {r["policy"] for r in data["rows"]}
+    assert data["meta"]["acceptance"] == 0.7

@@ -47,7 +47,7 @@ class Alternate(Policy):
     def __init__(self, s: int, b: int) -> None:
         self.s, self.b, self.turn, self.streamed = s, b, 0, []
 
-    def stream_tokens(self) -> int:
+    def stream_tokens(self, left: int | None = None) -> int:
         self.turn += 1
         return self.s if self.turn % 2 else 0
 
@@ -55,7 +55,7 @@ class Alternate(Policy):
         return self.b
 
     def observe_stream(self, tokens: int, time_s: float, energy_j: float,
-                       edge_advice: bool | None = None) -> None:
+                       edge_advice: bool | None = None, verify_s: float | None = None) -> None:
         self.streamed.append((tokens, time_s, energy_j))
 
     def observe(self, stats: RoundStats) -> None:
