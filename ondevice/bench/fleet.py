@@ -238,6 +238,8 @@ async def _replay_leg(edge: Any, pt: PromptTrace, room: int, policy: Policy, cos
         return got
     d = cost.device
     pos = 0
+    if policy.wants_draft_time():  # the replayed draft's speed is the profile's
+        policy.calibrate(d.draft_ms_per_token / 1e3, d.draft_ms_per_token / 1e3 * d.draft_w)
     policy.begin_prompt()
     while pos < room:
         r0 = time.monotonic()
@@ -335,7 +337,9 @@ def simulate_fleet(traces: Sequence[PromptTrace], policy_name: str, n: int, cost
     d = cost.device
     half_rtt = d.rtt_ms / 2e3
     policies = [make(policy_name, gamma=4, power_budget_w=power_budget_w) for _ in range(n)]
-    for policy in policies:  # each device replays one prompt
+    for policy in policies:  # each device replays one prompt, its draft's speed measured
+        if policy.wants_draft_time():
+            policy.calibrate(d.draft_ms_per_token / 1e3, d.draft_ms_per_token / 1e3 * d.draft_w)
         policy.begin_prompt()
     res = [DeviceResult(i, 0, 0.0, 0.0) for i in range(n)]
     pos = [0] * n

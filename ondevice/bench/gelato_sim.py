@@ -130,6 +130,10 @@ def simulate_policy(
     throughout (its estimates, queue and budget are long-run). ``features`` is the trace's
     (top1, margin) per position (``Trace.features``), for policies that want them."""
     total = Tally()
+    if policy.wants_draft_time():  # two draft evaluations timed before the first prompt
+        s = cost.device.draft_ms_per_token / 1e3
+        policy.calibrate(s, s * cost.device.draft_w)
+        total.add(Tally(time_s=2 * s, energy_j=2 * s * cost.device.draft_w))
     for _ in range(repeat):
         for p in range(trace.n_prompts):
             sl = trace.prompt_slice(p)

@@ -134,7 +134,7 @@ class RealizedRate:
         return float(self.s[0])
 
     def rate(self, v: float, q_j: float, *, typical: float | None = None,
-             prior_cv: float = 1.0, prior_count: float = 2.0) -> tuple[float, float] | None:
+             prior_cv: float = 0.5, prior_count: float = 2.0) -> tuple[float, float] | None:
         """(value per second, its standard error) at V = ``v`` and queue ``q_j``; None
         without outcomes.
 

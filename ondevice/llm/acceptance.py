@@ -18,7 +18,7 @@ prequentially (each outcome against the prediction made before it was seen):
 
 - ``LogisticAcceptance``: online Bayesian logistic regression on a chosen feature subset, starting
   exactly at AdaEDL's bound;
-- ``BinnedAcceptance``: GELATO's original entropy-binned model (``gelato.AcceptanceModel``);
+- ``BinnedAcceptance``: GELATO's original entropy-binned model (``AcceptanceModel``);
 - ``AdaEDLAcceptance``: the bound alone, never learning (the reference).
 
 ``compare_feature_sets`` replays a recorded trace through several of them.
@@ -35,7 +35,7 @@ from typing import Protocol
 import numpy as np
 
 from ondevice.common.speculative import entropy_nats
-from ondevice.llm.gelato import A_MAX, A_MIN, ADAEDL_C, AcceptanceModel, adaedl_bound
+from ondevice.llm.gelato import A_MAX, A_MIN, ADAEDL_C, adaedl_bound
 
 FEATURE_NAMES: tuple[str, ...] = ("entropy", "top1", "margin", "position", "running")
 DEFAULT_SETS: tuple[str, ...] = (
@@ -106,6 +106,75 @@ class AcceptancePredictor(Protocol):
     def brier(self) -> tuple[float, float]: ...
 
     def calibration(self) -> list[dict[str, float]]: ...
+
+
+class AcceptanceModel:
+    """a(H): probability that a token drafted at entropy H (nats) is accepted, learned online.
+
+    Binned over entropy; each bin starts at the AdaEDL bound with a prior worth
+    ``prior_count`` observations and moves to the observed accept rate as outcomes arrive.
+    """
+
+    def __init__(
+        self, *, h_max: float = 8.0, bins: int = 16, prior_count: float = 4.0, c: float = ADAEDL_C
+    ) -> None:
+        self.edges = np.linspace(0.0, h_max, bins + 1)  # [bins + 1]
+        centers = 0.5 * (self.edges[:-1] + self.edges[1:])
+        prior = np.clip([adaedl_bound(h, c) for h in centers], A_MIN, A_MAX)
+        self.accepts = prior * prior_count  # [bins] pseudo-counts
+        self.trials = np.full(bins, prior_count)  # [bins]
+        self.prior = prior.copy()
+        self.seen = np.zeros(bins)  # [bins] real observations
+        self.seen_accepts = np.zeros(bins)
+
+    def _bin(self, h: float) -> int:
+        return int(min(max(np.searchsorted(self.edges, h, side="right") - 1, 0),
+                       len(self.trials) - 1))
+
+    def predict(self, h: float) -> float:
+        i = self._bin(h)
+        return float(np.clip(self.accepts[i] / self.trials[i], A_MIN, A_MAX))
+
+    def observe(self, h: float, accepted: bool) -> None:
+        i = self._bin(h)
+        self.trials[i] += 1.0
+        self.accepts[i] += 1.0 if accepted else 0.0
+        self.seen[i] += 1.0
+        self.seen_accepts[i] += 1.0 if accepted else 0.0
+
+    def observe_round(self, entropies: list[float], n_accepted: int) -> None:
+        """Tokens before the first rejection were accepted, the first rejected one was not;
+        tokens after it were never judged and teach nothing."""
+        for j, h in enumerate(entropies[: n_accepted + 1]):
+            self.observe(h, j < n_accepted)
+
+    def calibration(self) -> list[dict[str, float]]:
+        """Per bin that saw outcomes: entropy range, AdaEDL prior, learned estimate, observed
+        accept rate and count. A calibrated model has estimate ~ observed where n is large."""
+        out = []
+        for i in np.flatnonzero(self.seen):
+            out.append({
+                "h_lo": float(self.edges[i]), "h_hi": float(self.edges[i + 1]),
+                "prior": float(self.prior[i]),
+                "estimate": float(self.accepts[i] / self.trials[i]),
+                "observed": float(self.seen_accepts[i] / self.seen[i]),
+                "n": int(self.seen[i]),
+            })
+        return out
+
+    def brier(self) -> tuple[float, float]:
+        """(mean squared error of the AdaEDL prior, of the learned estimate) over observed
+        outcomes, per token: lower is better calibrated."""
+        n = self.seen.sum()
+        if n == 0:
+            return math.nan, math.nan
+        est = self.accepts / self.trials
+        p, k = self.seen_accepts, self.seen
+
+        def mse(q: np.ndarray) -> float:  # sum over bins of k q^2 - 2 q p + p, divided by n
+            return float((k * q * q - 2 * q * p + p).sum() / n)
+
+        return mse(self.prior), mse(est)
 
 
 class _Prequential:
@@ -216,7 +285,7 @@ class AdaEDLAcceptance(PrequentialModel):
 
 
 class BinnedAcceptance(PrequentialModel):
-    """GELATO's entropy-binned model (``gelato.AcceptanceModel``) behind the TokenFeatures
+    """GELATO's entropy-binned model (``AcceptanceModel``) behind the TokenFeatures
     interface: it reads only ``f.entropy``. Its ``brier()`` is prequential, unlike the wrapped
     model's own (in-sample) one, which ``model`` still offers."""
 

@@ -1,47 +1,79 @@
-"""GELATO's math: drift-plus-penalty drafting budget and entropy-driven early exit. No I/O.
+"""GELATO's math: drift-plus-penalty drafting, drafting ahead, the early exit per token, and
+the choice between drafting and letting the edge stream. No I/O.
 
-Renewal-reward form of Lyapunov drift-plus-penalty (Neely, "Stochastic Network Optimization",
-ch. 7), per round r of random length T_r:
+**The objective.** Renewal-reward form of Lyapunov drift-plus-penalty (Neely, "Stochastic
+Network Optimization", ch. 7). Each round r (or streamed stretch) takes a random time T_r,
+produces n_r tokens and costs the device E_r joules; the virtual energy queue is
+Q_{r+1} = max(Q_r + E_r - C_r, 0), with the allowance C_r = P_budget * T_r (a power budget, W)
+or eps * n_r (an energy-per-token budget, J/token). Per round the controller maximizes the
+ratio [V n - Q (E - C)] / T of expectations: value per second, V in joules per token (larger V
+weighs throughput more against the budget). Without a budget Q = 0 and it maximizes tokens/s.
 
-- virtual energy queue  Q_{r+1} = max(Q_r + E_r - C_r, 0), with the allowance
-  C_r = P_budget * T_r (a power budget, W) or eps * n_r (an energy-per-token budget, J/token);
-- outer loop: the reference budget b_r maximizes the ratio
-  [V * N(b) - Q_r * (E(b) - C(b))] / T(b), with N(b) = (1 - a^(b+1)) / (1 - a) the expected
-  tokens a round of b drafted tokens produces at per-token acceptance a,
-  T(b) = b * t_draft + t_net + t_queue + t_verify(b) and
-  E(b) = b * e_draft + (T(b) - b t_draft) * p_wait;
-- inner loop: after drafting token j with entropy H_j, with S_j the probability that every token
-  drafted so far is accepted, draft one more only while
-  V * S_j * a(H_j) - Q_r * e_draft - score_r * t_draft > 0, where score_r is the outer loop's
-  optimal ratio (the value of the time a token costs) and a(H) the learned acceptance model.
+**A round** that drafts b tokens produces N(b) = (1 - a^(b+1)) / (1 - a) expected tokens at
+per-token acceptance a, and takes T(b) = b t_draft + W(b), W(b) = t_net + t_queue +
+t_verify(b), t_verify(b) = v0 + v1 (b + 1 + others) (a fit of the edge's reported verify time
+against the tokens of its batched decode: ``others`` are other devices' tokens, t_queue its
+queueing); E(b) = b e_draft + W(b) p_wait. ``choose_budget`` is the paper's outer loop: the b
+of highest ratio.
 
-The edge's load enters T(b) twice, from what its verdicts report: t_queue, the time a round
-waits for a batch, and t_verify(b) = v0 + v1 * (b + 1 + others), a linear fit of the verify time
-against the tokens in the batched decode (the round's own b + 1 and ``others``, the other
-devices' tokens in the same decode, both EWMAs). When devices join, both grow, the fixed cost of
-a round grows, and b* moves; the queue still charges the measured energy of waiting.
+**Drafting ahead** (beyond the paper; SpecEdge's proactive drafting, PipeSpec): during W(b) the
+device drafts k more tokens (k <= W(b) / t_draft) betting that all b pass and the edge's bonus
+token is the draft's first extra one, probability a^(b+1); on a hit the next round starts with
+r = k - 1 tokens ready (free: no draft time). So rounds are not independent: the state is r,
+an action is (b >= r, k), its reward R = V N(b) - Q (E - C) with E adding k (e_draft - t_draft
+p_wait) (drafting instead of waiting; the round is no longer), its time T = (b - r) t_draft +
+W(b), and it moves to r' = k - 1 with probability a^(b+1), else to 0. The best policy of this
+semi-Markov decision process maximizes the long-run ratio rho: with relative values h (h(0) =
+0), h(r) = max_(b,k) [R - rho T + a^(b+1) h(k - 1)]. ``plan_rounds`` solves it by policy
+iteration (evaluate the plan's rho and h from those linear equations, improve each state's
+action, repeat until no action changes). ``pipeline_rate`` is its closed form for plans that
+use one (b, k) in every state (a two-state chain: nothing ready, or k - 1 ready), microseconds
+against the plan's fraction of a millisecond, for the sampled values below.
 
-A second action (beyond the paper, so that GELATO never loses to letting the edge generate):
-stream, i.e. the edge's target generates the next L tokens alone and streams them. Its ratio
-per token is [V - Q (e_stream - c_stream)] / t_stream with t_stream and e_stream the measured
-time and device energy per streamed token (radio receive and waiting, no drafting); the
-controller streams while that ratio beats the best drafting budget's, re-deciding after every
-stretch of L tokens (``should_stream``). In a fleet the edge may advise streaming (it is the
-bottleneck and a verified position costs it more per produced token than a streamed one,
-``edge_server/_advice.py``): ``GelatoPolicy`` then streams unless its energy queue is above
-zero, because no device reaches that fleet-wide optimum by its own comparison.
+**The inner loop**, per drafted token: after j tokens whose all-pass probability is S_j (the
+product of the acceptance model's a(features) of each), drafting token j + 1 instead of
+sending now adds V S_j a' tokens (a' from the last token's features) and costs t_draft + v1
+seconds at rho and e_draft + v1 p_wait joules at Q (less the allowance it earns), and changes
+the bet of drafting ahead: S_j a' (a h(k' - 1) - h(k - 1)), k and k' what fits ahead of a
+round of j and j + 1 (``plan_keeps_drafting``, a one-step lookahead at the plan's rho and h).
+Without drafting ahead (h = 0) it is the paper's rule V S_j a' - Q e_draft - rho t_draft > 0.
+After the round is drafted, the k of the plan is drafted ahead while its expected worth
+p_hit h(k - 1) beats Q k (e_draft - t_draft p_wait) (``plan_ahead``).
 
-A third action, drafting ahead (SpecEdge's proactive drafting, PipeSpec): after sending a round
-of b tokens the device drafts k more while the round is in flight, betting that all b are
-accepted and the edge's own next token is the draft's first extra one (probability p_hit, the
-round's survival times a). On a hit the next round starts with k - 1 tokens already drafted,
-saving (k - 1) t_draft of its time; always, the k tokens draw drafting instead of waiting power.
-Valued in the same units as the outer loop, score * p_hit (k - 1) t_draft - Q * k (e_draft -
-t_draft p_wait) (under a power budget the saved time also shrinks the allowance), and k is at
-most what fits in the round's wait (``choose_ahead``).
+**Streaming** (beyond the paper, so that GELATO never loses to letting the edge generate): the
+edge's target generates a stretch of L tokens alone; its ratio is [V L - Q (E_L - C)] / T_L
+with T_L = t_net + L t_stream (one round trip a stretch), E_L = t_net p_wait + L e_stream
+(``stream_score``). After a stretch the draft must catch up on its tokens in one batch before
+it drafts again: c = pending t_catchup seconds, which drafting's value for the rest of the
+prompt (``left`` tokens, T_left = left / tokens_per_s) pays: (rho T_left - Q (E_c - C_c)) /
+(T_left + c). A prompt's opening (its first tokens, the hardest to draft) has an acceptance of
+its own.
 
-Units: seconds, joules, watts. V converts tokens into the queue's joules (J per token); larger V
-weighs throughput more against the energy budget.
+**The choice that does not lock in** (``GelatoPolicy.stream_tokens``). Each action's value per
+second is uncertain: drafting's model prediction depends on a, whose estimate is a Beta
+posterior over judged tokens, and on t_draft, log-normal with a prior sd of 1.5 that each
+measured round narrows; each action also has what it realized, the ratio sum(w v) /
+sum(w T) of its recent outcomes (priced at the current Q) with the delta-method standard
+error s / (sqrt(W) mean_T). Evidence of both kinds fades with every token produced (weight x
+0.999), so an action not taken for a while becomes uncertain again. Before each round the
+controller draws each action's value from its posterior (Thompson sampling): drafting's model
+value at a drawn a and t_draft (``pipeline_rate``), times a 5 % model error, fused with its
+realized rate as Gaussians, w x_model + (1 - w) x_realized with w = s_r^2 / (s_m^2 + s_r^2);
+streaming's likewise. The larger draw wins; when drafting's draw wins against the posterior
+means the round explores, following the plan of the drawn model. An action whose prediction
+may beat the one taken is thus tried again with a probability that grows as its evidence
+fades, and never when even its optimistic draw cannot win (so where streaming is best by far
+it costs nothing). A stretch is 16 tokens, doubling while streaming wins in a row, or the rest
+of the prompt once streaming is the better action with probability 0.99; it is never longer
+than what the prompt has left.
+
+**Budgets and a large V.** Drift-plus-penalty meets a time-average budget for any V, but its
+queue must first climb to O(V), and a finite run overspends while it climbs. The queue at which
+the model's best action spends exactly the budget (``balance_price``, bisection on Q) is known
+from the estimates; joules are priced at Q + 0.8 Q* (Neely's place-holder backlog, estimated
+rather than fixed), so the queue climbs only the rest of the way and overspends that much less.
+
+Units: seconds, joules, watts.
 """
 
 from __future__ import annotations
@@ -77,73 +109,6 @@ def queue_update(q_j: float, energy_j: float, allowance_j: float) -> float:
     return max(q_j + energy_j - allowance_j, 0.0)
 
 
-class AcceptanceModel:
-    """a(H): probability that a token drafted at entropy H (nats) is accepted, learned online.
-
-    Binned over entropy; each bin starts at the AdaEDL bound with a prior worth
-    ``prior_count`` observations and moves to the observed accept rate as outcomes arrive.
-    """
-
-    def __init__(
-        self, *, h_max: float = 8.0, bins: int = 16, prior_count: float = 4.0, c: float = ADAEDL_C
-    ) -> None:
-        self.edges = np.linspace(0.0, h_max, bins + 1)  # [bins + 1]
-        centers = 0.5 * (self.edges[:-1] + self.edges[1:])
-        prior = np.clip([adaedl_bound(h, c) for h in centers], A_MIN, A_MAX)
-        self.accepts = prior * prior_count  # [bins] pseudo-counts
-        self.trials = np.full(bins, prior_count)  # [bins]
-        self.prior = prior.copy()
-        self.seen = np.zeros(bins)  # [bins] real observations
-        self.seen_accepts = np.zeros(bins)
-
-    def _bin(self, h: float) -> int:
-        return int(min(max(np.searchsorted(self.edges, h, side="right") - 1, 0),
-                       len(self.trials) - 1))
-
-    def predict(self, h: float) -> float:
-        i = self._bin(h)
-        return float(np.clip(self.accepts[i] / self.trials[i], A_MIN, A_MAX))
-
-    def observe(self, h: float, accepted: bool) -> None:
-        i = self._bin(h)
-        self.trials[i] += 1.0
-        self.accepts[i] += 1.0 if accepted else 0.0
-        self.seen[i] += 1.0
-        self.seen_accepts[i] += 1.0 if accepted else 0.0
-
-    def observe_round(self, entropies: list[float], n_accepted: int) -> None:
-        """Tokens before the first rejection were accepted, the first rejected one was not;
-        tokens after it were never judged and teach nothing."""
-        for j, h in enumerate(entropies[: n_accepted + 1]):
-            self.observe(h, j < n_accepted)
-
-    def calibration(self) -> list[dict[str, float]]:
-        """Per bin that saw outcomes: entropy range, AdaEDL prior, learned estimate, observed
-        accept rate and count. A calibrated model has estimate ~ observed where n is large."""
-        out = []
-        for i in np.flatnonzero(self.seen):
-            out.append({
-                "h_lo": float(self.edges[i]), "h_hi": float(self.edges[i + 1]),
-                "prior": float(self.prior[i]),
-                "estimate": float(self.accepts[i] / self.trials[i]),
-                "observed": float(self.seen_accepts[i] / self.seen[i]),
-                "n": int(self.seen[i]),
-            })
-        return out
-
-    def brier(self) -> tuple[float, float]:
-        """(mean squared error of the AdaEDL prior, of the learned estimate) over observed
-        outcomes, per token: lower is better calibrated."""
-        n = self.seen.sum()
-        if n == 0:
-            return math.nan, math.nan
-        est = self.accepts / self.trials
-        p, k = self.seen_accepts, self.seen
-
-        def mse(q: np.ndarray) -> float:  # sum over bins of k q^2 - 2 q p + p, divided by n
-            return float((k * q * q - 2 * q * p + p).sum() / n)
-
-        return mse(self.prior), mse(est)
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,7 +264,7 @@ def plan_rounds(model: RoundModel, q_j: float, v: float, budget: Budget | None, 
         mat[rows[1:], rows[1:]] += 1.0
         to = nxt[cb, ck]
         moves = to >= 1
-        np.subtract.at(mat, (rows[moves], to[moves]), pi[cb, ck][moves])
+        mat[rows[moves], to[moves]] -= pi[cb, ck][moves]  # one target per row: no repeats
         return np.linalg.solve(mat, gains)
 
     for _ in range(32):
@@ -470,57 +435,12 @@ def stream_score(model: RoundModel, q_j: float, v: float, budget: Budget | None,
     return (v * n - penalty) / t
 
 
-def should_stream(model: RoundModel, q_j: float, v: float, budget: Budget | None,
-                  cap: int) -> bool:
-    """Whether streaming beats the best drafting budget (``choose_budget``'s optimum)."""
-    _, best = choose_budget(model, q_j, v, budget, cap)
-    return stream_score(model, q_j, v, budget) > best
 
 
-def ahead_value(model: RoundModel, *, k: int, p_hit: float, q_j: float, score: float,
-                budget: Budget | None) -> float:
-    """Drift-plus-penalty value of drafting ``k`` tokens ahead of a round in flight (see the
-    module docstring): the expected drafting time it saves the next round, at ``score``
-    (value per second, the outer loop's optimum), less the queue's price of its extra energy."""
-    if k <= 0:
-        return 0.0
-    saved_s = min(max(p_hit, 0.0), 1.0) * (k - 1) * model.t_draft_s
-    extra_j = k * (model.e_draft_j - model.t_draft_s * model.p_wait_w)
-    penalty = q_j * extra_j
-    if budget is not None and budget.power_w is not None:
-        penalty += q_j * budget.power_w * saved_s  # a shorter round earns less allowance
-    return score * saved_s - penalty
 
 
-def choose_ahead(model: RoundModel, *, drafted: int, p_hit: float, q_j: float, score: float,
-                 budget: Budget | None, cap: int) -> int:
-    """How many tokens to draft ahead of a round of ``drafted`` tokens: the best k in 0..K,
-    K what fits in the round's predicted wait (at most ``cap``); 0 when none pays."""
-    if drafted <= 0:
-        return 0
-    wait_s = model.time_s(drafted) - drafted * model.t_draft_s
-    k_max = min(cap, int(wait_s / max(model.t_draft_s, 1e-9)))
-    best_k, best = 0, 0.0
-    for k in range(2, k_max + 1):
-        val = ahead_value(model, k=k, p_hit=p_hit, q_j=q_j, score=score, budget=budget)
-        if val > best + 1e-15:
-            best_k, best = k, val
-    return best_k
 
 
-def keep_drafting(
-    *, v: float, q_j: float, score: float, survival: float, a_next: float,
-    e_draft_j: float, t_draft_s: float, budget: Budget | None = None,
-) -> bool:
-    """Inner loop: is one more drafted token worth its energy and time?
-
-    The token adds survival * a_next expected tokens, e_draft_j joules and t_draft_s seconds
-    to the round; with a ``budget`` it also adds to the round's allowance C (P * t_draft_s
-    for a power budget, eps * survival * a_next for an energy-per-token one), which offsets
-    its energy in the queue's penalty, exactly as C(b) does in the outer loop's ratio."""
-    gain = survival * a_next
-    allowance = budget.allowance_j(t_draft_s, gain) if budget is not None else 0.0
-    return v * gain - q_j * (e_draft_j - allowance) - score * t_draft_s > 0.0
 
 
 @dataclass(slots=True)
@@ -583,6 +503,13 @@ class Estimates:
         """Let the acceptance evidence fade by ``factor`` (tokens went by)."""
         self.a.forget(factor)
         self.a_open.forget(factor)
+
+    def observe_draft(self, *, draft_s: float, draft_energy_j: float) -> None:
+        """One drafted token measured on its own (before any round): its time and energy."""
+        if draft_s > 0:
+            self.t_draft_s.update(draft_s)
+            self.e_draft_j.update(draft_energy_j)
+            self.draft_rounds += 1
 
     def observe_stream(self, *, tokens: int, time_s: float, energy_j: float,
                        verify_s: float | None = None) -> None:

@@ -288,6 +288,8 @@ class Generation:
         log.info("generating up to %d tokens with policy %s", budget, self.policy.name)
         self.policy.begin_prompt()
         t0 = time.monotonic()
+        if use_edge and self.policy.wants_draft_time():
+            await self._calibrate(stream)
         done = budget <= 0 or self._stopping()
         while not done:
             while targets and not done:
@@ -302,6 +304,23 @@ class Generation:
             done = done or self._stopping()
         t1 = time.monotonic()
         return self._report(stream, t0, t1, n_prompt)
+
+    async def _calibrate(self, stream: DraftStream) -> None:
+        """Time the draft on the prompt's first two tokens, one evaluation each (the first
+        may pay for warming up; the second is what a drafted token costs here) and tell the
+        policy, so that it knows drafting's price before its first round. The cache keeps
+        them: they are the prompt's own prefix."""
+        runner, ids = stream.runner, stream.prompt[:2]
+
+        def job() -> tuple[float, float]:
+            runner.truncate(0)
+            runner.eval(ids[:1], 1)
+            t0 = time.monotonic()
+            runner.eval(ids[1:] or ids[:1], 1)
+            return t0, time.monotonic()
+
+        t0, t1 = await self._busy(job)
+        self.policy.calibrate(t1 - t0, self.meter.energy_j(t0, t1))
 
     def _segment(self, source: str, start: int, stream: DraftStream) -> None:
         end = len(stream.out)
@@ -420,6 +439,7 @@ class Generation:
             if self._stopping():
                 return True
             left = budget - len(stream.out)
+            d0 = time.monotonic()  # the policy's decisions count as the round's overhead
             n_stream = min(policy.stream_tokens(left), left)
             if n_stream > 0:  # the stream action: the edge generates the stretch alone
                 r0, before, done = time.monotonic(), len(stream.out), False
@@ -476,7 +496,6 @@ class Generation:
             tot.verify_s += verdict.verify_ms / 1e3
             tot.rtt_s += rtt_s
             tot.round_s += r1 - r0
-            tot.overhead_s += (r1 - r0) - drafted.draft_s - verdict.verify_ms / 1e3
             policy.observe(
                 RoundStats(
                     drafted=n,
@@ -502,6 +521,9 @@ class Generation:
                     ahead_energy_j=self.meter.energy_j(s0, s0 + ahead_s) if ahead_s else 0.0,
                 )
             )
+            # Everything of the round that is not drafting or the edge's verify: the policy's
+            # decisions before it and its learning after it, framing, the socket, commits.
+            tot.overhead_s += (time.monotonic() - d0) - drafted.draft_s - verdict.verify_ms / 1e3
             if done:
                 return True
         return True

@@ -87,23 +87,23 @@ def test_real_fleet_against_a_real_edge(fixture_models: tuple[Path, Path],
 def test_sim_fleet_gelato_streams_where_streaming_is_best() -> None:
     """On the shipped Gemma trace, Pi 5 devices against the fast GPU edge: letting the edge
     stream beats every drafting budget, and the fleet's gelato devices find it (most of their
-    tokens streamed) and come within 20 % of edge-only's aggregate (their 8 warm-up rounds
-    are a sixth of a 120-token run: measured 0.85x); at long context (the 32k edge) drafting
-    pays more and they stream less."""
+    tokens streamed) and come within 10 % of edge-only's aggregate over a 120-token run (each
+    device first streams a prompt's opening, then decides); Jetson devices against the
+    long-context edge, where drafting pays, stream less."""
     from ondevice.bench.trace import Trace, shipped_trace
 
     trace = Trace.load(shipped_trace())
     pts = prompt_traces(trace, [[2]] * trace.n_prompts)
     share = {}
-    for edge in ("edge-gpu", "edge-gpu-32k"):
-        cost = CostModel(load_profile("rpi5", "device"), load_profile(edge, "edge"))
+    for device, edge in (("rpi5", "edge-gpu"), ("jetson-orin-nano", "edge-gpu-32k")):
+        cost = CostModel(load_profile(device, "device"), load_profile(edge, "edge"))
         g = summarize("sim", 4, "gelato", "batched",
                       simulate_fleet(pts, "gelato", 4, cost, 120), None)
         e = summarize("sim", 4, "edge-only", "batched",
                       simulate_fleet(pts, "edge-only", 4, cost, 120), None)
         share[edge] = g.streamed_share
         if edge == "edge-gpu":
-            assert g.streamed_share > 0.5 and g.aggregate_tps >= 0.8 * e.aggregate_tps, (g, e)
+            assert g.streamed_share > 0.5 and g.aggregate_tps >= 0.9 * e.aggregate_tps, (g, e)
     assert share["edge-gpu-32k"] < share["edge-gpu"], share
 
 

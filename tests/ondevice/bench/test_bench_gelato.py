@@ -228,15 +228,23 @@ def test_targets_read_from_the_rows() -> None:
 # -- controller fixes the benchmark led to ------------------------------------------------
 
 def test_inner_rule_counts_the_allowance_a_token_earns() -> None:
-    common = dict(v=1.0, q_j=10.0, score=10.0, survival=1.0, a_next=0.5, e_draft_j=0.1,
-                  t_draft_s=0.01)
-    # V S a = 0.5; Q e = 1.0; score t = 0.1: not worth it without a budget's allowance
-    assert not gelato.keep_drafting(**common)
+    model = gelato.RoundModel(a=0.8, t_draft_s=0.01, t_net_s=0.01, t_verify0_s=0.01,
+                              t_verify_per_token_s=0.0, e_draft_j=0.1, p_wait_w=2.0)
+    plan = gelato.Plan(rho=10.0, h=np.zeros(1), b=np.zeros(1, np.int64),
+                       k=np.zeros(1, np.int64), ahead_k=np.zeros(17, np.int64),
+                       tokens_per_s=0.0)
+
+    def keep(budget: gelato.Budget | None) -> bool:
+        return gelato.plan_keeps_drafting(plan, model, drafted=1, survival=1.0, a_next=0.5,
+                                          free=False, v=1.0, q_j=10.0, budget=budget)
+
+    # V S a = 0.5; Q e = 1.0; rho t = 0.1: not worth it without a budget's allowance
+    assert not keep(None)
     # eps = 0.2 J/token: the token's expected 0.5 tokens earn 0.1 J, which pays its energy
-    assert gelato.keep_drafting(**common, budget=gelato.Budget(j_per_token=0.2))
+    assert keep(gelato.Budget(j_per_token=0.2))
     # P = 5 W: 0.01 s earns 0.05 J -> 0.5 - 10 * 0.05 - 0.1 < 0; P = 8 W: 0.5 - 0.2 - 0.1 > 0
-    assert not gelato.keep_drafting(**common, budget=gelato.Budget(power_w=5.0))
-    assert gelato.keep_drafting(**common, budget=gelato.Budget(power_w=8.0))
+    assert not keep(gelato.Budget(power_w=5.0))
+    assert keep(gelato.Budget(power_w=8.0))
 
 
 def test_catch_up_does_not_price_drafted_tokens() -> None:

@@ -27,7 +27,11 @@ def test_demo_runs_end_to_end() -> None:
     assert data["policy"] == "gelato" and data["edge"].startswith("http://127.0.0.1:")
     assert not data["degraded"]
     assert data["energy_source"] == "modelled" and data["energy_j"] > 0
-    assert data["rounds"] >= 1 and data["acceptance"] is not None
+    # GELATO drafted rounds, or streamed: on a machine where the draft costs about what the
+    # target does (this VM: 39 vs 45 ms a token) it times the draft first and streams
+    streamed = data["policy_settings"]["streamed_tokens"]
+    assert (data["rounds"] >= 1 and data["acceptance"] is not None) or streamed > 0
+    assert streamed + data["accepted"] + data["rounds"] >= data["n_tokens"]
     assert "tokens/s" in done.stdout and "modelled" in done.stdout
 
 

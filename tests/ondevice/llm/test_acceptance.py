@@ -10,6 +10,7 @@ import pytest
 
 from ondevice.llm.acceptance import (
     DEFAULT_SETS,
+    AcceptanceModel,
     AdaEDLAcceptance,
     BinnedAcceptance,
     LogisticAcceptance,
@@ -18,7 +19,7 @@ from ondevice.llm.acceptance import (
     token_features,
     top_two,
 )
-from ondevice.llm.gelato import A_MAX, A_MIN, AcceptanceModel, adaedl_bound
+from ondevice.llm.gelato import A_MAX, A_MIN, adaedl_bound
 
 FULL = "entropy+top1+margin+position+running"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -11,13 +12,12 @@ from _edge import EdgeProc, Reference
 
 from ondevice.common.llama_runtime import LlamaConfig
 from ondevice.llm import gelato
+from ondevice.llm.acceptance import AcceptanceModel
 from ondevice.llm.gelato import (
-    AcceptanceModel,
     Budget,
     RoundModel,
     choose_budget,
     expected_tokens,
-    keep_drafting,
     queue_update,
 )
 from ondevice.llm.generate import GenerateRequest, generate
@@ -81,14 +81,51 @@ def test_energy_per_token_budget_allowance() -> None:
         Budget(power_w=1.0, j_per_token=1.0)
 
 
+def no_ahead_plan(rho: float) -> gelato.Plan:
+    """A plan whose value per second is ``rho`` and that never drafts ahead (h = 0): the
+    inner rule is then the paper's."""
+    return gelato.Plan(rho=rho, h=np.zeros(1), b=np.zeros(1, np.int64),
+                       k=np.zeros(1, np.int64), ahead_k=np.zeros(17, np.int64),
+                       tokens_per_s=0.0)
+
+
+def inner_rule(*, v: float, q_j: float, score: float, survival: float, a_next: float,
+               e_draft_j: float, t_draft_s: float, budget: Budget | None = None) -> bool:
+    model = RoundModel(a=0.8, t_draft_s=t_draft_s, t_net_s=0.01, t_verify0_s=0.01,
+                       t_verify_per_token_s=0.0, e_draft_j=e_draft_j, p_wait_w=2.0)
+    return gelato.plan_keeps_drafting(no_ahead_plan(score), model, drafted=1,
+                                      survival=survival, a_next=a_next, free=False, v=v,
+                                      q_j=q_j, budget=budget)
+
+
 def test_inner_rule_marginal_value() -> None:
     common = dict(e_draft_j=0.1, t_draft_s=0.02)
     # V S a = 1 * 0.9 * 0.9 = 0.81 > Q e + score t = 1 * 0.1 + 10 * 0.02 = 0.3
-    assert keep_drafting(v=1.0, q_j=1.0, score=10.0, survival=0.9, a_next=0.9, **common)
+    assert inner_rule(v=1.0, q_j=1.0, score=10.0, survival=0.9, a_next=0.9, **common)
     # 0.81 * 0.3 = 0.243 < 0.3
-    assert not keep_drafting(v=1.0, q_j=1.0, score=10.0, survival=0.27, a_next=0.9, **common)
+    assert not inner_rule(v=1.0, q_j=1.0, score=10.0, survival=0.27, a_next=0.9, **common)
     # With an empty queue only time matters.
-    assert keep_drafting(v=1.0, q_j=0.0, score=10.0, survival=0.3, a_next=0.9, **common)
+    assert inner_rule(v=1.0, q_j=0.0, score=10.0, survival=0.3, a_next=0.9, **common)
+
+
+def test_inner_rule_weighs_the_bet_of_drafting_ahead() -> None:
+    """A longer round fits more ahead but is less likely to pass whole: with tokens ready
+    worth h, the lookahead adds S a' (a h(k' - 1) - h(k - 1)), so one more token that is
+    barely worth its time alone is not drafted when sending now keeps a valuable bet."""
+    model = RoundModel(a=0.8, t_draft_s=0.01, t_net_s=0.01, t_verify0_s=0.02,
+                       t_verify_per_token_s=0.0, e_draft_j=0.05, p_wait_w=2.0)
+    plain = no_ahead_plan(50.0)
+    ahead = gelato.Plan(rho=50.0, h=np.array([0.0, 1.0, 2.0]), b=np.ones(3, np.int64),
+                        k=np.full(3, 3, np.int64), ahead_k=np.full(17, 3, np.int64),
+                        tokens_per_s=0.0)
+    # V S a' = 2 * 0.9 * 0.4 = 0.72 > rho t = 0.5: worth it alone ...
+    kw = dict(drafted=1, survival=0.9, a_next=0.4, free=False, v=2.0, q_j=0.0, budget=None)
+    assert gelato.plan_keeps_drafting(plain, model, **kw)  # type: ignore[arg-type]
+    # ... but it lowers the bet: 0.36 (0.8 * 2 - 2) = -0.144 -> 0.72 - 0.5 - 0.144 > 0 still;
+    # with h(2) = 4 it is 0.36 (3.2 - 4) = -0.288 and the round is sent now.
+    assert gelato.plan_keeps_drafting(ahead, model, **kw)  # type: ignore[arg-type]
+    dearer = dataclasses.replace(ahead, h=np.array([0.0, 2.0, 4.0]))
+    assert not gelato.plan_keeps_drafting(dearer, model, **kw)  # type: ignore[arg-type]
 
 
 def test_acceptance_model_learns_from_outcomes() -> None:
@@ -255,3 +292,91 @@ def test_edge_load_moves_the_budget() -> None:
     m = model.est.model()
     assert m.t_queue_s == pytest.approx(0.15, rel=0.05) and m.others_tokens > 50
     assert busy > quiet
+
+
+# -- the round plan with drafting ahead ---------------------------------------------------
+
+def _stationary_ratio(model: RoundModel, q_j: float, v: float, budget: Budget | None,
+                      cap: int, actions: dict[int, tuple[int, int]]) -> float:
+    """Naive reference: the long-run value per second of one stationary plan (state r ->
+    (b, k)), from the stationary law of the chain it induces (renewal reward)."""
+    states = sorted(actions)
+    idx = {s: i for i, s in enumerate(states)}
+    n = len(states)
+    p = np.zeros((n, n))
+    reward, time = np.zeros(n), np.zeros(n)
+    for s, (b, k) in actions.items():
+        wait = (model.t_net_s + model.t_queue_s + model.t_verify0_s
+                + (b + 1 + model.others_tokens) * model.t_verify_per_token_s)
+        fresh = max(b - s, 0)
+        t = fresh * model.t_draft_s + wait
+        tokens = expected_tokens(model.a, b)
+        e = (fresh * model.e_draft_j + wait * model.p_wait_w
+             + k * (model.e_draft_j - model.t_draft_s * model.p_wait_w))
+        c = budget.allowance_j(t, tokens) if budget is not None else 0.0
+        reward[idx[s]], time[idx[s]] = v * tokens - q_j * (e - c), t
+        hit = model.a ** (b + 1) if k >= 2 else 0.0
+        nxt = min(k - 1, states[-1]) if k >= 2 else 0
+        p[idx[s], idx[nxt]] += hit
+        p[idx[s], idx[0]] += 1.0 - hit
+    # stationary law: pi P = pi, sum pi = 1
+    a = np.vstack([(p.T - np.eye(n)), np.ones(n)])
+    pi = np.linalg.lstsq(a, np.concatenate([np.zeros(n), [1.0]]), rcond=None)[0]
+    return float(pi @ reward / (pi @ time))
+
+
+@pytest.mark.parametrize("a", [0.5, 0.8, 0.95])
+@pytest.mark.parametrize("q_j", [0.0, 3.0])
+def test_plan_is_the_best_stationary_plan(a: float, q_j: float) -> None:
+    """Policy iteration finds the best of every stationary plan, enumerated (cap 3, so up to
+    three states and ten actions each), with and without a queue pricing the energy."""
+    import itertools
+
+    model = RoundModel(a=a, t_draft_s=0.012, t_net_s=0.01, t_verify0_s=0.025,
+                       t_verify_per_token_s=0.001, e_draft_j=0.06, p_wait_w=2.6)
+    budget = Budget(power_w=3.0)
+    cap = 3
+    plan = gelato.plan_rounds(model, q_j, 2.0, budget, cap)
+    wait = np.array([model.t_net_s + model.t_verify0_s + (b + 1) * model.t_verify_per_token_s
+                     for b in range(cap + 1)])
+    fit = np.minimum(np.floor(wait / model.t_draft_s), cap).astype(np.int64)
+    fit[0] = 0
+    ks = gelato.ahead_options(fit)
+    n_states = len(plan.h)
+    choices = [[(b, int(k)) for b in range(r, cap + 1) for k in sorted(set(ks[b].tolist()))]
+               for r in range(n_states)]
+    best = max(_stationary_ratio(model, q_j, 2.0, budget, cap, dict(enumerate(combo)))
+               for combo in itertools.product(*choices))
+    assert plan.rho == pytest.approx(best, rel=1e-9)
+    assert gelato.pipeline_rate(model, q_j, 2.0, budget, cap).value_per_s <= plan.rho + 1e-9
+
+
+def test_drafting_ahead_pays_where_the_wait_is_long() -> None:
+    """A draft three times faster than a round's wait: the plan sends small rounds and keeps
+    the next ones drafted during the wait (a pipeline), well above the best plan without
+    drafting ahead (``choose_budget``, the paper's outer loop)."""
+    model = RoundModel(a=0.88, t_draft_s=0.0114, t_net_s=0.0105, t_verify0_s=0.0256,
+                       t_verify_per_token_s=0.00046, e_draft_j=0.06, p_wait_w=2.6)
+    plan = gelato.plan_rounds(model, 0.0, 2.0, None, 16)
+    _, without = choose_budget(model, 0.0, 2.0, None, 16)
+    assert plan.rho > 1.2 * without
+    assert plan.k[0] >= 2 and plan.b[0] <= 2
+    assert gelato.plan_rounds(model, 0.0, 2.0, None, 16, ahead=False).rho == pytest.approx(
+        without, rel=1e-9)
+
+
+def test_balance_price_spends_the_budget() -> None:
+    """The queue of ``balance_price`` makes the best plan spend the power budget, and none is
+    needed when the unconstrained plan spends less already."""
+    model = RoundModel(a=0.85, t_draft_s=0.012, t_net_s=0.01, t_verify0_s=0.04,
+                       t_verify_per_token_s=0.002, e_draft_j=0.07, p_wait_w=2.6)
+    free = gelato.pipeline_rate(model, 0.0, 2.0, None, 16)
+    budget = Budget(power_w=0.5 * (free.power_w + 2.6))
+    q = gelato.balance_price(model, 2.0, budget, 16)
+    assert q > 0
+    spent = gelato.pipeline_rate(model, q, 2.0, budget, 16).power_w
+    below = gelato.pipeline_rate(model, 0.9 * q, 2.0, budget, 16).power_w
+    assert spent <= budget.power_w < below  # type: ignore[operator]
+    assert gelato.balance_price(model, 2.0, Budget(power_w=2 * free.power_w), 16) == 0.0
+    # a budget no plan meets by the model (below the waiting power): no place-holder
+    assert gelato.balance_price(model, 2.0, Budget(power_w=1.0), 16) == 0.0
