@@ -53,9 +53,8 @@ export CMAKE_ARGS
 $(info coinfer: llama.cpp CMAKE_ARGS=$(CMAKE_ARGS) ($(LLAMA_FROM)))
 
 LLAMA_PIN := llama-cpp-python==0.3.36
-WHEELHOUSE ?= wheelhouse/$(ARCH)
 
-.PHONY: demo test install lint clean dist wheelhouse smoke-extras llama-flags
+.PHONY: demo test install lint clean dist wheelhouse smoke-extras llama-flags check-aarch64
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -92,19 +91,44 @@ dist: | $(BIN)/python
 	rm -rf dist
 	$(BIN)/python -m build --outdir dist .
 
-# Wheels for boards: coinfer's and llama-cpp-python's, built once, installed on every board in
-# seconds (pip install --find-links). llama.cpp compiles for $(ARCH): run it on a board of that
-# architecture (no cross build: README, Install, "Wheelhouse").
-wheelhouse: dist
+# Wheels for boards, built once, installed on every board offline (pip install --no-index
+# --find-links; model-export bundle puts them on the SD card). ARCH=aarch64 on an x86-64 host
+# cross-compiles llama.cpp with Debian's gcc-aarch64-linux-gnu/g++-aarch64-linux-gnu (it says
+# so and stops when they are missing) and downloads every other wheel for the board's Python
+# PY (3.13 Raspberry Pi OS Trixie, 3.11 Bookworm, 3.10 JetPack 6). On a board, ARCH=aarch64
+# builds there; NATIVE=1 for its own CPU alone. GPU=cuda (a Jetson or an NVIDIA box) and
+# other ARCH build llama-cpp-python and coinfer's wheels on such a machine, for it.
+PY ?= 3.13
+ifeq ($(ARCH),aarch64)
+WHEELHOUSE ?= wheelhouse/aarch64-py$(PY)
+else
+WHEELHOUSE ?= wheelhouse/$(ARCH)
+endif
+
+wheelhouse: | $(BIN)/python
+ifeq ($(ARCH)$(GPU),aarch64)
+	$(BIN)/python -m pip install --quiet 'wheel>=0.42'
+	$(BIN)/python -m export.cli wheelhouse --python $(PY) --out $(WHEELHOUSE) \
+	    $(if $(filter 1,$(NATIVE)),--native)
+else
 	@if [ "$(ARCH)" != "$$(uname -m)" ]; then \
-	  echo "make wheelhouse ARCH=$(ARCH): this machine is $$(uname -m); run it on a $(ARCH) board" \
-	       "(README, Install, Wheelhouse) and copy $(WHEELHOUSE) to the others" >&2; \
+	  echo "make wheelhouse ARCH=$(ARCH)$(if $(GPU), GPU=$(GPU)): build it on a $(ARCH)" \
+	       "machine (this one is $$(uname -m)); without GPU, ARCH=aarch64 cross-builds" >&2; \
 	  exit 1; fi
+	$(MAKE) dist
 	mkdir -p $(WHEELHOUSE)
 	cp dist/*.whl $(WHEELHOUSE)/
 	CMAKE_ARGS='$(CMAKE_ARGS)' $(BIN)/python -m pip wheel --no-cache-dir --no-deps \
 	    -w $(WHEELHOUSE) '$(LLAMA_PIN)'
 	ls -l $(WHEELHOUSE)
+endif
+
+# The device side on an emulated arm64 board: an arm64 Debian Trixie root (mmdebstrap, cached),
+# the bundle installed there offline, the device run against an edge on this host (root;
+# Debian packages mmdebstrap qemu-user-static binfmt-support gcc-aarch64-linux-gnu
+# g++-aarch64-linux-gnu). make test runs the same test.
+check-aarch64: $(TEST_STAMP)
+	$(BIN)/python -m pytest -ra tests/export/test_aarch64_board.py
 
 # CI: the built wheel (not editable) in fresh venvs, one per extra set, one smoke command each.
 smoke-extras: dist

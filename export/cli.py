@@ -14,7 +14,9 @@ The CLI only parses arguments and calls the package's functions. Exit status: 0 
     model-export dnn train-digits [--seed S] [--out FILE.pt]
     model-export dnn quantize --in M.onnx --calib DIR_OR_NPZ --out M_int8.onnx
     model-export bundle --board rpi5|jetson-orin --draft D.gguf [--edge URL | --discover]
-                        [--meter SPEC] [--wheelhouse DIR] --out DIR   # docs/install.md
+                        [--meter SPEC] [--wheelhouse DIR] [--python X.Y] --out DIR
+                                                                      # docs/install.md
+    model-export wheelhouse [--python X.Y] [--native] --out DIR      # aarch64 wheels
 
 Extras: the `fixtures` and `llm` commands need `coinfer[export-llm]` (gguf, llama.cpp; no
 torch), `dnn` needs `coinfer[export]`; a missing one is named in one line (exit 1).
@@ -35,6 +37,7 @@ from export._bundle import add_bundle
 from export._errors import ExportError
 from export._paths import check_output_file
 from export._progress import say
+from export._wheelhouse import add_wheelhouse
 from export.dnn._cli import add_dnn
 from ondevice.common.argtypes import non_negative_int as _non_negative_int
 from ondevice.common.argtypes import positive_int as _positive_int
@@ -356,6 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_llm(sub)
     add_dnn(sub)
     add_bundle(sub)
+    add_wheelhouse(sub)
     return parser
 
 

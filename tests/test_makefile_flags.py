@@ -66,3 +66,41 @@ def test_unknown_architecture_and_gpu_are_refused() -> None:
         done = subprocess.run(["make", "-n", "llama-flags", bad], cwd=REPO, capture_output=True,
                               text=True, timeout=60, check=False)
         assert done.returncode != 0 and bad.split("=")[1] in done.stderr
+
+
+def test_an_aarch64_wheelhouse_cross_builds_for_the_boards_python() -> None:
+    """``make wheelhouse ARCH=aarch64`` on this x86-64 host runs ``model-export wheelhouse``
+    (a cross build and the registry's aarch64 wheels) into wheelhouse/aarch64-pyX.Y; PY picks
+    the board image's Python (3.13 by default: Raspberry Pi OS Trixie)."""
+    out = subprocess.run(["make", "-n", "-B", "wheelhouse", "ARCH=aarch64"], cwd=REPO,
+                         capture_output=True, text=True, timeout=60, check=True).stdout
+    assert "export.cli wheelhouse --python 3.13 --out wheelhouse/aarch64-py3.13" in out
+    out = subprocess.run(["make", "-n", "-B", "wheelhouse", "ARCH=aarch64", "PY=3.10"],
+                         cwd=REPO, capture_output=True, text=True, timeout=60,
+                         check=True).stdout
+    assert "--python 3.10 --out wheelhouse/aarch64-py3.10" in out
+
+
+def test_the_wheelhouse_names_the_missing_cross_compilers(tmp_path: Path) -> None:
+    """Without Debian's aarch64 cross compilers on PATH the build stops before compiling and
+    names the packages to install (nothing is installed system-wide by the build)."""
+    import os
+    import sys
+
+    import pytest as _pytest
+
+    if os.uname().machine != "x86_64":
+        _pytest.skip("cross builds are from x86-64 hosts")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("python3", "pip"):
+        found = shutil.which(tool)
+        if found:
+            (bin_dir / tool).symlink_to(found)
+    env = {**os.environ, "PATH": str(bin_dir), "COINFER_CACHE": str(tmp_path / "cache")}
+    done = subprocess.run([sys.executable, "-m", "export.cli", "wheelhouse", "--out",
+                           str(tmp_path / "wh")], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert "g++-aarch64-linux-gnu" in done.stderr and "gcc-aarch64-linux-gnu" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1

@@ -24,7 +24,8 @@ needs_systemd = pytest.mark.skipif(
 
 @pytest.fixture
 def inputs(tmp_path: Path) -> tuple[Path, Path]:
-    """(draft.gguf with its sidecar, a wheelhouse with a coinfer wheel and a llama one)."""
+    """(draft.gguf with its sidecar, a wheelhouse's file names: coinfer's wheel, an aarch64
+    llama one and numpy's for each board's Python; the emulated-board test installs real ones)."""
     draft = tmp_path / "in" / "draft-q4.gguf"
     draft.parent.mkdir()
     draft.write_bytes(b"GGUF" + bytes(60))
@@ -32,7 +33,10 @@ def inputs(tmp_path: Path) -> tuple[Path, Path]:
     wheels = tmp_path / "wheels"
     wheels.mkdir()
     for name in ("coinfer-0.1.0-py3-none-any.whl",
-                 "llama_cpp_python-0.3.36-py3-none-linux_aarch64.whl"):
+                 "llama_cpp_python-0.3.36-py3-none-linux_aarch64.whl",
+                 "numpy-2.3.5-cp313-cp313-manylinux_2_27_aarch64.whl",
+                 "numpy-2.2.6-cp310-cp310-manylinux_2_17_aarch64.whl",
+                 "pip-25.3-py3-none-any.whl"):
         (wheels / name).write_bytes(b"PK")
     return draft, wheels
 
@@ -60,6 +64,9 @@ def test_the_file_list(tmp_path: Path, inputs: tuple[Path, Path],
         "coinfer/token",
         "coinfer/wheels/coinfer-0.1.0-py3-none-any.whl",
         "coinfer/wheels/llama_cpp_python-0.3.36-py3-none-linux_aarch64.whl",
+        "coinfer/wheels/numpy-2.2.6-cp310-cp310-manylinux_2_17_aarch64.whl",
+        "coinfer/wheels/numpy-2.3.5-cp313-cp313-manylinux_2_27_aarch64.whl",
+        "coinfer/wheels/pip-25.3-py3-none-any.whl",
         "meta-data", "user-data"]
     unit = (out / "coinfer" / "coinfer-ondevice.service").read_text()
     assert "--edge http://10.0.0.2:8470" in unit and "--token-file /etc/coinfer/token" in unit
@@ -85,7 +92,7 @@ def test_user_data_is_valid_cloud_config(tmp_path: Path, inputs: tuple[Path, Pat
     text = (out / "user-data").read_text()
     assert text.startswith("#cloud-config\n")
     assert "[bash, /boot/firmware/coinfer/install.sh]" in text
-    assert all(f"  - {p}" in text for p in BOARDS[board].apt)
+    assert "package_update: false" in text and "packages:" not in text  # offline
 
 
 @needs_systemd
@@ -102,19 +109,27 @@ def test_the_unit_verifies(tmp_path: Path, edge: str | None) -> None:
     assert done.returncode == 0 and "coinfer-ondevice" not in done.stderr, done.stderr
 
 
-def test_install_script_is_bash_and_uses_the_board_flags(tmp_path: Path,
-                                                         inputs: tuple[Path, Path]) -> None:
-    out = bundle(tmp_path, inputs, board="jetson-orin")
+@pytest.mark.parametrize("board", sorted(BOARDS))
+def test_install_script_is_offline_bash_for_the_boards_python(tmp_path: Path,
+                                                              inputs: tuple[Path, Path],
+                                                              board: str) -> None:
+    out = bundle(tmp_path, inputs, board=board)
     script = out / "coinfer" / "install.sh"
     assert subprocess.run(["bash", "-n", str(script)], check=False).returncode == 0
     text = script.read_text()
-    assert "-DGGML_CUDA=on" in text and "CUDACXX=/usr/local/cuda/bin/nvcc" in text
-    assert '"$HERE/wheels/coinfer-0.1.0-py3-none-any.whl[llm]"' in text
+    assert "--no-index" in text and "--only-binary=:all:" in text
+    assert '"$HERE/wheels/coinfer-0.1.0-py3-none-any.whl[llm,dnn,i2c]"' in text
+    assert "apt-get" not in text and "CMAKE_ARGS" not in text and "--upgrade pip" not in text
+    assert f'!= "{BOARDS[board].python}"' in text
 
 
 @pytest.mark.parametrize("change, message", [
     (lambda d, w: (d.with_name(d.name + ".json").unlink(), None), "sidecar"),
     (lambda d, w: (w / "coinfer-0.1.0-py3-none-any.whl").unlink(), "coinfer-*.whl"),
+    (lambda d, w: (w / "llama_cpp_python-0.3.36-py3-none-linux_aarch64.whl").unlink(),
+     "make wheelhouse ARCH=aarch64"),
+    (lambda d, w: (w / "numpy-2.3.5-cp313-cp313-manylinux_2_27_aarch64.whl").unlink(),
+     "no numpy wheel for Python 3.13"),
 ])
 def test_bad_input_is_one_line(tmp_path: Path, inputs: tuple[Path, Path], change, message: str,
                                capsys: pytest.CaptureFixture[str]) -> None:
@@ -123,3 +138,18 @@ def test_bad_input_is_one_line(tmp_path: Path, inputs: tuple[Path, Path], change
                  str(inputs[1]), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err
+
+
+def test_a_bookworm_bundle_names_its_python(tmp_path: Path, inputs: tuple[Path, Path],
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """Raspberry Pi OS Bookworm's Python is 3.11: the default (Trixie's 3.13) wheelhouse is
+    refused for it, one for 3.11 is taken, and its installer checks for 3.11."""
+    (inputs[1] / "numpy-2.3.5-cp311-cp311-manylinux_2_27_aarch64.whl").write_bytes(b"PK")
+    out = bundle(tmp_path, inputs, "--python", "3.11")
+    text = (out / "coinfer" / "install.sh").read_text()
+    assert '!= "3.11"' in text and "an image with Python 3.11" in text
+    (inputs[1] / "numpy-2.3.5-cp311-cp311-manylinux_2_27_aarch64.whl").unlink()
+    capsys.readouterr()
+    assert main(["bundle", "--board", "rpi5", "--draft", str(inputs[0]), "--wheelhouse",
+                 str(inputs[1]), "--python", "3.11", "--out", str(tmp_path / "o")]) == 2
+    assert "no numpy wheel for Python 3.11" in capsys.readouterr().err
