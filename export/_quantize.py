@@ -36,11 +36,13 @@ def quantize_gguf(
     verbose: bool = False,
     progress: bool | None = None,
     announce: Callable[[str], None] | None = None,
+    chat_template: str | None = None,
 ) -> QuantizeResult:
-    """`ondevice.common.gguf_quantize.quantize_gguf` with a per-tensor progress bar on stderr
-    (`progress` None: only when stderr is a terminal); raises ExportError where it raises
-    QuantizeError, leaving `out_path` untouched, and ExportError up front when `out_path` is an
-    existing directory."""
+    """`ondevice.common.gguf_quantize.quantize_gguf` (which also gives the output a chat
+    template: `chat_template`, else the input's, else its architecture's built-in one) with a
+    per-tensor progress bar on stderr (`progress` None: only when stderr is a terminal);
+    raises ExportError where it raises QuantizeError, leaving `out_path` untouched, and
+    ExportError up front when `out_path` is an existing directory."""
     from tqdm import tqdm
 
     key = qtype.lower()
@@ -65,7 +67,7 @@ def quantize_gguf(
     try:
         return gguf_quantize.quantize_gguf(
             in_path, out_path, qtype, nthread=nthread, verbose=verbose, on_tensor=on_tensor,
-            announce=announce,
+            announce=announce, chat_template=chat_template,
         )
     except QuantizeError as e:
         raise ExportError(str(e)) from e

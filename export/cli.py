@@ -5,13 +5,14 @@ The CLI only parses arguments and calls the package's functions. Exit status: 0 
 
     model-export fixtures --out DIR [--seed S]
     model-export llm quantize --in X.gguf (--type TYPE | --preset BOARD [--type TYPE]) --out Y.gguf
-                             [--threads N] [--verbose]
+                             [--chat-template FILE] [--threads N] [--verbose]
     model-export llm check-pair DRAFT.gguf TARGET.gguf [--no-progress]  # exit 0/1/2: valid/not/bad
     model-export llm make-draft --from TARGET.gguf --out DRAFT.gguf [--keep-layers N] [--type T]
     model-export llm rank-drafts TARGET.gguf DRAFT.gguf... [--prompts FILE] [--rtt-ms R] [--json F]
     model-export dnn split --model efficientnet-lite0|digits-cnn|PATH.pt --out DIR
                            [--splits auto|all|i,j,k] [--calib N] [--seed S]  # docs/export-dnn.md
     model-export dnn train-digits [--seed S] [--out FILE.pt]
+    model-export dnn ship-digits --out DIR     # the digits data and split inside coinfer
     model-export dnn quantize --in M.onnx --calib DIR_OR_NPZ --out M_int8.onnx
     model-export bundle --board rpi5|jetson-orin --draft D.gguf [--edge URL | --discover]
                         [--meter SPEC] [--wheelhouse DIR] [--python X.Y] --out DIR
@@ -65,9 +66,22 @@ def _announce(line: str) -> None:
     say(line)  # on stderr, between redraws of any progress bar
 
 
+def _chat_template(path: str | None) -> str | None:
+    """The text of ``--chat-template FILE`` (None without the flag); ExportError if unusable."""
+    if path is None:
+        return None
+    from ondevice.common.gguf_chat import read_template_file
+
+    try:
+        return read_template_file(Path(path))
+    except ValueError as e:
+        raise ExportError(str(e)) from None
+
+
 def _run_llm_quantize(args: argparse.Namespace) -> int:
     from export._quantize import quantize_gguf
 
+    template = _chat_template(args.chat_template)
     if args.preset is not None:
         from export._presets import quantize_for_board
 
@@ -80,6 +94,7 @@ def _run_llm_quantize(args: argparse.Namespace) -> int:
             verbose=args.verbose,
             progress=False if args.no_progress else None,
             announce=_announce,
+            chat_template=template,
         )
         print(board.summary())
         return 0
@@ -93,6 +108,7 @@ def _run_llm_quantize(args: argparse.Namespace) -> int:
         verbose=args.verbose,
         progress=False if args.no_progress else None,
         announce=_announce,
+        chat_template=template,
     )
     print(result.summary())
     from ondevice.common.model_sidecar import sidecar_path
@@ -162,6 +178,13 @@ def _add_llm(sub: argparse._SubParsersAction) -> None:
         default=0,
         metavar="N",
         help="quantization threads (default 0: all cores)",
+    )
+    q.add_argument(
+        "--chat-template",
+        metavar="FILE",
+        help="write this Jinja chat template (tokenizer.chat_template, for `ondevice serve`'s "
+        "/v1/chat/completions) into the output; default: the input's own, else for a Gemma 3 "
+        "model without one Gemma 3's, else none",
     )
     q.add_argument("--verbose", action="store_true", help="echo llama.cpp's log to stderr")
     q.add_argument("--no-progress", action="store_true", help="no progress bar")

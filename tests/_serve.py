@@ -14,6 +14,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 
 @dataclass
@@ -100,3 +101,20 @@ def serve(draft: Path, *args: str, edge: str | None = None,
                 proc.kill()
                 proc.wait(5)
         err.close()
+
+
+def chat_twice(base_url: str, content: str, *, max_tokens: int, seed: int) -> tuple[Any, str]:
+    """One greedy chat completion through the official ``openai`` client, then the same one
+    streamed: ``(the whole completion, the streamed text)``, the first chunk's role checked."""
+    import openai
+
+    c = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0)
+    model = c.models.list().data[0].id
+    messages = [{"role": "user", "content": content}]
+    whole = c.chat.completions.create(model=model, messages=messages, max_tokens=max_tokens,
+                                      temperature=0, seed=seed)
+    chunks = list(c.chat.completions.create(model=model, messages=messages,
+                                            max_tokens=max_tokens, temperature=0, seed=seed,
+                                            stream=True))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    return whole, "".join(ch.choices[0].delta.content or "" for ch in chunks)

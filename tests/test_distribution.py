@@ -55,3 +55,27 @@ def test_nothing_points_outside_the_repository() -> None:
             for n, line in enumerate(p.read_text().splitlines(), 1) if bad.search(line)]
     assert not hits, hits
     assert (REPO / "docs" / "hardware-profiles.md").is_file()
+
+
+def _demo_extras() -> set[str]:
+    """What `make demo` installs: the Makefile's DEMO_EXTRAS, expanded."""
+    m = re.search(r"^DEMO_EXTRAS \?= (\S+)$", (REPO / "Makefile").read_text(), flags=re.M)
+    assert m, "Makefile: no DEMO_EXTRAS"
+    return set().union(*(_extra(name) for name in m.group(1).split(",")))
+
+
+def test_the_demo_installs_what_the_readmes_examples_import() -> None:
+    import sys
+
+    own = {"ondevice", "edge_server", "export", "hw"}
+    dist_of = {"openai": "openai", "numpy": "numpy", "aiohttp": "aiohttp"}  # import -> dist
+    blocks = re.findall(r"```python\n(.*?)```", (REPO / "README.md").read_text(), flags=re.S)
+    imported = {m.group(1).split(".")[0] for b in blocks
+                for m in re.finditer(r"^\s*(?:from|import) ([\w.]+)", b, flags=re.M)}
+    assert {"openai", "ondevice"} <= imported
+    third = imported - own - set(sys.stdlib_module_names)
+    unknown = third - set(dist_of)
+    assert not unknown, f"README imports {unknown}: add them to dist_of and an extra"
+    core = {re.split(r"[<>=!\[ ]", r)[0] for r in PYPROJECT["project"]["dependencies"]}
+    missing = {dist_of[name] for name in third} - _demo_extras() - core
+    assert not missing, f"`make demo` does not install {missing}, which the README imports"

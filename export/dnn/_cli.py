@@ -1,4 +1,5 @@
-"""The ``model-export dnn`` command group: ``split``, ``train-digits``, ``quantize``.
+"""The ``model-export dnn`` command group: ``split``, ``train-digits``, ``ship-digits``,
+``quantize``.
 
 Parsing only: each handler calls one function of the package, prints progress lines on stderr
 and a short summary on stdout. Bad input raises ExportError (exit status 2 in `export.cli`).
@@ -97,6 +98,15 @@ def _run_quantize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_ship_digits(args: argparse.Namespace) -> int:
+    from export.dnn._ship import ship_digits
+
+    result = ship_digits(Path(args.out), cache_dir=Path(args.cache_dir) if args.cache_dir
+                         else None, announce=_say)
+    print(result.summary())
+    return 0
+
+
 def add_dnn(sub: argparse._SubParsersAction) -> None:
     """Add ``dnn`` and its subcommands to the top-level subparsers `sub`."""
     dnn = sub.add_parser(
@@ -188,6 +198,18 @@ def add_dnn(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--force", action="store_true", help="retrain even if cached")
     t.add_argument("--out", metavar="FILE.pt", help="also save the model as TorchScript")
     t.set_defaults(handler=_run_train_digits)
+
+    d = dnn_sub.add_parser(
+        "ship-digits",
+        help="write the digits data and digits-cnn split that ship inside coinfer",
+        description="Write DIR/optdigits.npz (scikit-learn's load_digits as uint8, the UCI "
+        "digits) and DIR/digits-cnn/ (dnn split --model digits-cnn, seed 0, auto splits), "
+        "the files `ondevice classify --dataset digits` uses without scikit-learn or torch. "
+        "`make digits-data` writes them into ondevice/dnn/digits.",
+    )
+    d.add_argument("--out", required=True, metavar="DIR", help="output directory (created)")
+    d.add_argument("--cache-dir", metavar="DIR", help="digits-cnn weight cache")
+    d.set_defaults(handler=_run_ship_digits)
 
     q = dnn_sub.add_parser(
         "quantize",

@@ -24,6 +24,7 @@ import numpy as np
 
 from export._errors import ExportError
 from ondevice.common import sample_photos
+from ondevice.common.files import atomic_output
 from ondevice.common.sample_photos import random_crops as random_crops
 
 DIGITS_TEST_FRACTION = 0.25  # held-out share of load_digits, stratified by label
@@ -57,6 +58,36 @@ def load_digits_split(seed: int) -> DigitsSplit:
     return DigitsSplit(
         images[train_idx], labels[train_idx], images[test_idx], labels[test_idx], test_idx, seed
     )
+
+
+def write_digits_data(path: Path) -> Path:
+    """Write load_digits as the ``.npz`` that ships with coinfer (`ondevice.dnn.shipped`):
+    ``images`` uint8 ``[1797, 8, 8]`` (0..16) and ``labels`` uint8 ``[1797]``, in load_digits'
+    order. The bytes depend on the data alone: the zip entries carry a fixed date (numpy's
+    own savez stamps the current time), so a rerun reproduces the committed file."""
+    import io
+    import zipfile
+
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    arrays = {"images": digits.images.astype(np.uint8),  # [1797, 8, 8], ink counts 0..16
+              "labels": digits.target.astype(np.uint8)}  # [1797]
+    if not np.array_equal(arrays["images"], digits.images):
+        raise ExportError("load_digits' images are not integers 0..16: not the UCI digits")
+    try:
+        with atomic_output(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+            for name, array in arrays.items():
+                buf = io.BytesIO()
+                np.lib.format.write_array(buf, np.ascontiguousarray(array),
+                                          allow_pickle=False)
+                info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+                info.compress_type = zipfile.ZIP_DEFLATED
+                info.external_attr = 0o644 << 16
+                zf.writestr(info, buf.getvalue(), compresslevel=9)
+    except OSError as e:
+        raise ExportError(f"cannot write {path}: {e}") from None
+    return path
 
 
 def natural_images() -> list[tuple[str, np.ndarray]]:

@@ -120,7 +120,8 @@ def digits_cnn(
     trained = load_or_train_digits(cache_dir, seed, announce=announce)
     return ModelSpec(
         name="digits-cnn",
-        source=f"trained on sklearn load_digits, seed {seed} ({trained.path})",
+        # the weights' file name (version, seed), not the machine's cache directory
+        source=f"trained on sklearn load_digits, seed {seed} ({trained.path.name})",
         module=trained.module,
         input_shape=(1, 1, 8, 8),
         mean=(PIXEL_MEAN,),

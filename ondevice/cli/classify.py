@@ -3,45 +3,51 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-from ondevice.cli._edge_access import interface_error, read_token
+from ondevice.cli._edge_access import add_site, interface_error, read_token
 from ondevice.cli._interrupt import EXIT_INTERRUPTED, Aborted, run_interruptible
-from ondevice.common import argtypes
+from ondevice.common import argtypes, jsonout
+
+HELP = "classify images with a DNN split between this device and an edge (ENACHI)"
 
 
 def add_classify_parser(sub: argparse._SubParsersAction) -> None:
     """Add ``classify`` to the ``ondevice`` parser."""
     from ondevice.dnn.policy import DEFAULT_V, POLICIES
     from ondevice.dnn.run import DATASETS
+    from ondevice.dnn.shipped import DIGITS_DNN
 
     p = sub.add_parser(
         "classify",
-        help="classify images with a DNN split between this device and an edge (ENACHI)",
+        help=HELP,
         description="Run the INT8 head of a split DNN here and send its 8-bit feature to the "
         "edge progressively, channels in importance order, until the edge is sure enough, the "
         "deadline comes or all is sent; per task the policy picks the split and the transmit "
         "power under a long-term power budget. Prints one line per task and a summary.",
     )
-    p.add_argument("--dnn", required=True, type=Path, metavar="DIR",
-                   help="a `model-export dnn split` directory (the edge serves the same one)")
-    p.add_argument("--edge", help="edge URL, e.g. http://192.168.1.20:8470 (default: find one "
-                   "with zeroconf that serves this model)")
+    p.add_argument("--dnn", type=Path, metavar="DIR",
+                   help="a `model-export dnn split` directory (the edge serves the same one; "
+                   "default: the digits-cnn split that ships with coinfer, "
+                   f"{DIGITS_DNN})")
+    p.add_argument("--edge", type=argtypes.edge_url,
+                   help="edge URL, e.g. http://192.168.1.20:8470 (default: find one with "
+                   "zeroconf that serves this model)")
     p.add_argument("--no-discover", action="store_true",
                    help="never browse zeroconf; without --edge, run on the device")
     p.add_argument("--interface", action="append", default=[], metavar="IP",
                    help="browse zeroconf on the interface with this IPv4 address (repeatable)")
+    add_site(p)
     p.add_argument("--token-file", type=Path,
                    help="bearer token for the edge (default: $COINFER_TOKEN)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--image", type=Path, metavar="FILE",
                      help="one input: an image file, or a .npy in the model's raw units")
     src.add_argument("--dataset", choices=DATASETS,
-                     help="digits: load_digits' held-out rows with labels (scikit-learn); "
-                     "samples: the export's evaluation inputs (photos: fidelity to the "
-                     "unsplit model)")
+                     help="digits: the held-out rows of the UCI digits that ship with coinfer, "
+                     "with labels; samples: the export's evaluation inputs (digits: the same; "
+                     "photos: fidelity to the unsplit model)")
     p.add_argument("--limit", type=argtypes.positive_int, metavar="N",
                    help="first N inputs of the dataset")
     p.add_argument("--policy", default="enachi", choices=POLICIES,
@@ -103,13 +109,18 @@ def run_classify_cmd(args: argparse.Namespace) -> int:
         if args.power_budget is not None and args.policy not in (
                 "enachi", "no-progressive", "constant-power"):
             raise ValueError("--power-budget steers enachi, no-progressive and constant-power")
+        if args.dnn is None:
+            from ondevice.dnn.shipped import DIGITS_DNN
+
+            args.dnn = DIGITS_DNN
         profile = load_dnn(args.dnn)
     except (OSError, ValueError) as exc:
         print(f"ondevice: {exc}", file=sys.stderr)
         return 2
     req = ClassifyRequest(
         dnn_dir=args.dnn, edge=args.edge, discover=not args.no_discover,
-        interfaces=tuple(args.interface), token=token, image=args.image, dataset=args.dataset,
+        interfaces=tuple(args.interface), site=args.site, token=token, image=args.image,
+        dataset=args.dataset,
         limit=args.limit, policy=args.policy, deadline_ms=args.deadline_ms,
         period_ms=args.period_ms, power_budget_w=args.power_budget, v=args.v, split=args.split,
         meter=args.meter, channel=args.channel, idle_w=args.idle_w,
@@ -138,5 +149,5 @@ def run_classify_cmd(args: argparse.Namespace) -> int:
     for e in report.errors:
         print(f"note: {e}", file=sys.stderr)
     if args.json:
-        print(json.dumps(report.to_dict()))
+        print(jsonout.dumps(report.to_dict()))
     return EXIT_INTERRUPTED if interrupted else 0

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
+from ondevice.common import gguf_chat
 from ondevice.common.files import atomic_output
 from ondevice.common.gguf_file import GgufFileError
 from ondevice.common.gguf_file import check_gguf_file as _check
@@ -70,16 +71,27 @@ class QuantizeResult:
     seconds: float
     n_tensors: int
     n_fallback: int  # tensors llama.cpp stored in another type (row size vs block size)
+    chat_template: str = "none"  # CHAT_TEMPLATE_NOTES key: what the output's template is
 
     def summary(self) -> str:
-        """One line for humans: sizes before and after, ratio, time."""
+        """One line for humans: sizes before and after, ratio, time, the chat template."""
         mib = 1024 * 1024
         return (
             f"{self.in_path.name} ({self.in_bytes / mib:.2f} MiB) -> {self.out_path} "
             f"({self.out_bytes / mib:.2f} MiB, {self.qtype}, "
             f"{self.out_bytes / self.in_bytes:.1%} of input) in {self.seconds:.1f} s; "
-            f"{self.n_tensors} tensors, {self.n_fallback} in a fallback type"
+            f"{self.n_tensors} tensors, {self.n_fallback} in a fallback type; "
+            f"chat template: {CHAT_TEMPLATE_NOTES[self.chat_template]}"
         )
+
+
+# QuantizeResult.chat_template -> what the summary says about it
+CHAT_TEMPLATE_NOTES = {
+    "kept": "the input's",
+    "given": "the one given",
+    **{arch: f"{arch}'s (built in; the input had none)" for arch in gguf_chat.BUILTIN_TEMPLATES},
+    "none": "none (chat requests will be refused: give one with --chat-template FILE)",
+}
 
 
 def check_gguf_file(path: Path) -> None:
@@ -150,6 +162,7 @@ def quantize_gguf(
     verbose: bool = False,
     on_tensor: Callable[[int, int], None] | None = None,
     announce: Callable[[str], None] | None = None,
+    chat_template: str | None = None,
 ) -> QuantizeResult:
     """Quantize the GGUF model `in_path` to `qtype` (a key of QUANT_TYPES) into `out_path`.
 
@@ -158,6 +171,9 @@ def quantize_gguf(
     llama.cpp reaches tensor i of n (for a progress bar); `announce`, if given, gets
     one line describing the job once the inputs have passed their checks. Tensors whose rows
     are not a multiple of the type's block size are stored in a fallback type llama.cpp picks.
+    The output's ``tokenizer.chat_template`` is `chat_template` when given, else the input's,
+    else the built-in template of the input's architecture (`gguf_chat.choose_chat_template`:
+    Gemma 3's for a Gemma 3 GGUF without one), else none.
     Raises QuantizeError for an unknown type, an input that is missing, unreadable or not GGUF,
     an output directory that does not exist, an output equal to the input, or a llama.cpp
     failure; `out_path` is then left untouched.
@@ -172,6 +188,19 @@ def quantize_gguf(
         raise QuantizeError(f"output directory {out_dir} does not exist")
     if out_path.exists() and out_path.resolve() == in_path.resolve():
         raise QuantizeError(f"output {out_path} is the input; choose another path")
+    try:
+        head = gguf_chat.read_header(in_path)
+    except GgufFileError as e:
+        raise QuantizeError(f"input {in_path}: {e}") from e
+    existing = head.strings.get(gguf_chat.CHAT_TEMPLATE_KEY) or None
+    arch = head.strings.get(gguf_chat.ARCHITECTURE_KEY)
+    template = gguf_chat.choose_chat_template(existing, arch, chat_template)
+    if chat_template is not None:
+        template_note = "given"
+    elif template is not None:
+        template_note = arch or "none"
+    else:
+        template_note = "kept" if existing else "none"
     llama_cpp = _import_llama_cpp()
     if announce is not None:
         size_mib = in_path.stat().st_size / (1024 * 1024)
@@ -192,6 +221,8 @@ def quantize_gguf(
         if rc != 0:
             detail = "; ".join(log.errors[-3:]) or "see --verbose for llama.cpp's log"
             raise QuantizeError(f"llama.cpp failed to quantize {in_path} (status {rc}): {detail}")
+        if template is not None:
+            _set_chat_template(tmp, template)
     return QuantizeResult(
         in_path=in_path,
         out_path=out_path,
@@ -201,4 +232,11 @@ def quantize_gguf(
         seconds=time.perf_counter() - start,
         n_tensors=log.n_tensors,
         n_fallback=log.n_fallback,
+        chat_template=template_note,
     )
+
+
+def _set_chat_template(path: Path, template: str) -> None:
+    """Give the GGUF at `path` the chat template `template` (through a copy beside it)."""
+    with atomic_output(path) as tmp:
+        gguf_chat.copy_with_chat_template(path, tmp, template)

