@@ -15,7 +15,8 @@ edge-only generation step. Sessions submit one job at a time and await it. The s
    each job's own math (the rejection sampler, sampling a token);
 4. answer each job's future; each job learns the time it waited (``queue_ms``), the tokens
    of the decode it ran in (``batch``) and whether the edge advises its sessions to stream
-   (``_advice.StreamAdvisor``, fed every step's compute, idle time and rounds).
+   (``ondevice.common.stream_advice.StreamAdvisor``, fed every step's compute, idle time and
+   rounds).
 
 Oldest-first with at most one job per session per step means no session starves: a job waits
 at most for the steps of the jobs queued before it. ``serial`` scheduling (one job per step,
@@ -39,10 +40,10 @@ from typing import Any
 
 import numpy as np
 
-from edge_server._advice import ACTIVE_S, StreamAdvisor
 from ondevice.common import wire
 from ondevice.common.llama_pool import LlamaPool, Part, PoolFull
-from ondevice.common.speculative import sample_full, session_rng, verify
+from ondevice.common.speculative import GREEDY_EPS, near_ties, sample_full, session_rng, verify
+from ondevice.common.stream_advice import ACTIVE_S, StreamAdvisor
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,10 @@ class StepInfo:
     queue_ms: float
     batch: int
     compute_ms: float
-    advise_stream: bool = False  # the edge's advice at the time (``_advice.StreamAdvisor``)
+    advise_stream: bool = False  # the edge's advice at the time (``stream_advice.StreamAdvisor``)
+    # At temperature 0: the tokens this job committed that were near-ties for the target
+    # (``speculative.near_ties``); None otherwise.
+    ties: int | None = None
 
 
 @dataclass(slots=True, eq=False)
@@ -108,6 +112,10 @@ class EngineSession:
                 "context-full", f"{len(self.committed)} tokens in context + {n_new} more exceed "
                 f"n_ctx {self.n_ctx}")
 
+    def _ties(self, logits: np.ndarray) -> int | None:
+        """Near-ties among greedy choices made from ``logits`` (None when sampling)."""
+        return near_ties(logits) if self.temperature <= GREEDY_EPS else None
+
     async def async_prefill(self) -> None:
         """Evaluate the prompt but its last token, in chunks the scheduler interleaves."""
         t0 = time.perf_counter()
@@ -124,14 +132,15 @@ class EngineSession:
         base = len(self.committed)
         pending = self.committed[self.cached :]
 
-        def finish(logits: np.ndarray) -> tuple[int, int]:  # [n + 1, vocab]
+        def finish(logits: np.ndarray) -> tuple[int, int, int | None]:  # [n + 1, vocab]
             accepted, token = verify(msg.draft, msg.q_ids, msg.q_probs, logits,
                                      self.temperature, self.rng)
             self.engine.pool.truncate(self.seq, base + accepted)  # the new token stays pending
-            return accepted, token
+            return accepted, token, self._ties(logits[: accepted + 1])
 
-        (accepted, token), step = await self.engine.submit(
+        (accepted, token, ties), step = await self.engine.submit(
             self, pending + msg.draft.tolist(), n + 1, finish, verify=True)
+        step.ties = ties
         self.committed.extend(msg.draft[:accepted].tolist())
         self.committed.append(token)
         return accepted, token, step
@@ -140,10 +149,12 @@ class EngineSession:
         """The target alone produces one token."""
         self._room(1)
 
-        def finish(logits: np.ndarray) -> int:
-            return sample_full(logits[0], self.temperature, self.rng)
+        def finish(logits: np.ndarray) -> tuple[int, int | None]:
+            return sample_full(logits[0], self.temperature, self.rng), self._ties(logits[:1])
 
-        token, step = await self.engine.submit(self, self.committed[self.cached :], 1, finish)
+        (token, ties), step = await self.engine.submit(self, self.committed[self.cached :], 1,
+                                                       finish)
+        step.ties = ties
         self.committed.append(token)
         return token, step
 

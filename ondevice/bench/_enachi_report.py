@@ -14,13 +14,13 @@ Targets (issue 7), per model:
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ondevice.bench.report import BUDGET_USE_TARGET, held_words, pct
+from ondevice.common import jsonout
 from ondevice.dnn.run import format_splits
 
 BUDGET_TOLERANCE = 0.03
@@ -211,7 +211,7 @@ def budget_lines(b: dict[str, Any]) -> list[str]:
 
 def write_json(path: Path, rows: Sequence[Row], targets: dict[str, Any],
                meta: dict[str, Any]) -> None:
-    path.write_text(json.dumps({"meta": meta, "targets": targets,
+    path.write_text(jsonout.dumps({"meta": meta, "targets": targets,
                                 "rows": [r.to_dict() for r in rows]}, indent=1) + "\n")
 
 
@@ -233,7 +233,7 @@ def build_figure(rows: Sequence[Row]) -> Any:
     from matplotlib.ticker import ScalarFormatter
 
     models = sorted({r.model for r in rows})
-    fig = Figure(figsize=(15, 4.2 * len(models)))
+    fig = Figure(figsize=(15, 5.6 * len(models)))
     axes = fig.subplots(len(models), 3, squeeze=False)
     for ax_row, model in zip(axes, models, strict=True):
         dl = [r for r in rows if r.model == model and r.part == "deadline"]
@@ -257,7 +257,9 @@ def build_figure(rows: Sequence[Row]) -> Any:
                       ylabel="mJ per task", yscale="log")
         ax_row[1].yaxis.set_major_formatter(ScalarFormatter())
         ax_row[1].yaxis.set_minor_formatter(ScalarFormatter())
-        ax_row[0].legend(fontsize=7, ncol=2 if len(policies) > 8 else 1)
+        # below the panel, off the data (a legend "best" placed still covered points)
+        ax_row[0].legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.16),
+                         borderaxespad=0.0, frameon=False)
         _users_panel(ax_row[2], [r for r in rows if r.model == model and r.part == "users"
                                  and r.users], model)
     fig.tight_layout()
@@ -285,7 +287,8 @@ def _users_panel(ax: Any, us: list[Row], model: str) -> None:
                label="one device")
     ax.set_xticks(ns)
     ax.set_ylim(bottom=0)
-    ax.legend(fontsize=7, title=how, title_fontsize=7)
+    ax.legend(fontsize=7, title=how, title_fontsize=7, loc="upper center",
+              bbox_to_anchor=(0.5, -0.16), borderaxespad=0.0, frameon=False, ncol=2)
 
 
 def write_png(path: Path, rows: Sequence[Row]) -> None:

@@ -20,7 +20,10 @@ also moves on when a prompt's trace runs out. Device energy is modelled from the
 
 Sim mode runs the same devices and policies against an event-driven model of a batching edge
 whose decode of ``B`` tokens costs what the edge profile says of B positions
-(``EdgeProfile.verify_ms``), on the trace alone.
+(``EdgeProfile.verify_ms``), on the trace alone. The modelled edge advises its sessions as the
+real one does: every decode feeds the same ``StreamAdvisor``
+(``ondevice.common.stream_advice``) what the engine feeds it, and each verdict and streamed
+stretch carries its advice to the device's policy, as ``advise`` in the real frames does.
 
 Per (N, policy, scheduler): aggregate tokens/s, per-device tokens/s (median, p5), per-device
 J/token (modelled), mean edge batch (tokens per decode, from the verdicts), edge RSS.
@@ -31,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import math
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -41,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from ondevice.bench._hardware import CostModel
+from ondevice.bench.gelato_sim import leading_accepts
 from ondevice.bench.trace import Trace
 from ondevice.llm.policies import Policy, RoundStats, make_policy
 
@@ -330,8 +335,13 @@ def simulate_fleet(traces: Sequence[PromptTrace], policy_name: str, n: int, cost
                    make: Callable[..., Policy] = make_policy) -> list[DeviceResult]:
     """N devices and one edge on a virtual clock. The edge runs one decode at a time; a decode
     takes every pending job (``batched``; one in ``serial``) and lasts
-    ``t0 + k * tokens``. Devices draft, send (half the RTT each way plus transfer), wait."""
+    ``t0 + k * tokens``. Devices draft, send (half the RTT each way plus transfer), wait.
+    After each decode the edge's ``StreamAdvisor`` observes it (as ``edge_server._engine``
+    does) and its advice reaches the devices in that decode's verdicts and stretches."""
     import heapq
+
+    # the edge's own advisor, shared rather than re-derived (a pure class, no I/O)
+    from ondevice.common.stream_advice import ACTIVE_S, StreamAdvisor
 
     e = cost.edge
     d = cost.device
@@ -349,6 +359,10 @@ def simulate_fleet(traces: Sequence[PromptTrace], policy_name: str, n: int, cost
     pending: list[tuple[float, int, int, list[int], list[float], float]] = []
     seq = 0
     edge_free_at = 0.0
+    advisor = StreamAdvisor()
+    last_job = [-math.inf] * n  # when each device's session last had a job decoded
+    closed = [False] * n  # the device is done: its session is closed
+    advice: dict[int, bool] = {}  # device -> the advice of its stretch's latest step
 
     def push(t: float, kind: str, dev: int) -> None:
         nonlocal seq
@@ -368,6 +382,7 @@ def simulate_fleet(traces: Sequence[PromptTrace], policy_name: str, n: int, cost
             if pos[i] >= limit[i]:
                 res[i].seconds = t - start[i]
                 res[i].tokens = pos[i]
+                closed[i] = True
                 continue
             if policies[i].mode == "edge-only":  # one generate request, then the edge streams
                 pending.append((t + half_rtt, i, 0, [], [], t))
@@ -395,22 +410,37 @@ def simulate_fleet(traces: Sequence[PromptTrace], policy_name: str, n: int, cost
                 pending.remove(p)
             batch = sum(p[2] + 1 for p in take)
             svc = e.verify_ms(batch) / 1e3
-            edge_free_at = t + svc
+            idle_s, edge_free_at = t - edge_free_at, t + svc
+            # a round's accepted prefix, known to the edge once it has verified
+            accepted = {p[1]: leading_accepts(pts[p[1]].match, pos[p[1]], p[2]) for p in take
+                        if p[1] not in stretch and policies[p[1]].mode != "edge-only"}
+            for p in take:
+                last_job[p[1]] = edge_free_at
+            # serial scheduling never batches: a streamed token is a step of its own
+            active = 1 if scheduler == "serial" else sum(
+                1 for j in range(n) if not closed[j] and edge_free_at - last_job[j] < ACTIVE_S)
+            advisor.observe_step(
+                compute_s=svc, idle_s=idle_s, tokens=batch, jobs=len(take), active=active,
+                rounds=[(p[2] + 1, accepted[p[1]] + 1) for p in take if p[1] in accepted],
+                fit=True)  # every job asks a logits row per token (no prefill here)
+            advise = advisor.advise_stream
             for arrive_t, dev, nd, _ids, ents, r0 in take:
-                pt, pol, r = pts[dev], policies[dev], res[dev]
+                pol, r = policies[dev], res[dev]
                 if dev in stretch:
                     pos[dev] += 1
                     r.batch_sum += batch
                     r.batch_n += 1
                     r.queue_ms_sum += max(t - arrive_t, 0.0) * 1e3
                     end, s0, n_got = stretch[dev]
+                    advice[dev] = advise  # each streamed token's frame carries it
                     if pos[dev] < end:
                         pending.append((edge_free_at, dev, 0, [], [], r0))
                     else:  # the stretch's last token: the device decides again
                         del stretch[dev]
                         done_t = edge_free_at + half_rtt
                         energy = edge_only_energy_j(cost, n_got, done_t - s0)
-                        pol.observe_stream(n_got, done_t - s0, energy)
+                        pol.observe_stream(n_got, done_t - s0, energy,
+                                           edge_advice=advice.pop(dev))
                         r.energy_j += energy
                         r.streamed += n_got
                         push(done_t, "draft", dev)
@@ -425,10 +455,9 @@ def simulate_fleet(traces: Sequence[PromptTrace], policy_name: str, n: int, cost
                     else:
                         r.tokens, r.seconds = pos[dev], edge_free_at + half_rtt - start[dev]
                         r.energy_j = edge_only_energy_j(cost, r.tokens, r.seconds)
+                        closed[dev] = True
                     continue
-                acc = 0
-                while acc < nd and pt.match[pos[dev] + acc]:
-                    acc += 1
+                acc = accepted[dev]
                 produced = min(acc + 1, limit[dev] - pos[dev]) if nd else 1
                 done_t = edge_free_at + half_rtt
                 rc = cost.round(nd)
@@ -439,7 +468,7 @@ def simulate_fleet(traces: Sequence[PromptTrace], policy_name: str, n: int, cost
                     drafted=nd, accepted=acc, produced=produced, draft_s=rc.draft_s,
                     rtt_s=done_t - arrive_t + half_rtt, verify_s=svc, round_s=round_s,
                     energy_j=energy, draft_energy_j=rc.draft_energy_j, entropies=ents,
-                    queue_s=max(t - arrive_t, 0.0), batch_tokens=batch))
+                    queue_s=max(t - arrive_t, 0.0), batch_tokens=batch, edge_advice=advise))
                 r.rounds += 1
                 r.drafted += nd
                 r.accepted += acc
@@ -488,9 +517,11 @@ def wire_info_path() -> str:
 
 
 async def run_real_bench(cfg: FleetConfig, target: Path, traces: Sequence[PromptTrace],
-                         vocab_hash: str, say: Callable[[str], None]) -> tuple[
+                         vocab_hash: str, say: Callable[[str], None],
+                         on_row: Callable[[FleetRow], None] = lambda row: None) -> tuple[
                              list[FleetRow], dict[str, Any]]:
-    """Every (scheduler, N, policy) against a real edge on loopback; plus the joining run."""
+    """Every (scheduler, N, policy) against a real edge on loopback; plus the joining run.
+    ``on_row`` gets each row as it is measured, ``say`` what else there is to tell."""
     from ondevice.bench._hardware import load_profile
     from ondevice.edge.local import edge_child
 
@@ -514,7 +545,7 @@ async def run_real_bench(cfg: FleetConfig, target: Path, traces: Sequence[Prompt
                     rss = after.get("engine", {}).get("rss_mib")
                     row = summarize("real", n, policy, sch, results, rss)
                     rows.append(row)
-                    say(format_row(row))
+                    on_row(row)
                     del before
             if cfg.join_every_s > 0 and sch == "batched":
                 say(f"joining run: {n_max} gelato devices, one every {cfg.join_every_s:g} s")
@@ -544,8 +575,9 @@ def joining_summary(results: Sequence[DeviceResult], budget_w: float | None) -> 
 
 
 def run_sim_bench(cfg: FleetConfig, traces: Sequence[PromptTrace],
-                  say: Callable[[str], None]) -> list[FleetRow]:
-    """Every (edge profile, scheduler, N, policy) on the virtual clock."""
+                  on_row: Callable[[FleetRow], None] = lambda row: None) -> list[FleetRow]:
+    """Every (edge profile, scheduler, N, policy) on the virtual clock; ``on_row`` gets each
+    row as it is computed."""
     from ondevice.bench._hardware import load_profile
 
     rows = []
@@ -559,7 +591,7 @@ def run_sim_bench(cfg: FleetConfig, traces: Sequence[PromptTrace],
                                              scheduler=sch, power_budget_w=cfg.power_budget_w)
                     row = summarize(f"sim:{edge}", n, policy, sch, results, None)
                     rows.append(row)
-                    say(format_row(row))
+                    on_row(row)
     return rows
 
 
@@ -603,39 +635,77 @@ def ratios(rows: Sequence[FleetRow]) -> list[str]:
     return out
 
 
-def write_png(rows: Sequence[FleetRow], path: Path) -> None:
+_MODE_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+_SCHEDULER_LINES = {"batched": "-", "serial": "--"}
+
+
+def series_styles(keys: Sequence[tuple[str, str, str]]) -> dict[tuple[str, str, str],
+                                                                tuple[str, str, str]]:
+    """(colour, marker, linestyle) for each (mode, policy, scheduler) series: the colour
+    says the policy, the marker the mode (edge profile), the line the scheduler (solid
+    batched, dashed serial), so that no two series look alike. Pure."""
+    from matplotlib import colormaps
+    from matplotlib.colors import to_hex
+
+    policies = list(dict.fromkeys(k[1] for k in keys))
+    modes = list(dict.fromkeys(k[0] for k in keys))
+    scheds = list(dict.fromkeys(k[2] for k in keys))
+    cmap = colormaps["tab10" if len(policies) <= 10 else "tab20"]
+    colour = {p: to_hex(cmap(i % cmap.N)) for i, p in enumerate(policies)}
+    marker = {m: _MODE_MARKERS[i % len(_MODE_MARKERS)] for i, m in enumerate(modes)}
+    spare = iter(ls for ls in ("-.", ":") if ls not in _SCHEDULER_LINES.values())
+    line = {s: _SCHEDULER_LINES.get(s) or next(spare, ":") for s in scheds}
+    return {k: (colour[k[1]], marker[k[0]], line[k[2]]) for k in keys}
+
+
+def build_figure(rows: Sequence[FleetRow]) -> Any:
     """Aggregate and per-device (median, p5 band) tokens/s and J/token against N, one line per
-    (mode, policy, scheduler)."""
-    import matplotlib
+    (mode, policy, scheduler) styled by ``series_styles``, the legend below the panels and the
+    device counts as plain integer ticks on a log-2 axis. A matplotlib Figure (not attached
+    to pyplot)."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import FixedLocator, NullLocator, StrMethodFormatter
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    fig = Figure(figsize=(15, 5.5), dpi=110)
+    axes = fig.subplots(1, 3)
     series: dict[tuple[str, str, str], list[FleetRow]] = {}
     for r in rows:
         series.setdefault((r.mode, r.policy, r.scheduler), []).append(r)
-    for (mode, policy, sch), rs in sorted(series.items()):
+    styles = series_styles(sorted(series))
+    for key, rs in sorted(series.items()):
+        mode, policy, sch = key
         rs = sorted(rs, key=lambda r: r.devices)
         n = [r.devices for r in rs]
-        style = "-" if sch == "batched" else "--"
-        label = f"{mode} {policy} {sch}"
-        line, = axes[0].plot(n, [r.aggregate_tps for r in rs], style, marker="o", label=label)
-        axes[1].plot(n, [r.median_tps for r in rs], style, marker="o", color=line.get_color())
+        colour, marker, ls = styles[key]
+        style = {"color": colour, "marker": marker, "ls": ls, "ms": 6}
+        axes[0].plot(n, [r.aggregate_tps for r in rs], label=f"{mode} {policy} {sch}", **style)
+        axes[1].plot(n, [r.median_tps for r in rs], **style)
         axes[1].fill_between(n, [r.p5_tps for r in rs], [r.median_tps for r in rs],
-                             color=line.get_color(), alpha=0.12)
+                             color=colour, alpha=0.10)
         axes[2].plot(n, [r.j_per_token if r.j_per_token is not None else np.nan for r in rs],
-                     style, marker="o", color=line.get_color())
+                     **style)
     axes[0].set(title="aggregate tokens/s (all devices)", xlabel="devices sharing the edge",
                 ylabel="tokens/s")
     axes[1].set(title="per-device tokens/s: median, band down to p5",
                 xlabel="devices sharing the edge", ylabel="tokens/s")
     axes[2].set(title="per-device J/token (modelled)", xlabel="devices sharing the edge",
                 ylabel="J/token")
+    counts = sorted({r.devices for r in rows})
     for ax in axes:
         ax.set_xscale("log", base=2)
+        ax.xaxis.set_major_locator(FixedLocator(counts))
+        ax.xaxis.set_major_formatter(StrMethodFormatter("{x:.0f}"))
+        ax.xaxis.set_minor_locator(NullLocator())
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7, title="solid: batched, dashed: serial", title_fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    ncol = min(len(series), 4)
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=ncol,
+               fontsize=8, title="colour: policy; marker: mode; solid: batched, dashed: serial",
+               title_fontsize=8, frameon=False)
+    rows_of_legend = -(-len(series) // ncol) + 1  # entries' rows plus the title
+    fig.tight_layout(rect=(0.0, min(0.05 * rows_of_legend, 0.5), 1.0, 1.0))
+    return fig
+
+
+def write_png(rows: Sequence[FleetRow], path: Path) -> None:
+    """``build_figure(rows)`` saved as a PNG at ``path``."""
+    build_figure(rows).savefig(path)

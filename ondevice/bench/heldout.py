@@ -349,10 +349,11 @@ def build_pair_figure(cells: Sequence[Cell], *, title: str) -> Any:
         ax.grid(axis="y", alpha=0.3)
     axes[0].set_title("throughput: above 1 is faster", fontsize=9)
     axes[1].set_title("energy per token: below 1 spends less", fontsize=9)
-    axes[0].legend(fontsize=7, loc="lower left")
-    axes[1].legend(fontsize=7, loc="best")
+    # one legend for both panels, below them: inside, it covered bars
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", fontsize=7,
+               ncol=min(n + 1, 5), frameon=False)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0.0, 0.04 * (-(-(n + 1) // 5) + 1), 1.0, 1.0))
     return fig
 
 

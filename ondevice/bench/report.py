@@ -17,7 +17,6 @@ unspent gives away throughput it was allowed).
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import textwrap
 from collections.abc import Sequence
@@ -25,9 +24,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ondevice.common import jsonout
+
 BUDGET_TOLERANCE = 0.03  # a budget is held when the long-run average is at most 3 % above it
 BUDGET_USE_TARGET = 1.0 - BUDGET_TOLERANCE  # a binding budget is used when >= 97 % is spent
 MONOTONE_TOLERANCE = 0.005  # V sweep steps smaller than 0.5 % count as flat, not reversed
+
+# Policies whose text is not the target's: device-only returns the draft's own text. Their
+# rows are shown, marked, and left out of every comparison between policies (the lossless
+# policies' speed buys the target's text; theirs does not).
+LOSSY = {"device-only": "draft's text, not lossless"}
 
 # The issue's targets (issue 5): ratios GELATO must reach.
 TARGET_VS_FIXED4 = 1.2
@@ -230,15 +236,11 @@ def evaluate_targets(rows: Sequence[BenchRow], *, default_v: float = 2.0) -> dic
         # "more energy": the budgeted quantity, mean power under a power budget
         by_power = sweep[0].budget_w is not None
         spend = [r.mean_w if by_power else r.j_per_token for r in sweep]
-
-        def monotone(xs: list[float]) -> bool:
-            return all(b >= a * (1 - tolerance) for a, b in itertools.pairwise(xs))
-
         out["v_sweep_monotone"] = {
             "V": [r.v for r in sweep], "tokens_per_s": tps,
             "energy_metric": "mean_w" if by_power else "j_per_token", "energy": spend,
-            "met": monotone(tps) and monotone(spend), "tolerance": tolerance,
-            "spread_tokens_per_s": max(tps) / min(tps) - 1.0,
+            "tolerance": tolerance, "spread_tokens_per_s": max(tps) / min(tps) - 1.0,
+            **v_sweep_verdict(tps, spend, tolerance),
         }
     binding = [r for r in gelato_points(rows) if r.budget_deviation is not None and (
         free is None or _binds(r, free))]
@@ -259,6 +261,26 @@ def evaluate_targets(rows: Sequence[BenchRow], *, default_v: float = 2.0) -> dic
             if judged else None,
         }
     return out
+
+
+def trend(xs: Sequence[float], tolerance: float) -> str:
+    """How a series ordered by V moves: ``"reversed"`` when some step falls by more than
+    `tolerance` (a fraction), else ``"rising"`` when the last value is more than `tolerance`
+    above the first, else ``"flat"``. Pure."""
+    if any(b < a * (1 - tolerance) for a, b in itertools.pairwise(xs)):
+        return "reversed"
+    return "rising" if xs[-1] > xs[0] * (1 + tolerance) else "flat"
+
+
+def v_sweep_verdict(tps: Sequence[float], spend: Sequence[float],
+                    tolerance: float) -> dict[str, Any]:
+    """The V sweep's check, in V order: a larger V weighs throughput more against energy
+    (drift-plus-penalty), so tok/s must rise over the sweep and never fall, and the energy
+    spent must not fall (at a binding budget it may stay flat: every V holds it). A flat
+    tok/s is not met: the sweep then shows no trade-off at all. Pure."""
+    t_tps, t_spend = trend(tps, tolerance), trend(spend, tolerance)
+    return {"tokens_per_s_trend": t_tps, "energy_trend": t_spend,
+            "met": t_tps == "rising" and t_spend != "reversed"}
 
 
 def _binds(r: BenchRow, free: BenchRow) -> bool:
@@ -293,13 +315,19 @@ def _f(x: float | None, fmt: str) -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, fmt)
 
 
+def shown_name(policy: str) -> str:
+    """A row's name as tables and plots print it: a lossy policy marked as such. Pure."""
+    return f"{policy} ({LOSSY[policy]})" if policy in LOSSY else policy
+
+
 def format_table(rows: Sequence[BenchRow]) -> str:
-    """The printed table, one line per run (oracle frontier points left out)."""
+    """The printed table, one line per run (oracle frontier points left out). A lossy
+    policy (``LOSSY``) is marked and gets no ratio to the lossless ones."""
     shown = [r for r in rows if r.group != "oracle-frontier"]
     fixed = [r for r in rows if r.policy.startswith("fixed-")]
     best_fixed = max(fixed, key=lambda r: r.tokens_per_s) if fixed else None
     o_pts = oracle_points(rows)
-    w = max([len(r.policy) for r in shown] + [6])
+    w = max([len(shown_name(r.policy)) for r in shown] + [6])
     head = (f"{'policy':<{w}}  {'tok/s':>7}  {'J/tok':>7}  {'mean W':>6}  {'accept':>6}  "
             f"{'drafted':>7}  {'budget':>13}  {'spent':>7}  {'held':>4}  {'/fixed*':>7}  "
             f"{'/oracle@E':>9}")
@@ -310,13 +338,20 @@ def format_table(rows: Sequence[BenchRow]) -> str:
                   f"{r.budget_j_per_token:.3g} J/tok")
         spent = _f(r.budget_use, ".1%")
         held = "-" if r.budget_met is None else ("yes" if r.budget_met else "NO")
-        to_fixed = _ratio(r.tokens_per_s, best_fixed.tokens_per_s) if best_fixed else None
+        lossy = r.policy in LOSSY
+        to_fixed = (_ratio(r.tokens_per_s, best_fixed.tokens_per_s)
+                    if best_fixed and not lossy else None)
         to_oracle = (_ratio(r.tokens_per_s, tps_at_energy(o_pts, r.j_per_token))
-                     if o_pts else None)
+                     if o_pts and not lossy else None)
         lines.append(
-            f"{r.policy:<{w}}  {r.tokens_per_s:7.2f}  {r.j_per_token:7.4f}  {r.mean_w:6.2f}  "
+            f"{shown_name(r.policy):<{w}}  {r.tokens_per_s:7.2f}  {r.j_per_token:7.4f}  "
+            f"{r.mean_w:6.2f}  "
             f"{_f(r.acceptance, '.3f'):>6}  {_f(r.mean_drafted, '.2f'):>7}  {budget:>13}  "
             f"{spent:>7}  {held:>4}  {_f(to_fixed, '.2f'):>7}  {_f(to_oracle, '.2f'):>9}")
+    if any(r.policy in LOSSY for r in shown):
+        lines.append("(" + "; ".join(f"{p}: {why}: compared with no policy"
+                                     for p, why in LOSSY.items()
+                                     if any(r.policy == p for r in shown)) + ")")
     return "\n".join(lines)
 
 
@@ -339,7 +374,8 @@ def format_targets(targets: dict[str, Any]) -> str:
                      f"{_f(bf['ratio'], '.2f')}x")
     o = targets.get("gelato_vs_oracle")
     if o:
-        lines.append(f"gelato vs hindsight oracle at equal J/token: {_f(o['ratio'], '.3f')} "
+        lines.append(f"gelato vs hindsight oracle of drafting lengths only (no streaming, no "
+                     f"drafting ahead) at equal J/token: {_f(o['ratio'], '.3f')} "
                      f"(min over gelato runs {_f(o['min_over_gelato_runs'], '.3f')}; target >= "
                      f"{o['target']}) {mark(o['met'])}")
     a = targets.get("gelato_vs_oracle_actions")
@@ -362,10 +398,10 @@ def format_targets(targets: dict[str, Any]) -> str:
     v = targets.get("v_sweep_monotone")
     if v:
         what = "W" if v["energy_metric"] == "mean_w" else "J/token"
-        lines.append(f"V sweep monotone (tok/s and {what} non-decreasing in V, within "
-                     f"{v['tolerance']:.1%}): "
-                     f"{mark(v['met'])} (tok/s " + " ".join(f"{x:.1f}" for x in
-                                                          v["tokens_per_s"]) + f"; {what} "
+        lines.append(f"V sweep (tok/s rises with V and never falls, {what} never falls; steps "
+                     f"within {v['tolerance']:.1%} count as flat): {mark(v['met'])}: tok/s "
+                     f"{v['tokens_per_s_trend']}, {what} {v['energy_trend']} (tok/s "
+                     + " ".join(f"{x:.1f}" for x in v["tokens_per_s"]) + f"; {what} "
                      + " ".join(f"{x:.3g}" for x in v["energy"]) + ")")
     held, use = targets.get("budget_held"), targets.get("budget_use")
     if held and use:
@@ -401,7 +437,7 @@ def write_json(path: Path, rows: Sequence[BenchRow], targets: dict[str, Any],
                meta: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     data = {"meta": meta, "rows": [r.to_dict() for r in rows], "targets": targets}
-    path.write_text(json.dumps(data, indent=1, default=_json_default) + "\n")
+    path.write_text(jsonout.dumps(data, indent=1, default=_json_default) + "\n")
 
 
 def _json_default(x: object) -> object:
@@ -419,7 +455,12 @@ _MARKERS: dict[str, tuple[str, str, float, str]] = {
     "oracle-actions": ("P", "0.2", 9, "oracle, all of gelato's actions (hindsight)"),
     "reference": ("s", "tab:green", 7, "entropy-threshold* (hindsight-tuned)"),
     "control": ("o", "0.6", 6, "edge-only rerun (drift control)"),
+    "lossy": ("X", "tab:purple", 8, "device-only: the draft's text, not lossless"),
 }
+# the legend's entry for each hindsight oracle line: say exactly which actions it schedules
+ORACLE_FRONTIER_LABEL = ("hindsight oracle frontier, drafting lengths only (no streaming, "
+                         "no drafting ahead)")
+ORACLE_ACTIONS_LABEL = "fastest hindsight schedule of all gelato's actions (tok/s upper bound)"
 _SAME_POINT = 0.012  # points closer than this fraction of both axes' spans share one label
 _FONT_PT = 7.0  # label font size; a label is taken as 0.6 em per character by 1.1 em
 # Where a label may go relative to its point, in points, tried in order: right below, right
@@ -459,17 +500,20 @@ def build_figure(rows: Sequence[BenchRow], *, title: str) -> Any:
     The GELATO V sweep as a line, every other run as a point labelled with its policy (points
     that coincide share one label, "a = b"; a label goes to the first spot around its point
     where it overlaps no other label or point and stays inside the axes), the
-    hindsight oracle frontier drawn over everything else, and each budget that was set: a
-    J/token budget as a vertical line, a power budget P as the curve tokens/s = P / (J/token)
-    on which every point spends exactly P.
+    drafting-only hindsight oracle frontier drawn over everything else, the fastest hindsight
+    schedule of all of GELATO's actions as a horizontal line (no run can be faster), and each
+    budget that was set: a J/token budget as a vertical line, a power budget P as the curve
+    tokens/s = P / (J/token) on which every point spends exactly P. A lossy policy
+    (``LOSSY``) has a marker of its own and its mark in its label. The legend sits right of
+    the axes, off the data.
     """
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(8, 5.5), dpi=110)
+    fig = Figure(figsize=(12, 5.5), dpi=110)
     ax = fig.add_subplot()
     sweep = sorted((r for r in rows if r.group == "gelato-sweep"), key=lambda r: r.v or 0)
     oracle = sorted(oracle_points(rows), key=lambda r: r.j_per_token)
-    marked = [r for r in rows if r.group in _MARKERS]
+    marked = [r for r in rows if r.group in _MARKERS or r.policy in LOSSY]
     pts = [(r.j_per_token, r.tokens_per_s) for r in [*sweep, *oracle, *marked]
            if math.isfinite(r.j_per_token) and math.isfinite(r.tokens_per_s)]
     xs, ys = [p[0] for p in pts] or [0.0, 1.0], [p[1] for p in pts] or [0.0, 1.0]
@@ -487,23 +531,29 @@ def build_figure(rows: Sequence[BenchRow], *, title: str) -> Any:
         _draw_budget(ax, r, xlim, ylim, "tab:orange", "matched runs'" if i == 0 else None)
     used: set[str] = set()
     for r in marked:
-        m, c, s, legend = _MARKERS[r.group]
-        z = 5 if r.group == "gelato" else 4 if r.group == "gelato-matched" else 3
+        group = "lossy" if r.policy in LOSSY else r.group
+        m, c, s, legend = _MARKERS[group]
+        z = 5 if group == "gelato" else 4 if group == "gelato-matched" else 3
         ax.plot(r.j_per_token, r.tokens_per_s, m, color=c, ms=s, zorder=z,
-                label=None if r.group in used else legend)
-        used.add(r.group)
-        labels.append((r.j_per_token, r.tokens_per_s, r.policy))
+                label=None if group in used else legend)
+        used.add(group)
+        labels.append((r.j_per_token, r.tokens_per_s,
+                       f"{r.policy} (not lossless)" if r.policy in LOSSY else r.policy))
+        if group == "oracle-actions" and math.isfinite(r.tokens_per_s):
+            ax.axhline(r.tokens_per_s, color="0.2", ls="-.", lw=1.0, zorder=2,
+                       label=ORACLE_ACTIONS_LABEL)
     if oracle:  # on top of every marker, so that points on it do not hide it
         ax.plot([r.j_per_token for r in oracle], [r.tokens_per_s for r in oracle], "--",
                 color="black", lw=1.6, marker="d", ms=4, zorder=10,
-                label="hindsight oracle frontier (upper bound)")
+                label=ORACLE_FRONTIER_LABEL)
     ax.set_xlim(*xlim)
     ax.set_ylim(*ylim)
     ax.set_xlabel("device energy per token (J)")
     ax.set_ylabel("tokens per second")
-    ax.set_title(textwrap.fill(title, 95), fontsize=9)
+    ax.set_title(textwrap.fill(title, 80), fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
+    # beside the axes, where it covers no point (tight_layout makes room for it)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
     fig.tight_layout()  # first: it moves the axes, and labels are placed in points
     boxes: list[tuple[float, float, float, float]] = []
     if sweep:  # the sweep's ends first, preferably above-left: the line runs to the right

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 from pathlib import Path
 
+from ondevice.common import jsonout
 from ondevice.common.argtypes import positive_float, positive_int
 
 DEFAULT_OUT = Path("bench-out")
@@ -110,15 +110,16 @@ def run_fleet(args: argparse.Namespace) -> int:
     draft = args.draft or gemma_draft(target)
     longest = max(args.max_tokens, args.join_tokens if args.join_every else 0)
     traces, vocab = _traces(Path(target), Path(draft), args.n_prompts, longest)
-    say(fleet.HEADER)
+    def table_row(row: fleet.FleetRow) -> None:  # the table, printed once, as it is measured
+        print(fleet.format_row(row), flush=True)
+
+    print(fleet.HEADER, flush=True)
     join: dict = {}
     if cfg.mode == "real":
-        rows, join = asyncio.run(fleet.run_real_bench(cfg, Path(target), traces, vocab, say))
+        rows, join = asyncio.run(fleet.run_real_bench(cfg, Path(target), traces, vocab, say,
+                                                      table_row))
     else:
-        rows = fleet.run_sim_bench(cfg, traces, say)
-    print(fleet.HEADER)
-    for r in rows:
-        print(fleet.format_row(r))
+        rows = fleet.run_sim_bench(cfg, traces, table_row)
     print("\nratios (side by side in this run):")
     for line in fleet.ratios(rows):
         print(f"  {line}")
@@ -136,9 +137,9 @@ def run_fleet(args: argparse.Namespace) -> int:
             "rows": [r.to_dict() for r in rows], "joining": join,
             "energy_source": "modelled (device profile)",
             "devices_real": 0, "devices_replayed": "all (recorded draft trace)"}
-    (args.out / "fleet.json").write_text(json.dumps(data, indent=1, default=str))
+    (args.out / "fleet.json").write_text(jsonout.dumps(data, indent=1, default=str))
     fleet.write_png(rows, args.out / "fleet.png")
     print(f"\nwrote {args.out / 'fleet.json'} and {args.out / 'fleet.png'}")
     if args.json:
-        print(json.dumps(data, default=str))
+        print(jsonout.dumps(data, default=str))
     return 0

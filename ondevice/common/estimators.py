@@ -2,7 +2,7 @@
 mean with a prior, and an exponentially forgetting least-squares line. Pure math, no I/O.
 
 Used by GELATO's round model (``ondevice.llm.gelato``), the DNN controller and the edge's
-advice to stream (``edge_server._advice``).
+advice to stream (``ondevice.common.stream_advice``).
 """
 
 from __future__ import annotations

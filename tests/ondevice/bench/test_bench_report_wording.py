@@ -16,7 +16,15 @@ import pytest
 
 from ondevice.bench._enachi_report import Row, evaluate
 from ondevice.bench._enachi_report import format_table as enachi_table
-from ondevice.bench.report import BenchRow, evaluate_targets, format_table, format_targets
+from ondevice.bench.report import (
+    ORACLE_ACTIONS_LABEL,
+    ORACLE_FRONTIER_LABEL,
+    BenchRow,
+    evaluate_targets,
+    format_table,
+    format_targets,
+    trend,
+)
 
 pytest.importorskip("matplotlib")
 
@@ -139,11 +147,11 @@ def test_gelato_plot_draws_budgets_frontier_on_top_and_merges_coinciding_labels(
                                                                         [0.5, 0.5])]
     assert len(matched) == 2  # a vertical line at each matched run's J/token budget
     assert "matched runs' energy budget (J/token)" in lines
-    frontier = lines["hindsight oracle frontier (upper bound)"]
+    frontier = lines[ORACLE_FRONTIER_LABEL]
     others = [ln for ln in ax.get_lines() if ln is not frontier]
     assert frontier.get_zorder() > max(ln.get_zorder() for ln in others)
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert "hindsight oracle frontier (upper bound)" in legend
+    assert ORACLE_FRONTIER_LABEL in legend
     # fixed-1 and adaedl coincide: one label names both; no two point labels overlap
     texts = [t for t in ax.texts if t.get_text() and not t.get_text().endswith("budget")]
     both = [t.get_text() for t in texts if "fixed-1" in t.get_text()]
@@ -200,3 +208,75 @@ def test_enachi_plot_names_its_series_as_the_table_does() -> None:
     assert "budget 0.05 W" in legend.get_title().get_text()
     series = [*users.get_lines(), *users.collections]
     assert all(not s.get_label().startswith("_") for s in series)
+
+
+# -- what a reader is told: the V sweep's check, the oracles, lossy rows, legends ------------
+
+def _sweep(tps: list[float], watts: list[float]) -> list[BenchRow]:
+    return [_row(f"gelato V={v:g} @3 W", t, w / t, "gelato-sweep", v=v, budget_w=3.0)
+            for v, t, w in zip((0.5, 2.0, 8.0), tps, watts, strict=True)]
+
+
+def test_v_sweep_trend_tells_rising_flat_and_reversed_apart() -> None:
+    assert trend([10.0, 10.02, 10.01], 0.005) == "flat"
+    assert trend([10.0, 10.5, 11.0], 0.005) == "rising"
+    assert trend([10.0, 11.0, 10.5], 0.005) == "reversed"
+    assert trend([10.0, 9.98, 10.1], 0.005) == "rising"  # a step within the tolerance
+
+
+def test_a_flat_v_sweep_is_not_met_and_says_flat() -> None:
+    flat = evaluate_targets(_sweep([15.0, 15.01, 15.02], [3.0, 3.0, 3.0]))["v_sweep_monotone"]
+    assert flat["met"] is False and flat["tokens_per_s_trend"] == "flat"
+    line = next(x for x in format_targets({"v_sweep_monotone": flat}).splitlines()
+                if x.startswith("V sweep"))
+    assert "MISSED" in line and "tok/s flat" in line and "rises with V" in line
+    rising = evaluate_targets(_sweep([14.0, 15.0, 15.5], [3.0, 3.0, 3.01]))["v_sweep_monotone"]
+    assert rising["met"] is True and rising["energy_trend"] == "flat"
+    cheaper = evaluate_targets(_sweep([14.0, 15.0, 15.5], [3.0, 2.8, 2.6]))["v_sweep_monotone"]
+    assert cheaper["met"] is False and cheaper["energy_trend"] == "reversed"
+
+
+def test_device_only_is_marked_lossy_and_compared_with_nothing() -> None:
+    rows = [*_real_like_rows(), _row("device-only", 30.0, 0.9)]
+    table = format_table(rows)
+    line = next(x for x in table.splitlines() if x.startswith("device-only"))
+    assert line.startswith("device-only (draft's text, not lossless)")
+    assert line.split()[-2:] == ["-", "-"]  # no /fixed* nor /oracle@E ratio
+    assert "device-only: draft's text, not lossless: compared with no policy" in table
+    (ax,) = _figure(rows).axes
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "device-only: the draft's text, not lossless" in legend
+    assert "device-only (not lossless)" in [t.get_text() for t in ax.texts]
+
+
+def _figure(rows: list[BenchRow]) -> Any:
+    from ondevice.bench.report import build_figure
+
+    return build_figure(rows, title="t")
+
+
+def test_gelato_plot_names_each_oracle_for_what_it_schedules() -> None:
+    rows = [*_real_like_rows(), _row("oracle (all actions)", 17.0, 0.3, "oracle-actions")]
+    (ax,) = _figure(rows).axes
+    lines = {ln.get_label(): ln for ln in ax.get_lines()}
+    assert "drafting lengths only (no streaming" in ORACLE_FRONTIER_LABEL
+    assert "upper bound" not in ORACLE_FRONTIER_LABEL
+    bound = lines[ORACLE_ACTIONS_LABEL]  # the fastest schedule of every action: a ceiling
+    assert list(bound.get_ydata()) == [17.0, 17.0]
+
+
+def test_plot_legends_sit_off_the_data() -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from ondevice.bench._enachi_report import build_figure as enachi_figure
+
+    for fig in (_figure(_real_like_rows()), enachi_figure(_enachi_rows(mean_w=0.09))):
+        renderer = FigureCanvasAgg(fig).get_renderer()
+        fig.draw(renderer)
+        legends = [ax.get_legend() for ax in fig.axes if ax.get_legend()]
+        assert legends
+        for legend in legends:
+            box = legend.get_window_extent(renderer)
+            for ax in fig.axes:
+                assert not box.overlaps(ax.get_window_extent(renderer)), (
+                    [t.get_text() for t in legend.get_texts()], ax.get_title())

@@ -1,12 +1,12 @@
-"""The edge's advice to stream (``edge_server/_advice.py``): on for a busy edge whose verified
-positions cost it as much as generated ones (a CPU), off for a GPU-like cost line, off while
-the edge is not the bottleneck or has seen too few rounds."""
+"""The edge's advice to stream (``ondevice/common/stream_advice.py``): on for a busy edge whose
+verified positions cost it as much as generated ones (a CPU), off for a GPU-like cost line, off
+while the edge is not the bottleneck or has seen too few rounds."""
 
 from __future__ import annotations
 
 import pytest
 
-from edge_server._advice import BUSY, MIN_ROUNDS, StreamAdvisor
+from ondevice.common.stream_advice import BUSY, MIN_ROUNDS, StreamAdvisor
 
 
 def _fed(c0_ms: float, c1_ms: float, *, busy: float, rounds_per_step: int = 3,
