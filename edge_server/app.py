@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
-import json
 import logging
 import secrets
 import time
@@ -32,7 +30,7 @@ from aiohttp import WSMsgType, web
 from edge_server._dnn import DnnEndpoint, DnnService, open_service
 from edge_server._limits import SessionSlots, Slot
 from edge_server.config import EdgeConfig
-from ondevice.common import wire
+from ondevice.common import bearer, jsonout, wire
 
 if TYPE_CHECKING:  # llama.cpp is loaded only by an edge with --model (a [dnn]-only install)
     from edge_server._engine import Engine, EngineSession
@@ -122,27 +120,17 @@ STATE = web.AppKey("coinfer_edge_state", EdgeState)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def _token_matches(given: str, token: str) -> bool:
-    """Constant-time comparison of a header's token with ours. aiohttp hands header bytes that
-    are not UTF-8 over as surrogate escapes: encoded back they are the bytes sent, which are
-    never the (UTF-8) token; nothing here raises on them."""
-    try:
-        raw = given.encode("utf-8", "surrogateescape")
-    except UnicodeEncodeError:  # a lone surrogate no decoder of header bytes produces
-        return False
-    return hmac.compare_digest(raw, token.encode("utf-8"))
-
-
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Require ``Authorization: Bearer TOKEN`` when the edge has a token (constant-time check)."""
     token = request.app[STATE].config.token
     if token is not None:
-        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not _token_matches(given.strip(), token):
-            reason = "missing bearer token" if not given else "wrong bearer token"
+        header = request.headers.get("Authorization", "")
+        if not bearer.authorized(header, token):
+            reason = ("missing bearer token" if bearer.bearer_token(header) is None
+                      else "wrong bearer token")
             raise web.HTTPUnauthorized(
-                text=json.dumps({"error": "unauthorized", "message": reason}),
+                text=jsonout.dumps({"error": "unauthorized", "message": reason}),
                 content_type="application/json",
                 headers={"WWW-Authenticate": 'Bearer realm="coinfer"'},
             )
@@ -213,8 +201,7 @@ async def handle_info(request: web.Request) -> web.Response:
     cfg = state.config
     model = state.model
     gpu_offload, sysinfo = _llama_backend()
-    return web.json_response(
-        {
+    return web.json_response(dumps=jsonout.dumps, data={
             "protocol": wire.PROTOCOL_VERSION,
             "capabilities": state.capabilities,
             "model": model.model_id if model else None,
@@ -284,6 +271,14 @@ def _check_round(msg: wire.Round, cfg: EdgeConfig, n_vocab: int) -> None:
         raise wire.WireError("bad-frame", "q_probs must be finite, >= 0, and sum to <= 1 per row")
 
 
+ERROR_CHARS = 300  # an error frame's message at most (client data quoted in it is cut)
+
+
+def _quote(text: str, limit: int = 40) -> str:
+    """``repr`` of client-supplied text, cut to ``limit`` characters."""
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
 class _Connection:
     """One WebSocket: at most one open session on it, an LLM session or a DNN task.
 
@@ -294,14 +289,55 @@ class _Connection:
     session is closed only once the new one is built.
     """
 
-    def __init__(self, state: EdgeState, ws: web.WebSocketResponse, peer: str) -> None:
+    def __init__(self, state: EdgeState, ws: web.WebSocketResponse, peer: str,
+                 transport: asyncio.BaseTransport | None = None) -> None:
         self.state = state
         self.ws = ws
         self.peer = peer
+        self.transport = transport
         self.sid: str | None = None
         self.session: EngineSession | None = None
         self.slot: Slot | None = None
         self._dnn: DnnEndpoint | None = None
+        self._stretch: asyncio.Task[bool] | None = None  # a ``generate`` stretch streaming
+        self._stop_stretch = False  # set by ``stop``: the stretch ends after its step
+
+    @property
+    def stretching(self) -> bool:
+        """True while a ``generate`` stretch streams (it runs beside the frame reader)."""
+        return self._stretch is not None and not self._stretch.done()
+
+    async def end_stretch(self) -> None:
+        """End the stretch in progress, if any, after its decode step, and wait for it."""
+        if self._stretch is not None:
+            self._stop_stretch = True
+            await asyncio.wait([self._stretch])
+            self._stretch = None
+
+    async def answer(self, work: Awaitable[None]) -> bool:
+        """Run one frame's work, answering its failure: a ``WireError`` with its error frame,
+        a bug with ``internal`` (the session ends, the server goes on). False once the
+        connection is over (the device left or stopped reading)."""
+        try:
+            await work
+        except wire.WireError as exc:
+            try:
+                await self.send(wire.Error(exc.code, exc.message))
+            except ConnectionError:
+                return False
+        except ConnectionError:  # the device left while we answered it
+            return False
+        except Exception as exc:  # a bug in one session must not end the server
+            if self.ws.closed:
+                return False
+            log.exception("session %s failed", self.sid)
+            try:
+                await self.send(wire.Error("internal", f"{type(exc).__name__}: {exc}"))
+            except ConnectionError:
+                return False
+            finally:
+                await self.end_session()
+        return True
 
     @property
     def dnn(self) -> DnnEndpoint:
@@ -354,18 +390,46 @@ class _Connection:
             self.state.load_changed()
 
     async def send(self, msg: wire.Message) -> None:
-        delay_ms = self.state.config.emulated_delay_ms
-        if delay_ms > 0:
-            await asyncio.sleep(delay_ms / 1e3)
-        await self.ws.send_bytes(wire.encode(msg))
+        """Send one frame; ConnectionError when the device does not take it within
+        ``send_timeout_s`` (it stopped reading): the socket is then aborted, so that the
+        handler ends and the session's place is freed. An error frame's message is capped at
+        ERROR_CHARS: it never echoes unbounded client data."""
+        cfg = self.state.config
+        if cfg.emulated_delay_ms > 0:
+            await asyncio.sleep(cfg.emulated_delay_ms / 1e3)
+        if isinstance(msg, wire.Error) and len(msg.message) > ERROR_CHARS:
+            msg = wire.Error(msg.code, msg.message[:ERROR_CHARS] + "...")
+        try:
+            await asyncio.wait_for(self.ws.send_bytes(wire.encode(msg)), cfg.send_timeout_s)
+        except asyncio.TimeoutError:
+            log.info("connection from %s: a frame not taken in %g s; closing it", self.peer,
+                     cfg.send_timeout_s)
+            if self.transport is not None:
+                self.transport.abort()
+            raise ConnectionError("the device stopped reading") from None
 
     def _session_for(self, sid: str) -> EngineSession:
         if self.session is None or sid != self.sid:
-            raise wire.WireError("unknown-session", f"no open session {sid!r} on this connection")
+            raise wire.WireError("unknown-session",
+                                 f"no open session {_quote(sid)} on this connection")
         return self.session
+
+    async def handle_frame(self, data: bytes | str, t_in: float) -> None:
+        """One frame as it came (``t_in`` its arrival, perf_counter s)."""
+        if not isinstance(data, bytes):
+            raise wire.WireError("bad-frame", "binary msgpack frames only")
+        await self.handle(wire.decode(data), t_in)
 
     async def handle(self, msg: wire.Message, t_in: float) -> None:
         state, cfg = self.state, self.state.config
+        if self.stretching:  # only stop and close until the stretch ends
+            if isinstance(msg, wire.Stop):
+                self._stop_stretch = True
+                return
+            if not isinstance(msg, wire.Close):
+                raise wire.WireError("bad-frame", f"a {type(msg).__name__} frame while a "
+                                     "generate stretch streams: send stop first")
+            await self.end_stretch()
         if isinstance(msg, wire.Feature):
             await self.dnn.feature(msg, t_in)
         elif isinstance(msg, wire.Input):
@@ -384,12 +448,17 @@ class _Connection:
             edge_ms = (time.perf_counter() - t_in) * 1e3
             await self.send(wire.Verdict(accepted, token, step.compute_ms, edge_ms,
                                          queue_ms=step.queue_ms, batch=step.batch,
-                                         advise=step.advise_stream))
+                                         advise=step.advise_stream, ties=step.ties))
         elif isinstance(msg, wire.Open):
             await self._open(msg)
         elif isinstance(msg, wire.Generate):
             session = self._session_for(msg.session)
-            await self._generate(session, msg.max_tokens)
+            if msg.max_tokens < 0:
+                raise wire.WireError("bad-frame", "max_tokens must be >= 0")
+            self._stop_stretch = False
+            self._stretch = asyncio.create_task(self._run_stretch(session, msg.max_tokens))
+        elif isinstance(msg, wire.Stop):
+            pass  # no stretch in progress: it ended before the device's stop came
         elif isinstance(msg, wire.Close):
             self._session_for(msg.session)
             await self.end_session()
@@ -467,19 +536,28 @@ class _Connection:
         state.load_changed()
         await self.send(wire.Opened(self.sid, model.model_id, state.n_ctx, session.prefill_ms))
 
+    async def _run_stretch(self, session: EngineSession, max_tokens: int) -> bool:
+        """The stretch as a task beside the frame reader; when its connection is over (the
+        device left or stopped reading) the socket is aborted, which ends the reader."""
+        ok = await self.answer(self._generate(session, max_tokens))
+        if not ok and self.transport is not None:
+            self.transport.abort()
+        return ok
+
     async def _generate(self, session: EngineSession, max_tokens: int) -> None:
         """Edge-only: the target generates alone and streams each token as it comes; the
-        engine batches these steps with every other session's work."""
-        if max_tokens < 0:
-            raise wire.WireError("bad-frame", "max_tokens must be >= 0")
+        engine batches these steps with every other session's work. A ``stop`` ends it after
+        the step in flight: that step's frame is the last (``done``)."""
         model = self.state.model
         assert model is not None
         for i in range(max_tokens):
+            if self._stop_stretch:
+                break
             token, step = await session.async_generate_one()
-            done = model.is_eog(token) or i == max_tokens - 1
+            done = model.is_eog(token) or i == max_tokens - 1 or self._stop_stretch
             await self.send(wire.Tokens(np.array([token], dtype=np.int32), done,
                                         step.compute_ms, step.queue_ms, step.batch,
-                                        step.advise_stream))
+                                        step.advise_stream, step.ties))
             if done:
                 return
         await self.send(wire.Tokens(np.zeros(0, dtype=np.int32), True, 0.0))
@@ -490,34 +568,20 @@ async def handle_session(request: web.Request) -> web.WebSocketResponse:
     cfg = state.config
     ws = web.WebSocketResponse(max_msg_size=cfg.max_frame_bytes, heartbeat=cfg.heartbeat_s)
     await ws.prepare(request)
-    conn = _Connection(state, ws, request.remote or "?")
+    conn = _Connection(state, ws, request.remote or "?", request.transport)
     try:
         while not ws.closed:
             try:
                 msg = await ws.receive(timeout=cfg.idle_timeout_s)
             except asyncio.TimeoutError:
+                if conn.stretching:  # the device waits for the stretch; it is not idle
+                    continue
                 with contextlib.suppress(ConnectionError):
                     await conn.send(wire.Error("idle", f"no frame for {cfg.idle_timeout_s:g} s"))
                 break
-            if msg.type == WSMsgType.BINARY:
-                t_in = time.perf_counter()
-                try:
-                    await conn.handle(wire.decode(msg.data), t_in)
-                except wire.WireError as exc:
-                    try:
-                        await conn.send(wire.Error(exc.code, exc.message))
-                    except ConnectionError:
-                        break
-                except ConnectionError:  # the device left while we answered it
+            if msg.type in (WSMsgType.BINARY, WSMsgType.TEXT):
+                if not await conn.answer(conn.handle_frame(msg.data, time.perf_counter())):
                     break
-                except Exception as exc:  # a bug in one session must not end the server
-                    if ws.closed:
-                        break
-                    log.exception("session %s failed", conn.sid)
-                    await conn.send(wire.Error("internal", f"{type(exc).__name__}: {exc}"))
-                    await conn.end_session()
-            elif msg.type == WSMsgType.TEXT:
-                await conn.send(wire.Error("bad-frame", "binary msgpack frames only"))
             elif msg.type == WSMsgType.ERROR:
                 # e.g. a frame over max_frame_bytes: aiohttp closes the socket with 1009.
                 log.info("connection from %s: %s", conn.peer, ws.exception())
@@ -525,11 +589,13 @@ async def handle_session(request: web.Request) -> web.WebSocketResponse:
             else:  # CLOSE, CLOSING, CLOSED
                 break
     finally:
+        await conn.end_stretch()
         await conn.end_session()
         if conn._dnn is not None:
             await conn._dnn.disconnect()
         if not ws.closed:
-            await ws.close()
+            with contextlib.suppress(asyncio.TimeoutError, ConnectionError):
+                await asyncio.wait_for(ws.close(), cfg.send_timeout_s)
     return ws
 
 

@@ -15,7 +15,6 @@ from pathlib import Path
 
 from aiohttp import web
 
-from edge_server._protocol import GuardedSite, HeadGuard, http_logger
 from edge_server.advertise import EdgeAdvertiser
 from edge_server.app import STATE, create_app
 from edge_server.config import EdgeConfig
@@ -23,6 +22,13 @@ from edge_server.tls import certificate_fingerprint
 from ondevice.common import argtypes, wire
 from ondevice.common.discovery_record import encode_txt
 from ondevice.common.extras import MissingExtra, require
+from ondevice.common.http_guard import (
+    GuardedSite,
+    HeadGuard,
+    http_logger,
+    limit_accept_errors,
+)
+from ondevice.common.http_limits import add_guard_flags
 from ondevice.common.version import coinfer_version
 
 log = logging.getLogger("edge_server")
@@ -54,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="IP",
         help="advertise on the interface with this IPv4 address (repeatable; default: all)",
     )
+    p.add_argument("--site", type=argtypes.site, metavar="LABEL",
+                   help="advertise this site label: devices started with --site LABEL use only "
+                   "edges that carry it (keeps fleets apart on one network; default none)")
     p.add_argument("--n-ctx", type=argtypes.positive_int, default=d.n_ctx,
                    help="most tokens one session may hold (prompt and output; default "
                    f"{d.n_ctx}, at most --kv-tokens)")
@@ -97,17 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="DNN feature packet or raw-input slice")
     g.add_argument("--idle-timeout", type=argtypes.positive_float, default=d.idle_timeout_s,
                    help="seconds")
-    g.add_argument("--header-timeout", type=argtypes.positive_float, default=d.header_timeout_s,
-                   help="seconds a new connection has to send its request head "
-                   f"(default {d.header_timeout_s:g})")
-    g.add_argument("--max-pending-connections", type=argtypes.positive_int,
-                   default=d.max_pending_connections,
-                   help="connections still sending their request head; more are refused "
-                   f"(default {d.max_pending_connections})")
-    g.add_argument("--keepalive-timeout", type=argtypes.positive_float,
-                   default=d.keepalive_timeout_s,
-                   help="seconds an idle HTTP connection is kept for its next request "
-                   f"(default {d.keepalive_timeout_s:g})")
+    g.add_argument("--send-timeout", type=argtypes.positive_float, default=d.send_timeout_s,
+                   help="seconds a device has to take a frame before its connection is closed "
+                   f"and its place freed (default {d.send_timeout_s:g})")
+    add_guard_flags(g)
     p.add_argument(
         "--emulate-delay-ms",
         type=argtypes.non_negative_float,
@@ -139,6 +141,7 @@ def config_from_args(args: argparse.Namespace) -> EdgeConfig:
         port=args.port,
         advertise=not args.no_advertise,
         interfaces=tuple(args.interface),
+        site=args.site or "",
         token=read_token(args.token_file) if args.token_file else None,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
@@ -158,6 +161,7 @@ def config_from_args(args: argparse.Namespace) -> EdgeConfig:
         max_prompt_tokens=args.max_prompt,
         max_frame_bytes=args.max_frame_bytes,
         idle_timeout_s=args.idle_timeout,
+        send_timeout_s=args.send_timeout,
         header_timeout_s=args.header_timeout,
         max_pending_connections=args.max_pending_connections,
         keepalive_timeout_s=args.keepalive_timeout,
@@ -198,7 +202,8 @@ async def serve(config: EdgeConfig) -> None:
         loop.add_signal_handler(sig, stop.set)
     app = create_app(config)
     state = app[STATE]
-    runner = web.AppRunner(app, handle_signals=False, logger=http_logger(),
+    limit_accept_errors(loop)
+    runner = web.AppRunner(app, handle_signals=False, logger=http_logger("edge_server.http"),
                            keepalive_timeout=config.keepalive_timeout_s)
     await runner.setup()
     try:
@@ -225,6 +230,7 @@ async def serve(config: EdgeConfig) -> None:
                 capacity=config.max_sessions,
                 auth=config.token is not None,
                 fingerprint=fingerprint,
+                site=config.site,
             )
 
         async with contextlib.AsyncExitStack() as stack:
@@ -275,6 +281,14 @@ def main(argv: list[str] | None = None) -> int:
         flag = "--model" if args.model is not None and "llama" in str(exc) else "--dnn"
         print(f"edge-server: {flag}: {exc}", file=sys.stderr)
         return 1
+    if args.model is not None:
+        from ondevice.common.gguf_file import GgufFileError, check_gguf_file
+
+        try:  # the magic bytes, before any model loads
+            check_gguf_file(args.model)
+        except (OSError, GgufFileError) as exc:
+            print(f"edge-server: --model: {exc}", file=sys.stderr)
+            return 2
     if args.dnn is not None:
         from ondevice.common.dnn_profile import DnnProfileError, load_dnn
 

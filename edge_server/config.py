@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from ondevice.common import http_limits
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class EdgeConfig:
@@ -28,6 +30,7 @@ class EdgeConfig:
     n_batch: int = 512  # most tokens in one step (llama.cpp's batch)
     advertise: bool = True  # zeroconf _coinfer._tcp.local.
     interfaces: tuple[str, ...] = ()  # IPv4 addresses to advertise on; () = all interfaces
+    site: str = ""  # the site label advertised (TXT ``site``); "" = none
     token: str | None = None  # required bearer token (from --token-file), None = open
     tls_cert: Path | None = None  # PEM certificate; with tls_key: serve HTTPS/WSS
     tls_key: Path | None = None
@@ -40,10 +43,13 @@ class EdgeConfig:
     max_frame_bytes: int = 1 << 20  # 1 MiB per WebSocket frame / HTTP body
     max_packet_bytes: int = 1 << 16  # feature packet or raw-input slice; larger: bad-packet
     idle_timeout_s: float = 300.0  # a session with no frame for this long is closed
-    header_timeout_s: float = 10.0  # a new connection must send its request head within this
-    max_pending_connections: int = 64  # connections still sending their first request head
-    keepalive_timeout_s: float = 75.0  # idle HTTP connection (and its next request head)
+    header_timeout_s: float = http_limits.HEADER_TIMEOUT_S  # for a new connection's head
+    max_pending_connections: int = http_limits.MAX_PENDING_CONNECTIONS  # still sending it
+    keepalive_timeout_s: float = http_limits.KEEPALIVE_TIMEOUT_S  # idle between requests
     heartbeat_s: float = 30.0  # WebSocket ping interval
+    # a frame the device does not take within this long (it stopped reading, its buffer is
+    # full) ends the connection and frees its session's place
+    send_timeout_s: float = 10.0
 
     @property
     def kv_pool_tokens(self) -> int:

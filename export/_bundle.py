@@ -26,7 +26,6 @@ the CLI builds it first (``export/_wheelhouse.py``: a cross build and the regist
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import shlex
 import shutil
@@ -36,6 +35,7 @@ from pathlib import Path
 
 from export._errors import ExportError
 from export._wheelhouse import BOARD_PYTHON, DEVICE_EXTRAS
+from ondevice.common import jsonout
 
 BOOT_DIR = "/boot/firmware"  # where Raspberry Pi OS (bookworm, trixie) mounts the boot partition
 VENV = "/opt/coinfer/venv"
@@ -240,9 +240,43 @@ def check_wheelhouse(wheelhouse: Path, board: str, python: str) -> list[Path]:
     return wheels
 
 
+# What may go into a systemd unit, a cloud-config and a shell script unquoted: values are
+# checked against these, never escaped, so that no newline, quote, `$`, `%` (a systemd
+# specifier), backtick, space or YAML indicator can change what the files say.
+SAFE = {
+    "--meter": re.compile(r"[a-z0-9][a-z0-9-]*(:[A-Za-z0-9._/+:@-]*)?"),
+    "--edge": re.compile(r"https?://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?(/[A-Za-z0-9._~/-]*)?"),
+    "--host": re.compile(r"[A-Za-z0-9.:-]+"),
+    "--draft": re.compile(r"[A-Za-z0-9._+-]+\.gguf"),
+}
+
+
+def _check_out(out: Path) -> None:
+    """--out must be a new or an empty directory."""
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"--out {out} is a file: give a new or an empty directory")
+    if out.exists() and any(out.iterdir()):
+        raise ExportError(f"--out {out} exists and is not empty")
+
+
+def check_values(spec: BundleSpec) -> None:
+    """ExportError, one line naming the flag, for a value that is not plain enough to be
+    written into the unit, user-data or install.sh (see SAFE)."""
+    values = {"--meter": spec.meter, "--host": spec.host, "--draft": spec.draft.name}
+    if spec.edge is not None:
+        values["--edge"] = spec.edge
+    for flag, value in values.items():
+        if not SAFE[flag].fullmatch(value):
+            shown = value if value.isprintable() else repr(value)
+            raise ExportError(f"{flag} {shown}: only letters, digits and . _ - / : (and a URL's "
+                              "parts) may go into the service's files; no spaces, quotes, $, %, "
+                              "backticks or newlines")
+
+
 def write_bundle(spec: BundleSpec) -> list[Path]:
     """Write the bundle under ``spec.out`` (which must not exist or be empty); return every
     file written, relative to ``spec.out``, sorted. ExportError for bad input."""
+    check_values(spec)
     if spec.board not in BOARDS:
         raise ExportError(f"unknown board {spec.board!r}; valid: {', '.join(BOARDS)}")
     if not spec.draft.is_file() or spec.draft.suffix != ".gguf":
@@ -251,8 +285,7 @@ def write_bundle(spec: BundleSpec) -> list[Path]:
     if not sidecar.is_file():
         raise ExportError(f"no sidecar {sidecar.name} next to the draft; make the draft with "
                           f"`model-export llm quantize --preset {spec.board}`")
-    if spec.out.exists() and any(spec.out.iterdir()):
-        raise ExportError(f"--out {spec.out} exists and is not empty")
+    _check_out(spec.out)
     if spec.python is not None and not re.fullmatch(r"3\.\d+", spec.python):
         raise ExportError(f"--python {spec.python}: give the image's Python as X.Y, e.g. 3.11")
     if spec.token_file is not None and not spec.token_file.is_file():
@@ -284,7 +317,7 @@ def write_bundle(spec: BundleSpec) -> list[Path]:
         f"Bookworm or Jetson: copy this folder to the board, then:\n"
         f"  sudo bash coinfer/install.sh\n"
         f"Wheels: aarch64, Python {spec.py}.\n"
-        f"Service: {json.dumps(shlex.join(serve_command(spec)))}\nFiles:\n{listing}\n")
+        f"Service: {jsonout.dumps(shlex.join(serve_command(spec)))}\nFiles:\n{listing}\n")
     return sorted(p.relative_to(spec.out) for p in spec.out.rglob("*") if p.is_file())
 
 
@@ -329,8 +362,9 @@ def _run_bundle(args: argparse.Namespace) -> int:
     if wheelhouse is None:
         from export._wheelhouse import build_wheelhouse
 
-        if args.out.exists() and any(args.out.iterdir()):
-            raise ExportError(f"--out {args.out} exists and is not empty")
+        _check_out(args.out)
+        check_values(BundleSpec(board=args.board, draft=args.draft, out=args.out,
+                                edge=args.edge, meter=args.meter, host=args.host))
         python = args.python or BOARDS[args.board].python
         print(f"no --wheelhouse: building one for {args.board} (aarch64, Python {python})")
         with tempfile.TemporaryDirectory(prefix="coinfer-wheelhouse-") as tmp:

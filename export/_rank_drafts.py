@@ -35,7 +35,6 @@ slower device and the target on the faster edge.
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 import sys
@@ -52,6 +51,7 @@ from export._errors import ExportError
 from export._paths import check_output_file
 from export._progress import show_progress
 from export._table import format_columns
+from ondevice.common import jsonout
 
 TEMPERATURES = (0.0, 0.8)
 DEFAULT_PROMPTS = (
@@ -585,4 +585,4 @@ def write_json(report: RankReport, path: Path) -> None:
 
     check_output_file(Path(path), flag="--json", example="rank.json")
     with atomic_output(Path(path)) as tmp:
-        tmp.write_text(json.dumps(report.to_json(), indent=2, sort_keys=True) + "\n")
+        tmp.write_text(jsonout.dumps(report.to_json(), indent=2, sort_keys=True) + "\n")

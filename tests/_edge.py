@@ -25,6 +25,10 @@ from ondevice.common.llama_runtime import LlamaConfig, LlamaModel, LlamaRunner
 from ondevice.llm.generate import GenerateRequest, Generation
 from ondevice.llm.policies import FixedPolicy, Policy, RoundStats
 
+# This test run's zeroconf site label: the edges tests advertise carry it and the devices in
+# tests keep to it, so no other edge on this machine's loopback can take part.
+SITE = f"coinfer-test-{os.getpid()}-{os.urandom(3).hex()}"
+
 
 @dataclass
 class EdgeProc:
@@ -34,6 +38,18 @@ class EdgeProc:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def info(self) -> dict:
+        """``GET /v1/info``."""
+        import json
+        import urllib.request
+
+        with urllib.request.urlopen(self.url + "/v1/info", timeout=30) as r:
+            return json.loads(r.read())
+
+    def steps(self) -> int:
+        """Decode steps the edge has run (prefill chunks and generated tokens)."""
+        return int(self.info()["engine"]["steps"])
 
     def kill(self) -> None:
         """SIGKILL: the edge vanishes as a crashed or unplugged box would."""
@@ -55,7 +71,9 @@ def edge_server(
 
     ``model`` None runs it without ``--model`` (give ``--dnn DIR`` in ``args``).
 
-    With ``advertise`` it announces itself over zeroconf on ``host``'s interface only.
+    With ``advertise`` it announces itself over zeroconf on ``host``'s interface only, with
+    this test run's site label ``SITE``: devices in tests browse with ``site=SITE``, so an
+    edge that something else runs on this machine (a developer's own) is never picked.
     ``prefix`` runs it inside something, e.g. ``("ip", "netns", "exec", NS)``.
     """
     fd, log_name = tempfile.mkstemp(prefix="edge-server-", suffix=".log")
@@ -64,7 +82,7 @@ def edge_server(
         *prefix, sys.executable, "-m", "edge_server.cli",
         *(["--model", str(model)] if model is not None else []),
         "--host", host, "--port", "0",
-        *(["--interface", host] if advertise else ["--no-advertise"]), *args,
+        *(["--interface", host, "--site", SITE] if advertise else ["--no-advertise"]), *args,
     ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log_file, text=True)
     try:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from export._errors import ExportError
+from ondevice.common import jsonout
 from ondevice.common.files import atomic_output
 
 PROFILE_NAME = "profile.json"
@@ -52,7 +53,7 @@ def write_profile(path: Path, profile: dict[str, Any]) -> None:
     """Validate `profile` and write it to `path` atomically (indented JSON)."""
     validate_profile(profile)
     with atomic_output(path) as tmp:
-        tmp.write_text(json.dumps(profile, indent=1) + "\n", encoding="utf-8")
+        tmp.write_text(jsonout.dumps(profile, indent=1) + "\n", encoding="utf-8")
 
 
 def load_profile(path: Path) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from ondevice.bench._profile_names import profile_names
 from ondevice.common import wire
 
 MSS_BYTES = 1460  # payload of one TCP segment; as hw._activity.MSS_BYTES (1500 B MTU)
@@ -85,17 +86,6 @@ class EdgeProfile:
         rel = (self.verify_rel[positions - 1] if positions <= n
                else self.verify_rel[-1] + self.verify_rel_slope * (positions - n))
         return self.verify_1_ms * rel
-
-
-def profile_names(kind: str) -> list[str]:
-    """Names of the built-in profiles of ``kind`` ("device" or "edge")."""
-    out = []
-    for entry in resources.files("ondevice.bench").joinpath("profiles").iterdir():
-        if entry.name.endswith(".json"):
-            data = json.loads(entry.read_text())
-            if data.get("kind") == kind:
-                out.append(data["name"])
-    return sorted(out)
 
 
 def load_profile(spec: str, kind: str) -> DeviceProfile | EdgeProfile:

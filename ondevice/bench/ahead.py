@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ondevice.bench._netns import Host, NetnsUnavailable, two_hosts
+from ondevice.common import jsonout
 from ondevice.edge.local import edge_child
 
 
@@ -187,7 +188,7 @@ def write_ahead(bench: AheadBench, out: Path) -> tuple[Path, Path]:
             "rows": [{**asdict(r), "tokens_per_s": r.tokens_per_s,
                       "j_per_token": r.j_per_token} for r in bench.rows]}
     js = out / "ahead.json"
-    js.write_text(json.dumps(data, indent=2))
+    js.write_text(jsonout.dumps(data, indent=2))
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
     names = [r.label for r in bench.rows]
     a1.barh(names, [r.tokens_per_s for r in bench.rows], color="tab:blue")

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from ondevice.bench._enachi_report import Row, evaluate, format_table, write_json, write_png
+from ondevice.common import jsonout
 from ondevice.dnn.run import ClassifyReport, ClassifyRequest, run_classify
 from ondevice.edge.local import edge_child
 
@@ -282,7 +283,6 @@ def cache_dir() -> Path:
 
 def run_enachi(args: argparse.Namespace) -> int:
     """``ondevice bench enachi``: run, print the table and targets, write JSON and PNG."""
-    import json
 
     def say(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
@@ -309,7 +309,7 @@ def run_enachi(args: argparse.Namespace) -> int:
     (args.out / "enachi.txt").write_text(format_table(rows, targets) + "\n")
     print(f"wrote {stem}.json, {stem}.png, {args.out / 'enachi.txt'}")
     if args.json:
-        print(json.dumps({"targets": targets, "rows": [r.to_dict() for r in rows]}))
+        print(jsonout.dumps({"targets": targets, "rows": [r.to_dict() for r in rows]}))
     return 0
 
 

@@ -117,6 +117,9 @@ class _Acc:
     coverage: list[float] = field(default_factory=list)
     source: str = "modelled"
     degraded: int = 0
+    outputs: dict[tuple[int, str], tuple[int, ...]] = field(default_factory=dict)
+    tie_prompts: dict[tuple[int, str], int] = field(default_factory=dict)  # near-ties per run
+    near_ties: int | None = None  # the edge's count over all generations (temperature 0)
 
     def row(self) -> BenchRow:
         s = self.spec
@@ -128,8 +131,31 @@ class _Acc:
             energy_source=self.source,
             settings={**self.policy.describe(), "degraded_generations": self.degraded,
                       "mean_meter_coverage": (sum(self.coverage) / len(self.coverage)
-                                              if self.coverage else None)},
+                                              if self.coverage else None),
+                      "near_ties": self.near_ties},
         )
+
+
+def greedy_agreement(accs: Sequence[_Acc]) -> dict[str, Any] | None:
+    """At temperature 0, each lossless policy's outputs against ``edge-only``'s (the target
+    alone), prompt by prompt: how many are the same tokens, and for those that differ, how
+    many the edge counted no near-tie in (for either run): a difference a near-tie does not
+    explain. None without an edge-only policy."""
+    ref = next((a for a in accs if a.spec.name == "edge-only"), None)
+    if ref is None:
+        return None
+    out: dict[str, Any] = {}
+    for acc in accs:
+        if acc is ref or acc.spec.name == "device-only":  # the draft's own text
+            continue
+        differ = [k for k, toks in acc.outputs.items() if ref.outputs.get(k) != toks]
+        out[acc.spec.label] = {
+            "compared": len(acc.outputs), "same": len(acc.outputs) - len(differ),
+            "differ": len(differ),
+            "differ_without_near_tie": sum(
+                1 for k in differ if not (acc.tie_prompts.get(k) or ref.tie_prompts.get(k))),
+        }
+    return out
 
 
 async def _bench(rc: RealConfig, cfg: BenchConfig, cores: tuple[int, int] | None,
@@ -155,8 +181,11 @@ async def _bench(rc: RealConfig, cfg: BenchConfig, cores: tuple[int, int] | None
                                            activity, llama_cfg, rc)
                                 tick(1)
                             n += 1
+                    if rc.temperature == 0.0:
+                        agreement.update(greedy_agreement(accs) or {})
                     return [a.row() for a in accs]
 
+                agreement: dict[str, Any] = {}
                 first = first_specs(cfg)
                 per_spec = len(cfg.seeds) * len(rc.prompts)
                 set_total(len(first) * per_spec)
@@ -173,6 +202,7 @@ async def _bench(rc: RealConfig, cfg: BenchConfig, cores: tuple[int, int] | None
                 set_total((len(first) + len(second)) * per_spec)
                 rows += await phase(second)
                 info.update(meter=meter.kind, measured=meter.measured, edge=url,
+                            greedy_vs_edge_only=agreement or None,
                             cores={"device": cores[0], "edge": cores[1]} if cores else None,
                             cpu_count=os.cpu_count())
                 return RealBench(rows, info)
@@ -202,6 +232,11 @@ async def _one(acc: _Acc, prompt: str, seed: int, url: str, model: LlamaModel,
     acc.coverage.append(report.meter_coverage)
     acc.source = report.energy_source
     acc.degraded += int(report.degraded)
+    acc.outputs[(seed, prompt)] = tuple(report.tokens)
+    if report.near_ties is not None:
+        acc.near_ties = (acc.near_ties or 0) + report.near_ties
+        acc.tie_prompts[(seed, prompt)] = report.near_ties
 
 
-__all__ = ["RealBench", "RealConfig", "loopback_edge", "pick_cores", "run_real_bench"]
+__all__ = ["RealBench", "RealConfig", "greedy_agreement", "loopback_edge", "pick_cores",
+           "run_real_bench"]

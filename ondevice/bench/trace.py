@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from ondevice.common import jsonout
 from ondevice.common.speculative import GREEDY_EPS, entropy_nats, softmax
 from ondevice.llm.acceptance import top_two
 
@@ -160,7 +161,7 @@ class Trace:
         arrays: dict[str, np.ndarray] = {
             "entropy": self.entropy, "match": self.match, "offsets": self.offsets,
             "tokens": self.tokens, "prompt_tokens": self.prompt_tokens,
-            "meta": np.array(json.dumps({"version": TRACE_VERSION, **self.meta})),
+            "meta": np.array(jsonout.dumps({"version": TRACE_VERSION, **self.meta})),
         }
         if self.entropy_t is not None:
             arrays["entropy_t"] = self.entropy_t

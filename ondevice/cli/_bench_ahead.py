@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from ondevice.common import jsonout
 from ondevice.common.argtypes import non_negative_float, positive_int
 
 DEFAULT_OUT = Path("bench-out")
@@ -79,5 +80,5 @@ def run_ahead(args: argparse.Namespace) -> int:
     js, png = write_ahead(bench, args.out)
     print(f"wrote {js} and {png}")
     if args.json:
-        print(json.dumps(json.loads(js.read_text())))
+        print(jsonout.dumps(json.loads(js.read_text())))
     return 0

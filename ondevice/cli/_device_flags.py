@@ -18,11 +18,11 @@ DEFAULT_TOP_K = 32
 
 def add_device_flags(p: argparse.ArgumentParser) -> None:
     """--draft, the edge and discovery flags, the policy, the meter, the draft's context."""
-    from ondevice.llm.policies import DEFAULT_V, POLICIES
+    from ondevice.llm.policy_names import DEFAULT_V, POLICIES
 
     p.add_argument("--draft", required=True, help="draft model, a GGUF file")
     p.add_argument(
-        "--edge",
+        "--edge", type=argtypes.edge_url,
         help="edge URL, e.g. http://192.168.1.20:8470 (default: find one with zeroconf)",
     )
     add_edge_access(p)
@@ -93,6 +93,7 @@ def device_from_args(args: argparse.Namespace) -> Any:
         edge=args.edge,
         discover=(args.discover or args.edge is None) and not args.no_discover,
         interfaces=tuple(args.interface),
+        site=args.site,
         token=token,
         fingerprint=args.edge_fingerprint,
         allow_plaintext_token=args.allow_plaintext_token,

@@ -11,7 +11,7 @@ from ondevice.common import argtypes
 
 
 def add_edge_access(p: argparse.ArgumentParser) -> None:
-    """--interface, --token-file, --edge-fingerprint, --allow-plaintext-token, --browse."""
+    """--interface, --site, --token-file, --edge-fingerprint, --allow-plaintext-token, --browse."""
     p.add_argument(
         "--interface",
         action="append",
@@ -19,6 +19,7 @@ def add_edge_access(p: argparse.ArgumentParser) -> None:
         metavar="IP",
         help="browse zeroconf on the interface with this IPv4 address (repeatable; default all)",
     )
+    add_site(p)
     p.add_argument("--token-file", type=Path,
                    help="bearer token for the edge (default: $COINFER_TOKEN)")
     p.add_argument("--edge-fingerprint", metavar="SHA256", type=argtypes.fingerprint,
@@ -29,6 +30,13 @@ def add_edge_access(p: argparse.ArgumentParser) -> None:
                    "clear); by default that is refused")
     p.add_argument("--browse", type=argtypes.positive_float, default=2.0, metavar="S",
                    help="seconds to listen for edges (default 2)")
+
+
+def add_site(p: argparse.ArgumentParser) -> None:
+    """--site: the zeroconf site label a device keeps to."""
+    p.add_argument("--site", type=argtypes.site, metavar="LABEL",
+                   help="use only edges advertising this site label (edge-server --site); "
+                   "default: any edge")
 
 
 def read_token(token_file: Path | None) -> str | None:

@@ -17,9 +17,12 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+from ondevice.cli._exit import EXIT_INTERRUPTED
+
 T = TypeVar("T")
 
-EXIT_INTERRUPTED = 130
+__all__ = ["EXIT_INTERRUPTED", "Aborted", "run_interruptible"]
+
 
 
 class Aborted(Exception):

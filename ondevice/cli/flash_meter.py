@@ -26,6 +26,8 @@ from pathlib import Path
 from ondevice.common import argtypes
 from ondevice.common.extras import available, install_hint
 
+HELP = "copy the INA219 bridge firmware to a Pico running MicroPython (mpremote)"
+
 # (file in hw/firmware, its name on the Pico); main.py runs at boot, it imports ina219.py
 FIRMWARE = (("ina219.py", "ina219.py"), ("main.py", "main.py"))
 
@@ -87,7 +89,7 @@ def read_banner(port: str, timeout_s: float, banner: str) -> str | None:
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "flash-meter",
-        help="copy the INA219 bridge firmware to a Pico running MicroPython (mpremote)",
+        help=HELP,
         description="Copy hw/firmware (ina219.py, main.py) to a Raspberry Pi Pico running "
         "MicroPython with mpremote, reset it and read its banner back (docs/meters.md).",
     )

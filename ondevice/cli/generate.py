@@ -7,24 +7,23 @@ The text streams to stdout as tokens are committed; the report goes to stderr. W
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
 from ondevice.cli._device_flags import add_device_flags, device_from_args, runtime_errors
 from ondevice.cli._interrupt import EXIT_INTERRUPTED, Aborted, run_interruptible
-from ondevice.common import argtypes
-from ondevice.llm.device import draft_config
-from ondevice.llm.report import format_report
+from ondevice.common import argtypes, jsonout
 
-__all__ = ["add_parser", "draft_config", "read_prompt", "run"]
+HELP = "generate text with a draft model, verified by an edge (speculative decoding)"
+
+__all__ = ["add_parser", "read_prompt", "run"]
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "generate",
-        help="generate text with a draft model, verified by an edge (speculative decoding)",
+        help=HELP,
         description="Draft tokens on this device and have the edge's target model verify them. "
         "The output follows the target model's distribution exactly (greedy at temperature 0). "
         "The text streams to stdout as it is verified; the report goes to stderr (with --json, "
@@ -127,9 +126,11 @@ def run(args: argparse.Namespace) -> int:
         return 1
     data = report.to_dict()
     if args.json:
-        print(json.dumps(data))
+        print(jsonout.dumps(data))
     else:
         print()  # end the streamed text's line
     sys.stdout.flush()
+    from ondevice.llm.report import format_report
+
     print(format_report(data), file=sys.stderr)
     return EXIT_INTERRUPTED if interrupted else 0

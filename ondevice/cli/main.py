@@ -32,16 +32,16 @@ from ondevice.cli import (
 from ondevice.common.extras import install_hint, missing_extra
 from ondevice.common.version import coinfer_version
 
-COMMANDS = {
-    "generate": (generate.add_parser, generate.run),
-    "serve": (serve.add_parser, serve.run),
-    "discover": (discover.add_parser, discover.run),
-    "meter": (meter.add_parser, meter.run),
-    "demo": (demo.add_parser, demo.run),
-    "classify": (classify.add_classify_parser, classify.run_classify_cmd),
-    "bench": (bench.add_bench_parser, bench.run_bench),
-    "flash-meter": (flash_meter.add_parser, flash_meter.run),
-    "selftest": (selftest.add_parser, selftest.run),
+COMMANDS = {  # command -> (module, its add-parser function, its run function)
+    "generate": (generate, generate.add_parser, generate.run),
+    "serve": (serve, serve.add_parser, serve.run),
+    "discover": (discover, discover.add_parser, discover.run),
+    "meter": (meter, meter.add_parser, meter.run),
+    "demo": (demo, demo.add_parser, demo.run),
+    "classify": (classify, classify.add_classify_parser, classify.run_classify_cmd),
+    "bench": (bench, bench.add_bench_parser, bench.run_bench),
+    "flash-meter": (flash_meter, flash_meter.add_parser, flash_meter.run),
+    "selftest": (selftest, selftest.add_parser, selftest.run),
 }
 # command -> the optional top-level module it cannot even build its flags without
 NEEDS = {"generate": "llama_cpp", "serve": "llama_cpp", "demo": "llama_cpp",
@@ -60,7 +60,11 @@ def _command_of(argv: list[str]) -> str | None:
     return next((a for a in argv if not a.startswith("-")), None)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``ondevice`` parser. Only ``command``'s own flags are built (None: none): every
+    other command is listed with its one-line ``HELP``, so that ``ondevice --help`` and
+    ``--version`` import no command's dependencies (the flags of some list the policies,
+    datasets or profiles that live beside numpy)."""
     parser = argparse.ArgumentParser(
         prog="ondevice",
         description="coinfer device client: speculative decoding (GELATO) and split DNN "
@@ -71,11 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     missing = unavailable()
-    for name, (add_parser, _) in COMMANDS.items():
+    for name, (module, add_parser, _) in COMMANDS.items():
         if name in missing:
             sub.add_parser(name, help=f"(unavailable: {missing[name]})")
-        else:
+        elif name == command:
             add_parser(sub)
+        else:
+            sub.add_parser(name, help=module.HELP)
     return parser
 
 
@@ -86,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     if hint is not None:
         print(f"ondevice {command}: {hint}", file=sys.stderr)
         return 1
-    parser = build_parser()
+    parser = build_parser(command)
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help(sys.stderr)
@@ -97,10 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     try:
-        return COMMANDS[args.command][1](args)
-    except KeyboardInterrupt:  # before a command's own handling began (e.g. while importing)
-        print("\nondevice: interrupted", file=sys.stderr)
-        return 130
+        return COMMANDS[args.command][2](args)
     except ImportError as exc:
         hint = missing_extra(exc)
         if hint is None:

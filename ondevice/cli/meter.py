@@ -9,14 +9,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
+import logging
 import sys
 import time
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from hw import MeterError, PowerMeter, open_meter
 from ondevice.cli._interrupt import EXIT_INTERRUPTED, Aborted, run_interruptible
-from ondevice.common import argtypes
+from ondevice.common import argtypes, jsonout
+
+if TYPE_CHECKING:
+    from hw import PowerMeter
+
+HELP = "read a power meter live"
 
 __all__ = ["run_meter"]
 
@@ -24,7 +28,7 @@ REFRESH_S = 0.25  # s between live-readout refreshes on a terminal
 LINE_EVERY_S = 1.0  # s between readout lines when the output is not a terminal
 
 
-def _live_line(meter: PowerMeter, t0_s: float, now_s: float) -> str:
+def _live_line(meter: PowerMeter, t0_s: float, now_s: float, said: list[str]) -> str:
     s = meter.latest
     watts = f"{s.power_w:8.3f} W" if s else "       - W"
     volts = f"{s.voltage_v:7.3f} V" if s and s.voltage_v is not None else "      - V"
@@ -32,8 +36,11 @@ def _live_line(meter: PowerMeter, t0_s: float, now_s: float) -> str:
     joules = meter.energy_j(t0_s, now_s) if s else 0.0
     line = (f"{meter.kind}: {watts} {volts} {amps} {joules:10.3f} J "
             f"{meter.sample_rate_hz:5.1f} Hz  {now_s - t0_s:6.1f} s")
-    if meter.last_error:  # say why there is no reading, and that it keeps trying
-        line += f"  no reading: {meter.last_error}; retrying"
+    if meter.last_error:  # say why there is no reading (once per reason), and that it retries
+        why = "" if said and said[-1] == meter.last_error else f": {meter.last_error}"
+        if why:
+            said.append(meter.last_error)
+        line += f"  no reading{why}; retrying"
     return line
 
 
@@ -86,6 +93,8 @@ async def run_meter(spec: str, seconds: float | None, as_json: bool,
     meter gave no reading at all (energy is then null, not 0); 130 when ``stop`` was set; 2
     for a bad SPEC or a meter that cannot start (message on stderr).
     """
+    from hw import MeterError, open_meter
+
     try:
         meter = open_meter(spec)
     except MeterError as err:
@@ -97,6 +106,7 @@ async def run_meter(spec: str, seconds: float | None, as_json: bool,
             t0_s = time.monotonic()
             end_s = t0_s + seconds if seconds is not None else None
             last_line_s = t0_s
+            said: list[str] = []  # the reasons for no reading the readout gave so far
             try:
                 while (end_s is None or time.monotonic() < end_s) and not (
                     stop is not None and stop.is_set()
@@ -110,11 +120,11 @@ async def run_meter(spec: str, seconds: float | None, as_json: bool,
                             await asyncio.wait_for(stop.wait(), max(step_s, 0.0))
                     now_s = time.monotonic()
                     if tty:
-                        out.write("\r\x1b[2K" + _live_line(meter, t0_s, now_s))
+                        out.write("\r\x1b[2K" + _live_line(meter, t0_s, now_s, said))
                         out.flush()
                     elif not as_json and now_s - last_line_s >= LINE_EVERY_S:
                         last_line_s = now_s
-                        print(_live_line(meter, t0_s, now_s), file=out, flush=True)
+                        print(_live_line(meter, t0_s, now_s, said), file=out, flush=True)
             except asyncio.CancelledError:  # Ctrl-C under asyncio.run: still summarize
                 task = asyncio.current_task()
                 if task is not None and hasattr(task, "uncancel"):  # 3.11+: request handled
@@ -128,9 +138,9 @@ async def run_meter(spec: str, seconds: float | None, as_json: bool,
         out.write("\r\x1b[2K")
     _print_summary(summary, out)
     if as_json:
-        print(json.dumps(summary), file=out, flush=True)
+        print(jsonout.dumps(summary), file=out, flush=True)
     if summary["error"] is not None:
-        print(f"ondevice meter: no reading from {spec}: {summary['error']}", file=sys.stderr)
+        print(f"ondevice meter: no reading from {spec} (why: above)", file=sys.stderr)
         return 1
     return 130 if stop is not None and stop.is_set() else 0
 
@@ -138,7 +148,7 @@ async def run_meter(spec: str, seconds: float | None, as_json: bool,
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "meter",
-        help="read a power meter live",
+        help=HELP,
         description="Show live power readings (W, V, A, cumulative J, sample rate).",
     )
     p.add_argument("--meter", required=True, help="meter SPEC, e.g. um25c:/dev/rfcomm0 or sim")
@@ -150,6 +160,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from hw import MeterSpecError
 
+    if not args.verbose:  # the readout and the summary say why a meter gives no reading
+        logging.getLogger("hw").setLevel(logging.ERROR)
     try:
         status, _ = run_interruptible(
             lambda stop: run_meter(args.meter, args.seconds, args.json, stop=stop),

@@ -10,13 +10,16 @@ worked, 1 when llama.cpp could not load or run the model. ``--json``: one JSON o
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
 from pathlib import Path
 from typing import Any
 
+from ondevice.common import jsonout
 from ondevice.common.version import coinfer_version
+
+HELP = ("print llama.cpp's backend and CPU features; with --model, load it and decode one "
+        "token")
 
 
 def features(system_info: str) -> list[str]:
@@ -31,8 +34,7 @@ def features(system_info: str) -> list[str]:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("selftest", help="print llama.cpp's backend and CPU features; "
-                       "with --model, load it and decode one token")
+    p = sub.add_parser("selftest", help=HELP)
     p.add_argument("--model", type=Path, metavar="X.gguf", help="a GGUF to load and run once")
     p.add_argument("--json", action="store_true", help="one JSON object")
 
@@ -70,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
             report["error"] = str(exc)
             ok = False
     if args.json:
-        print(json.dumps(report, sort_keys=True))
+        print(jsonout.dumps(report, sort_keys=True))
     else:
         model = (f"; loaded {report['model']} in {report['load_ms']} ms, one decode "
                  f"{report['decode_ms']} ms" if "model" in report else "")

@@ -18,6 +18,9 @@ from pathlib import Path
 
 from ondevice.cli._device_flags import add_device_flags, device_from_args, runtime_errors
 from ondevice.common import argtypes
+from ondevice.common.http_limits import add_guard_flags
+
+HELP = "OpenAI-compatible HTTP API on this device (completions and chat, streaming)"
 
 SHUTDOWN_TIMEOUT_S = 30.0  # s a request in flight gets to finish after SIGTERM
 
@@ -25,7 +28,7 @@ SHUTDOWN_TIMEOUT_S = 30.0  # s a request in flight gets to finish after SIGTERM
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "serve",
-        help="OpenAI-compatible HTTP API on this device (completions and chat, streaming)",
+        help=HELP,
         description="Serve /v1/models, /v1/completions and /v1/chat/completions (OpenAI's API, "
         "streaming with stream: true) and /health, generating with the draft here and the edge's "
         "target (the same output as ondevice generate). One generation at a time; up to "
@@ -44,6 +47,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    ".gguf)")
     p.add_argument("--max-queue", type=argtypes.non_negative_int, default=8,
                    help="requests that may wait behind the one generating (default 8)")
+    add_guard_flags(p.add_argument_group("connection limits"))
 
 
 def _read_key(path: Path | None) -> str | None:
@@ -73,27 +77,38 @@ def _request_logger() -> logging.Logger:
 async def _serve(args: argparse.Namespace, device: object, key: str | None) -> int:
     from aiohttp import web
 
+    from ondevice.common.http_guard import (
+        GuardedSite,
+        HeadGuard,
+        http_logger,
+        limit_accept_errors,
+    )
     from ondevice.serve.app import ServeConfig, create_app
 
     access = _request_logger()
     config = ServeConfig(device=lambda: device, model_name=args.model_name, api_key=key,
                          max_queue=args.max_queue, log=access.info)
+    loop = asyncio.get_running_loop()
+    limit_accept_errors(loop, logger=logging.getLogger("ondevice.serve"))
     runner = web.AppRunner(create_app(config), access_log=None,
-                           shutdown_timeout=SHUTDOWN_TIMEOUT_S)
+                           shutdown_timeout=SHUTDOWN_TIMEOUT_S,
+                           logger=http_logger("ondevice.serve.http"),
+                           keepalive_timeout=args.keepalive_timeout)
     await runner.setup()  # starts the app: loads the draft, starts the meter (may raise)
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
-        site = web.TCPSite(runner, args.host, args.port)
+        guard = HeadGuard(timeout_s=args.header_timeout,
+                          max_pending=args.max_pending_connections)
+        site = GuardedSite(runner, args.host, args.port, guard=guard)
         try:
             await site.start()
         except OSError as exc:
             print(f"ondevice serve: cannot listen on {args.host}:{args.port}: "
                   f"{exc.strerror or exc}", file=sys.stderr)
             return 1
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        port = site.port
         host = f"[{args.host}]" if ":" in args.host else args.host
         access.info("ondevice serve: model %s, listening on http://%s:%d",
                     config.model_name or getattr(device, "model_id", "?"), host, port)

@@ -10,11 +10,16 @@ workstation tools (``export``). The edge server and the export tools import noth
 - ``feature_codec``, ``dnn_profile``, ``split_math``, ``sample_photos``: the split DNN's 8-bit
   feature packets, its ``profile.json``, the shared ENACHI math (edge bandwidth shares, stop
   thresholds) and the seeded evaluation crops.
-- ``files``: atomic file output.
+- ``stream_advice``: the edge's advice to stream, which the fleet simulator computes too.
+- ``files``: atomic file output; ``jsonout``: strict JSON (NaN and infinities as null).
+- ``http_guard``, ``http_limits``, ``bearer``: what the two HTTP servers (the edge and
+  ``ondevice serve``) share: connection guards below aiohttp, their flags and defaults, bearer
+  tokens compared in constant time.
 
 Rule (checked by tests/test_layout.py): modules here import only the standard library, numpy,
 msgpack, llama-cpp-python, onnxruntime and each other; never ``ondevice``'s other subpackages,
-``edge_server``, ``export``, ``hw``, aiohttp, zeroconf or torch. The one exception is
-``sample_photos``, which reads the photos scikit-learn and scikit-image ship (with Pillow)
-inside its functions. Importing this package loads none of its modules.
+``edge_server``, ``export``, ``hw``, aiohttp, zeroconf or torch. The exceptions:
+``sample_photos`` reads the photos scikit-learn and scikit-image ship (with Pillow) inside its
+functions, and ``http_guard`` wraps aiohttp's connections (aiohttp is a base dependency).
+Importing this package loads none of its modules.
 """

@@ -93,3 +93,34 @@ def seed(text: str) -> int:
     if value >= 1 << 63:
         raise argparse.ArgumentTypeError(f"must be < 2^63, got {value}")
     return value
+
+
+def edge_url(text: str) -> str:
+    """An edge's URL: ``http://HOST[:PORT][/...]`` or ``https://...`` with a host, nothing
+    else (no other scheme, no bare ``HOST:PORT``); returned without a trailing slash."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(text.strip())
+        port = parts.port  # raises ValueError for a port that is not a number in range
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a URL ({exc}): {text!r}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        hint = f" (did you mean http://{text}?)" if "://" not in text else ""
+        raise argparse.ArgumentTypeError(
+            f"give http://HOST:PORT or https://HOST:PORT, got {text!r}{hint}")
+    del port
+    return text.strip().rstrip("/")
+
+
+_SITE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+
+
+def site(text: str) -> str:
+    """A site label (``--site``): 1-63 letters, digits, ``.``, ``_``, ``-``, starting with a
+    letter or digit (it travels in a zeroconf TXT record)."""
+    if not _SITE.fullmatch(text):
+        raise argparse.ArgumentTypeError(
+            f"not a site label: {text!r} (1-63 letters, digits, '.', '_', '-')")
+    return text
+

@@ -11,7 +11,12 @@ TXT key    value
 ``auth``   ``1`` when requests need ``Authorization: Bearer``, else ``0``
 ``tls``    ``1`` when the edge serves HTTPS/WSS, else ``0``
 ``fp``     SHA-256 of the TLS certificate (DER), hex, when ``tls`` is ``1``
+``site``   the site label the operator gave (``edge-server --site``), absent when none
 =========  =======================================================================
+
+A site label keeps fleets apart on one network: a device given a site (``--site``) uses only
+edges that advertise that label, so a developer's own edge, or the lab next door's, never
+captures its sessions. A device without one uses any edge.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ class EdgeRecord:
     auth: bool
     tls: bool
     fingerprint: str = ""
+    site: str = ""
     rtt_ms: float | None = None
     extra: dict[str, str] = field(default_factory=dict)
 
@@ -67,6 +73,7 @@ def encode_txt(
     capacity: int,
     auth: bool,
     fingerprint: str = "",
+    site: str = "",
 ) -> dict[str, str]:
     """TXT properties of an edge (see the table above)."""
     txt = {
@@ -80,6 +87,8 @@ def encode_txt(
     }
     if fingerprint:
         txt["fp"] = fingerprint
+    if site:
+        txt["site"] = site
     return txt
 
 
@@ -94,7 +103,7 @@ def decode_txt(name: str, host: str, port: int, props: dict[bytes, bytes | None]
     except ValueError as exc:
         raise ValueError(f"edge {name}: malformed TXT record {txt}") from exc
     split = lambda s: [x for x in s.split(",") if x]  # noqa: E731
-    known = {"v", "caps", "models", "vocab", "load", "auth", "tls", "fp"}
+    known = {"v", "caps", "models", "vocab", "load", "auth", "tls", "fp", "site"}
     return EdgeRecord(
         name=name,
         host=host,
@@ -108,5 +117,6 @@ def decode_txt(name: str, host: str, port: int, props: dict[bytes, bytes | None]
         auth=txt.get("auth") == "1",
         tls=txt.get("tls") == "1",
         fingerprint=txt.get("fp", ""),
+        site=txt.get("site", ""),
         extra={k: v for k, v in txt.items() if k not in known},
     )

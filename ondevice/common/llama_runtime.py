@@ -20,6 +20,7 @@ import functools
 import hashlib
 import logging
 import os
+import re
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -140,6 +141,11 @@ def new_context(model: LlamaModel, config: LlamaConfig, *, n_seq_max: int = 1,
     return ctx
 
 
+_USER_DEFINED = 16  # llama_token_attr LLAMA_TOKEN_ATTR_USER_DEFINED (llama.h)
+# A user-defined token that stands for another modality, not for text: Gemma 3's
+# <start_of_image>, <end_of_image>, <image_soft_token>; Qwen-VL's <|vision_start|>, <|image_pad|>
+MODALITY_MARKER = re.compile(rb"<\|?[a-z_]*(?:image|img|audio|video|vision)[a-z_]*\|?>")
+
 _C = TypeVar("_C", bound="_Closing")
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -215,6 +221,8 @@ class LlamaModel(_Closing):
             t for t in range(self.n_vocab) if llama_cpp.llama_vocab_is_eog(self._vocab, t)
         )
         self._vocab_hash: str | None = None
+        self._max_token_bytes: int | None = None
+        self._pieces: dict[int, bytes] = {}  # token -> its bytes as text (``piece``)
 
     def _alive(self) -> bool:
         return bool(getattr(self, "_model", None))
@@ -258,13 +266,30 @@ class LlamaModel(_Closing):
 
     @_native
     def piece(self, token: int) -> bytes:
-        """The bytes of one token (special tokens render as nothing)."""
+        """The bytes of one token as text. Special tokens render as nothing: control tokens
+        (llama.cpp's rule: ``<end_of_turn>``) and the placeholders of other modalities, which
+        a GGUF converted from Hugging Face keeps as user-defined tokens
+        (``<start_of_image>``, ``<image_soft_token>``: see ``MODALITY_MARKER``); other
+        user-defined tokens are text (Gemma's ``<table>`` is the five letters)."""
+        known = self._pieces.get(token)
+        if known is not None:
+            return known
         buf = ctypes.create_string_buffer(64)
         n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, 64, 0, False)
         if n < 0:
             buf = ctypes.create_string_buffer(-n)
             n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, -n, 0, False)
-        return buf.raw[:n]
+        raw = buf.raw[:n]
+        if (int(llama_cpp.llama_vocab_get_attr(self._vocab, token)) & _USER_DEFINED
+                and MODALITY_MARKER.fullmatch(raw)):
+            raw = b""
+        self._pieces[token] = raw
+        return raw
+
+    @_native
+    def token_text(self, token: int) -> bytes:
+        """The token's entry in the vocabulary, as stored (``▁x`` for " x", ``<0x0A>``)."""
+        return llama_cpp.llama_vocab_get_text(self._vocab, token) or b""
 
     def detokenize(self, tokens: Sequence[int]) -> str:
         return b"".join(self.piece(t) for t in tokens).decode("utf-8", errors="replace")
@@ -280,6 +305,18 @@ class LlamaModel(_Closing):
                 h.update(int(llama_cpp.llama_vocab_get_attr(self._vocab, t)).to_bytes(4, "little"))
             self._vocab_hash = h.hexdigest()[:32]
         return self._vocab_hash
+
+    @_native
+    def max_token_bytes(self) -> int:
+        """An upper bound on the UTF-8 bytes one token stands for: the longest token text in
+        the vocabulary (a token's text is never shorter than its bytes: ``▁`` and ``Ġ``
+        stand for one space, ``<0x0A>`` for one byte). A text of B bytes needs at least
+        B / this many tokens."""
+        if self._max_token_bytes is None:
+            self._max_token_bytes = max(
+                1, max(len(llama_cpp.llama_vocab_get_text(self._vocab, t) or b"")
+                       for t in range(self.n_vocab)))
+        return self._max_token_bytes
 
 
 class LlamaRunner(_Closing):

@@ -18,6 +18,10 @@ from __future__ import annotations
 import numpy as np
 
 GREEDY_EPS = 1e-6  # temperatures at or below this are treated as greedy (argmax)
+# A greedy choice whose runner-up is this close (in logits) is a near-tie: llama.cpp's logits
+# for one position differ by a few hundredths between batch shapes (one token or several per
+# decode), enough to flip such a choice. See near_ties and docs/gelato.md.
+TIE_GAP = 0.1
 
 
 def session_rng(seed: int, side: str) -> np.random.Generator:
@@ -77,6 +81,18 @@ def sample_full(logits: np.ndarray, temperature: float, rng: np.random.Generator
     if temperature <= GREEDY_EPS:
         return int(np.argmax(logits))
     return sample_index(softmax(logits, temperature), rng.random())
+
+
+def near_ties(logits: np.ndarray, gap: float = TIE_GAP) -> int:
+    """Rows of ``logits [m, vocab]`` whose two largest values differ by less than ``gap``:
+    greedy choices a rounding difference could flip."""
+    n = 0
+    for row in np.atleast_2d(logits):
+        best = int(np.argmax(row))
+        top = row[best]
+        second = max(row[:best].max(initial=-np.inf), row[best + 1:].max(initial=-np.inf))
+        n += int(top - second < gap)
+    return n
 
 
 def verify(

@@ -25,11 +25,19 @@ type ``t``     direction  keys (wire type, unit)
                           ms); ``batch`` tokens in the batched decode that verified it (int);
                           ``advise`` (bool): true while the edge is the fleet's bottleneck and
                           a verified position costs it more per produced token than a
-                          streamed one, i.e. the fleet goes faster if its sessions stream
+                          streamed one, i.e. the fleet goes faster if its sessions stream;
+                          since issue 22, at temperature 0: ``ties`` (int) the tokens this frame
+                          commits whose greedy choice was a near-tie for the target (top two
+                          logits within ``speculative.TIE_GAP``)
 ``generate``   dev->edge  ``session`` (str); ``max_tokens`` (int): the target generates alone
 ``tokens``     edge->dev  ``ids`` (bin int32[m]); ``done`` (bool); ``verify_ms`` (float, ms);
-                          optional ``queue_ms`` (float, ms), ``batch`` (int) and ``advise``
-                          (bool) as in ``verdict``
+                          optional ``queue_ms`` (float, ms), ``batch`` (int), ``advise``
+                          (bool) and ``ties`` (int) as in ``verdict``
+``stop``       dev->edge  ``session`` (str): end the ``generate`` stretch in progress after the
+                          decode step in flight (the edge checks between steps); its last
+                          ``tokens`` frame (``done`` true) follows. Ignored when no stretch is
+                          in progress (it ended first). Since issue 22: an older edge answers
+                          ``bad-frame``
 ``close``      dev->edge  ``session`` (str)
 ``error``      edge->dev  ``code`` (str, one of ``ERROR_CODES``); ``message`` (str)
 ``dnn_open``   dev->edge  one split-inference task. ``v`` protocol version (int); ``model`` DNN
@@ -154,6 +162,7 @@ class Verdict:
     queue_ms: float | None = None  # waited for a batch (None: the edge did not say)
     batch: int | None = None  # tokens in the decode that verified this round
     advise: bool | None = None  # the edge advises its sessions to stream (None: did not say)
+    ties: int | None = None  # near-tie greedy tokens among those committed (None: not counted)
 
 
 @dataclass(slots=True)
@@ -170,6 +179,12 @@ class Tokens:
     queue_ms: float | None = None
     batch: int | None = None
     advise: bool | None = None
+    ties: int | None = None
+
+
+@dataclass(slots=True)
+class Stop:
+    session: str
 
 
 @dataclass(slots=True)
@@ -231,7 +246,7 @@ class Result:
 
 
 Message = (
-    Open | Opened | Round | Verdict | Generate | Tokens | Close | Error
+    Open | Opened | Round | Verdict | Generate | Tokens | Stop | Close | Error
     | DnnOpen | DnnOpened | Feature | Input | Result
 )
 
@@ -260,7 +275,7 @@ def encode(msg: Message) -> bytes:
             "token": msg.token,
             "verify_ms": msg.verify_ms,
             "edge_ms": msg.edge_ms,
-            **_load_keys(msg.queue_ms, msg.batch, msg.advise),
+            **_load_keys(msg.queue_ms, msg.batch, msg.advise, msg.ties),
         }
     elif isinstance(msg, Open):
         body = {
@@ -289,8 +304,10 @@ def encode(msg: Message) -> bytes:
             "ids": _arr(msg.ids, _I32),
             "done": msg.done,
             "verify_ms": msg.verify_ms,
-            **_load_keys(msg.queue_ms, msg.batch, msg.advise),
+            **_load_keys(msg.queue_ms, msg.batch, msg.advise, msg.ties),
         }
+    elif isinstance(msg, Stop):
+        body = {"t": "stop", "session": msg.session}
     elif isinstance(msg, Close):
         body = {"t": "close", "session": msg.session}
     elif isinstance(msg, Error):
@@ -342,11 +359,13 @@ def _opt(body: dict, key: str, typ: type) -> Any:
     return _get(body, key, typ) if key in body else None
 
 
-def _load_keys(queue_ms: float | None, batch: int | None,
-               advise: bool | None) -> dict[str, Any]:
-    """The optional keys of ``verdict`` and ``tokens`` (the edge's load and its advice), only
-    when known."""
+def _load_keys(queue_ms: float | None, batch: int | None, advise: bool | None,
+               ties: int | None) -> dict[str, Any]:
+    """The optional keys of ``verdict`` and ``tokens`` (the edge's load, its advice, the
+    near-ties), only when known."""
     out: dict[str, Any] = {}
+    if ties is not None:
+        out["ties"] = int(ties)
     if advise is not None:
         out["advise"] = bool(advise)
     if queue_ms is not None:
@@ -404,6 +423,7 @@ def decode(frame: bytes) -> Message:
             queue_ms=_opt(body, "queue_ms", float),
             batch=_opt(body, "batch", int),
             advise=_opt(body, "advise", bool),
+            ties=_opt(body, "ties", int),
         )
     if kind == "open":
         return Open(
@@ -434,7 +454,10 @@ def decode(frame: bytes) -> Message:
             queue_ms=_opt(body, "queue_ms", float),
             batch=_opt(body, "batch", int),
             advise=_opt(body, "advise", bool),
+            ties=_opt(body, "ties", int),
         )
+    if kind == "stop":
+        return Stop(session=_get(body, "session", str))
     if kind == "close":
         return Close(session=_get(body, "session", str))
     if kind == "error":

@@ -48,6 +48,7 @@ class ClassifyRequest:
     edge: str | None = None
     discover: bool = True  # without ``edge``: find one with zeroconf
     interfaces: tuple[str, ...] = ()
+    site: str | None = None  # only edges advertising this site label (None: any)
     browse_s: float = 2.0
     token: str | None = None
     image: Path | None = None
@@ -117,7 +118,7 @@ async def find_edge(req: ClassifyRequest, profile: DnnProfile) -> tuple[str | No
     if req.edge or not req.discover or req.policy == "device-only":
         return req.edge, []
     records = await async_discover(timeout_s=req.browse_s, interfaces=req.interfaces,
-                                   token=req.token)
+                                   token=req.token, site=req.site)
     usable, rejected = rank_edges(records, vocab_hash=None, capability="dnn")
     notes = [f"not using {r.record.url}: {r.reason}" for r in rejected]
     for rec in usable:
@@ -268,13 +269,15 @@ def format_summary(rep: ClassifyReport) -> str:
     def f(x: Any, fmt: str) -> str:
         return "-" if x is None else format(x, fmt)
 
+    accuracy = (f"{s['metric']} {s['accuracy']:.4f}" if s["accuracy"] is not None
+                else "no labels (no accuracy)")
     budget = ""
     if s["budget_w"] is not None:
         text = format_budget(s["budget_w"], s["mean_power_w"], s["budget_met"])
         budget = f"\nbudget     {text}"
     return (f"policy     {rep.policy}  model {rep.model}  edge {rep.edge or '-'}\n"
             f"channel    {rep.channel}\nmeter      {rep.meter}\n"
-            f"tasks      {s['tasks']}  {s['metric']} {f(s['accuracy'], '.4f')}  deadline "
+            f"tasks      {s['tasks']}  {accuracy}  deadline "
             f"misses {f(s['deadline_miss_rate'], '.1%')}  splits {format_splits(s['splits'])}\n"
             f"energy     {_mj(s['j_per_task'], 'mJ/task')} ({s['energy_source']}; compute "
             f"{_mj(s['compute_j'])}, radio {_mj(s['radio_j'])} in all), mean "

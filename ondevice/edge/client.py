@@ -103,6 +103,8 @@ class EdgeClient:
         # True while a request's reply (or an edge-only stream) has not been read to its end:
         # the socket then holds frames a next session must not see, so it is not reused.
         self._in_flight = False
+        self._stretch = False  # inside async_generate, before its last chunk
+        self._stop_sent = False
 
     async def __aenter__(self) -> EdgeClient:
         self._http = aiohttp.ClientSession()
@@ -285,19 +287,30 @@ class EdgeClient:
         return verdict
 
     async def async_generate(self, max_tokens: int) -> AsyncIterator[wire.Tokens]:
-        """Let the target generate alone; yields token chunks until one has ``done``."""
+        """Let the target generate alone; yields token chunks until one has ``done``.
+        ``async_stop`` while iterating makes the edge end the stretch after its decode step."""
         assert self.session_id is not None, "async_open first"
         self._in_flight = True  # until the chunk with ``done``: a caller may stop reading
+        self._stretch = True
+        self._stop_sent = False
         await self._send(wire.Generate(self.session_id, max_tokens))
         while True:
             reply = await self._receive()
             if not isinstance(reply, wire.Tokens):
                 raise wire.EdgeError("bad-frame", f"expected Tokens, got {reply!r}")
             if reply.done:
-                self._in_flight = False
+                self._in_flight = self._stretch = False
             yield reply
             if reply.done:
                 return
+
+    async def async_stop(self) -> None:
+        """Ask the edge to end the stretch in progress after its decode step (one ``stop``
+        frame however often it is called); the stretch's chunks then end with the edge's
+        last frame. Nothing happens outside a stretch."""
+        if self._stretch and not self._stop_sent and self.session_id is not None:
+            self._stop_sent = True
+            await self._send(wire.Stop(self.session_id))
 
     # -- split inference (ENACHI): one DNN session per task ---------------------------------
 

@@ -60,7 +60,8 @@ class EdgeBrowser:
     ``async with EdgeBrowser(...) as browser`` keeps a zeroconf browser running, so that after
     the first answers (about a second after start) ``async_records`` returns at once from the
     cache: a device that loses its edge mid-generation finds the next one without waiting for
-    a fresh browse.
+    a fresh browse. With ``site``, only edges advertising that site label count (the others
+    are neither listed nor probed).
     """
 
     def __init__(
@@ -69,8 +70,10 @@ class EdgeBrowser:
         interfaces: Sequence[str] = (),
         token: str | None = None,
         fingerprint: str | None = None,
+        site: str | None = None,
     ) -> None:
         self.interfaces = list(interfaces)
+        self.site = site
         self.token = token
         self.fingerprint = fingerprint
         self.names: set[str] = set()
@@ -141,7 +144,8 @@ class EdgeBrowser:
         if self._azc is None:
             raise RuntimeError("EdgeBrowser is not open")
         resolved = await asyncio.gather(*(self._resolve(n) for n in sorted(self.names)))
-        records = [r for r in resolved if r is not None]
+        records = [r for r in resolved
+                   if r is not None and (self.site is None or r.site == self.site)]
         if probe and records:
             async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
 
@@ -162,13 +166,16 @@ async def async_discover(
     token: str | None = None,
     fingerprint: str | None = None,
     probe: bool = True,
+    site: str | None = None,
 ) -> list[EdgeRecord]:
-    """Edges answering on ``interfaces`` (IPv4 addresses; empty = all) within ``timeout_s``.
+    """Edges answering on ``interfaces`` (IPv4 addresses; empty = all) within ``timeout_s``
+    (with ``site``: only those advertising that site label).
 
     Answers take about a second to arrive (multicast query and response delays), so keep
     ``timeout_s`` at 1.5 s or more.
     """
-    async with EdgeBrowser(interfaces=interfaces, token=token, fingerprint=fingerprint) as b:
+    async with EdgeBrowser(interfaces=interfaces, token=token, fingerprint=fingerprint,
+                           site=site) as b:
         await asyncio.sleep(timeout_s)
         return await b.async_records(probe=probe)
 

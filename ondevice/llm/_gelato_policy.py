@@ -17,6 +17,7 @@ from ondevice.llm.acceptance import (
     PrequentialModel,
     TokenFeatures,
 )
+from ondevice.llm.policy_names import DEFAULT_V
 
 
 def _p_greater(mean_a: float, sd_a: float, mean_b: float, sd_b: float) -> float:
@@ -24,7 +25,6 @@ def _p_greater(mean_a: float, sd_a: float, mean_b: float, sd_b: float) -> float:
     return 0.5 * math.erfc(-(mean_a - mean_b) / math.sqrt(2 * (sd_a ** 2 + sd_b ** 2) + 1e-300))
 
 
-DEFAULT_V = 2.0  # J per token: the queue's price of one expected token (see docs/gelato.md)
 
 
 class GelatoPolicy(Policy):

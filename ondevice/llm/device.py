@@ -108,6 +108,7 @@ class Device:
         edge: str | None = None,
         discover: bool | None = None,
         interfaces: Sequence[str] = (),
+        site: str | None = None,
         token: str | None = None,
         fingerprint: str | None = None,
         allow_plaintext_token: bool = False,
@@ -135,7 +136,7 @@ class Device:
             plan = EdgePlan(
                 url=edge, fingerprint=fingerprint,
                 discover=(edge is None) if discover is None else discover,
-                interfaces=tuple(interfaces), token=token, browse_s=browse_s,
+                interfaces=tuple(interfaces), site=site, token=token, browse_s=browse_s,
                 timeout_s=edge_timeout_s, require_edge=require_edge,
                 allow_plaintext_token=allow_plaintext_token,
             )
@@ -211,7 +212,8 @@ class Device:
             uses_edge = self.policy.mode != "device-only" and bool(plan.url or plan.discover)
             if uses_edge and plan.discover:
                 self.browser = await stack.enter_async_context(
-                    EdgeBrowser(interfaces=plan.interfaces, token=plan.token))
+                    EdgeBrowser(interfaces=plan.interfaces, token=plan.token,
+                                site=plan.site))
             self.edges = EdgePool(timeout_s=plan.timeout_s, token=plan.token,
                                   allow_plaintext_token=plan.allow_plaintext_token,
                                   on_bytes=self._on_bytes)
@@ -302,12 +304,14 @@ class Device:
         The output follows the edge's target model (greedy at temperature 0, the same text
         for the same seed); without an edge, the draft's. ``stop`` strings end the text just
         before the first of them (``stop_reason`` "stop"; ``tokens`` still lists everything
-        committed). ``parse_special`` reads special tokens written in ``prompt`` as tokens
+        committed, ``returned_tokens`` counts those up to the one that completed the stop
+        string). ``parse_special`` reads special tokens written in ``prompt`` as tokens
         (see ``tokenize``); ``prompt_ids`` gives the prompt already tokenized (``prompt`` is
         then its text for the record). Setting ``halt``, or calling ``halt()``, ends the generation
         after its current step. Leaving the iteration early (``break`` inside
         ``contextlib.aclosing``, a cancelled task, a closed client) does the same and waits
-        for that step, so the next generation starts on a quiet model.
+        for that step, so the next generation starts on a quiet model; ``last_report`` is
+        then what was generated until then.
 
         Raises ValueError (bad arguments, a prompt that does not fit the draft's context),
         ``EdgeRequired`` (``require_edge`` and no edge usable), ``wire.EdgeError`` (an edge
@@ -339,10 +343,22 @@ class Device:
             cut = StopCut(stop)
             self._halt = own_halt = asyncio.Event()
 
+            returned = 0  # tokens whose text was passed to the stop cut
+            reported = False  # last_report is this generation's
+
             def on_tokens(ids: list[int]) -> None:
+                nonlocal returned
                 if cut.hit is not None:
                     return
-                out = cut.push(text.feed(ids))
+                if not cut.stops:
+                    out = cut.push(text.feed(ids))
+                else:  # token by token: the one that completes a stop string is the last
+                    out, used = "", 0
+                    while used < len(ids) and cut.hit is None:
+                        out += cut.push(text.feed(ids[used:used + 1]))
+                        used += 1
+                    ids = ids[:used]
+                returned += len(ids)
                 pieces.put_nowait(Piece(out, tuple(ids)))
                 if cut.hit is not None:
                     own_halt.set()
@@ -367,7 +383,8 @@ class Device:
                     report.text = cut.text
                 if cut.hit is not None:
                     report.stop_reason = "stop"
-                self.last_report = report
+                    report.returned_tokens = returned
+                self.last_report, reported = report, True
             finally:
                 if relay is not None:
                     relay.cancel()
@@ -376,8 +393,11 @@ class Device:
                     # Wait for the step in flight: the draft's context must be quiet before
                     # anything else uses it. A second cancellation leaves it to the next call.
                     await asyncio.wait([task])
-                if task.done() and not task.cancelled():
-                    task.exception()  # retrieved: an abandoned run's error is not "unhandled"
+                # Retrieved: an abandoned run's error is not "unhandled"; an abandoned run's
+                # report (what it generated before the caller left) is the last one.
+                if (task.done() and not task.cancelled() and task.exception() is None
+                        and not reported):
+                    self.last_report = task.result()
                 self._halt = None
 
     async def complete(self, prompt: str, **options: Any) -> Report:

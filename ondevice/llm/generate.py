@@ -82,6 +82,11 @@ class _Totals:
     overhead_s: float = 0.0
     ahead: int = 0  # tokens drafted ahead while rounds were in flight
     ahead_hits: int = 0  # rounds whose tokens drafted ahead headed the next round
+    near_ties: int | None = None  # the edge's count of near-tie greedy tokens, once it gives one
+
+    def add_ties(self, ties: int | None) -> None:
+        if ties is not None:
+            self.near_ties = (self.near_ties or 0) + ties
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -97,6 +102,7 @@ class EdgePlan:
     fingerprint: str | None = None  # pinned TLS certificate SHA-256 (hex) for ``url``
     discover: bool = False
     interfaces: tuple[str, ...] = ()
+    site: str | None = None  # only edges advertising this site label (None: any)
     token: str | None = None
     browse_s: float = 2.0
     timeout_s: float = 15.0  # per edge reply
@@ -260,7 +266,7 @@ class Generation:
         async with contextlib.AsyncExitStack() as stack:
             if use_edge and plan.discover and self._browser is None:
                 self._browser = await stack.enter_async_context(
-                    EdgeBrowser(interfaces=plan.interfaces, token=plan.token)
+                    EdgeBrowser(interfaces=plan.interfaces, token=plan.token, site=plan.site)
                 )
             if use_edge and self._edges is None:  # this run's own sockets, closed at its end
                 self._edges = EdgePool(timeout_s=plan.timeout_s, token=plan.token,
@@ -426,12 +432,37 @@ class Generation:
             self._segment(target.url, start, stream)
 
     async def _edge_only(self, edge: EdgeClient, stream: DraftStream, budget: int) -> bool:
-        left = budget - len(stream.out)
-        async for chunk in edge.async_generate(left):
-            self.totals.verify_s += chunk.verify_ms / 1e3
-            if self._accept_tokens(stream, chunk.ids.tolist()) or self._stopping():
-                return True
-        return len(stream.out) >= budget
+        done, _, _ = await self._stretch(edge, stream, budget - len(stream.out))
+        return done or len(stream.out) >= budget
+
+    async def _stretch(self, edge: EdgeClient, stream: DraftStream, n: int
+                       ) -> tuple[bool, bool | None, float]:
+        """The target generates up to ``n`` tokens alone, committed as they come. A stop
+        (Ctrl-C, SIGTERM, a stop string, a client gone) asks the edge to end the stretch
+        after its decode step; the tokens still on their way are read, not committed.
+        Returns (done: generation over, the edge's last advice, the edge's compute s)."""
+        done, advice, edge_s = False, None, 0.0
+        watcher = (asyncio.create_task(self._stop_stretch(edge)) if self._stop is not None
+                   else None)
+        try:
+            async for chunk in edge.async_generate(n):  # read to its last frame
+                edge_s += chunk.verify_ms / 1e3
+                advice = chunk.advise if chunk.advise is not None else advice
+                if not done:
+                    self.totals.add_ties(chunk.ties)
+                    done = self._stopping() or self._accept_tokens(stream, chunk.ids.tolist())
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+        self.totals.verify_s += edge_s
+        return done, advice, edge_s
+
+    async def _stop_stretch(self, edge: EdgeClient) -> None:
+        """Beside a stretch: the moment the caller asks to stop, tell the edge."""
+        assert self._stop is not None
+        await self._stop.wait()
+        with contextlib.suppress(EdgeUnavailable):  # the stretch's reader reports a lost edge
+            await edge.async_stop()
 
     async def _speculate(self, edge: EdgeClient, stream: DraftStream, budget: int) -> bool:
         policy, tot = self.policy, self.totals
@@ -442,15 +473,9 @@ class Generation:
             d0 = time.monotonic()  # the policy's decisions count as the round's overhead
             n_stream = min(policy.stream_tokens(left), left)
             if n_stream > 0:  # the stream action: the edge generates the stretch alone
-                r0, before, done = time.monotonic(), len(stream.out), False
-                advice, edge_s = None, 0.0
-                async for chunk in edge.async_generate(n_stream):  # read to its last frame
-                    edge_s += chunk.verify_ms / 1e3
-                    advice = chunk.advise if chunk.advise is not None else advice
-                    if not done:
-                        done = self._accept_tokens(stream, chunk.ids.tolist())
+                r0, before = time.monotonic(), len(stream.out)
+                done, advice, edge_s = await self._stretch(edge, stream, n_stream)
                 r1 = time.monotonic()
-                tot.verify_s += edge_s
                 policy.observe_stream(len(stream.out) - before, r1 - r0,
                                       self.meter.energy_j(r0, r1), edge_advice=advice,
                                       verify_s=edge_s)
@@ -494,6 +519,7 @@ class Generation:
             tot.accepted += verdict.accepted
             tot.draft_s += drafted.draft_s
             tot.verify_s += verdict.verify_ms / 1e3
+            tot.add_ties(verdict.ties)
             tot.rtt_s += rtt_s
             tot.round_s += r1 - r0
             policy.observe(
@@ -625,6 +651,7 @@ class Generation:
             meter_started_monotonic_s=self.meter.started_t_s,
             ahead_drafted=tot.ahead,
             ahead_hits=tot.ahead_hits,
+            near_ties=tot.near_ties,
             edge_connects=(self._edges.connects - self._connects_before
                            if self._edges is not None else 0),
         )

@@ -7,8 +7,9 @@ baselines here, with ``make_policy`` that builds any of them by its ``--policy``
 from __future__ import annotations
 
 from ondevice.llm import gelato
-from ondevice.llm._gelato_policy import DEFAULT_V, GelatoPolicy
+from ondevice.llm._gelato_policy import GelatoPolicy
 from ondevice.llm._policy import Mode, Policy, RoundStats
+from ondevice.llm.policy_names import DEFAULT_V, POLICIES
 
 
 class FixedPolicy(Policy):
@@ -98,9 +99,6 @@ class HfHeuristicPolicy(Policy):
 
     def describe(self) -> dict[str, object]:
         return {"final_gamma": self.gamma, "cap": self.cap}
-
-
-POLICIES = ("gelato", "fixed", "adaedl", "hf-heuristic", "device-only", "edge-only")
 
 
 def make_policy(

@@ -57,6 +57,13 @@ class Report:
     policy_settings_start: dict[str, Any] = field(default_factory=dict)
     meter_started_monotonic_s: float | None = None  # when the meter began sampling
     edge_connects: int = 0  # edge sockets this prompt opened (0 when it reused a kept one)
+    # With a stop string: the committed tokens up to the one that completed it (what the
+    # text holds and an API's usage counts); None without a stop string hit.
+    returned_tokens: int | None = None
+    # At temperature 0: committed tokens the edge chose over a runner-up within TIE_GAP
+    # logits (``ondevice.common.speculative``), where the batch shape of llama.cpp's decode may
+    # flip the greedy choice; None when sampling or when no edge counted.
+    near_ties: int | None = None
     ahead_drafted: int = 0  # tokens drafted ahead while rounds were in flight
     ahead_hits: int = 0  # rounds whose tokens drafted ahead headed the next round
 
@@ -83,7 +90,9 @@ def format_report(report: dict[str, Any]) -> str:
         *([f"degraded      {report['degraded_reason']}"]
           if report.get("degraded_reason") else []),
         f"tokens        {report['n_tokens']} in {report['elapsed_s']:.2f} s"
-        f" = {report['tokens_per_s']:.1f} tokens/s ({report['stop_reason']})",
+        f" = {report['tokens_per_s']:.1f} tokens/s ({report['stop_reason']})"
+        + (f", {report['near_ties']} near-tie(s): greedy there may differ between policies"
+           if report.get("near_ties") else ""),
         f"rounds        {report['rounds']}, mean drafted {f(report['mean_drafted'], '.2f')},"
         f" acceptance {f(report['acceptance'], '.3f')}"
         + (f", drafted ahead {report['ahead_drafted']} ({report['ahead_hits']} rounds hit)"

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 import secrets
 import time
@@ -36,6 +35,7 @@ from typing import Any
 
 from aiohttp import web
 
+from ondevice.common import bearer, jsonout
 from ondevice.llm.device import Device
 from ondevice.serve.openai_api import (
     COMPLETION_DEFAULT_MAX_TOKENS,
@@ -91,6 +91,7 @@ class ServeState:
         self.served = 0
         self.started = time.time()
         self.log = config.log or log.info
+        self.max_token_bytes = 1 << 30  # the draft's longest token, once known (see _fits)
 
 
 STATE = web.AppKey("state", ServeState)
@@ -114,7 +115,9 @@ def create_app(config: ServeConfig) -> web.Application:
 async def _device_ctx(app: web.Application) -> AsyncIterator[None]:
     device = app[CONFIG].device()
     async with device:
-        app[STATE] = ServeState(app[CONFIG], device)
+        state = app[STATE] = ServeState(app[CONFIG], device)
+        assert device.model is not None
+        state.max_token_bytes = await asyncio.to_thread(device.model.max_token_bytes)
         yield
 
 
@@ -156,20 +159,20 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return await handler(request)
     except ApiError as exc:
         request[LOG_INFO]["error"] = exc.code or exc.type
-        return web.json_response(exc.body(), status=exc.status)
+        return web.json_response(dumps=jsonout.dumps, data=exc.body(), status=exc.status)
     except web.HTTPException as exc:  # unknown route, wrong method, body too large...
         if exc.status < 400:
             raise
         kind = "not_found" if exc.status == 404 else "invalid_request_error"
         err = ApiError(exc.status, f"{exc.reason}: {request.method} {request.path}",
                        type=kind)
-        return web.json_response(err.body(), status=exc.status, headers={
+        return web.json_response(dumps=jsonout.dumps, data=err.body(), status=exc.status, headers={
             k: v for k, v in exc.headers.items() if k.lower() == "allow"})
     except Exception:
         log.exception("internal error serving %s %s", request.method, request.path)
         err = ApiError(500, "internal error in the device server (see its log)",
                        type="server_error")
-        return web.json_response(err.body(), status=500)
+        return web.json_response(dumps=jsonout.dumps, data=err.body(), status=500)
 
 
 @web.middleware
@@ -177,9 +180,8 @@ async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     key = request.app[CONFIG].api_key
     if key is not None and request.path.startswith("/v1/"):
         given = request.headers.get("Authorization", "")
-        token = given[7:] if given[:7].lower() == "bearer " else ""
-        if not hmac.compare_digest(token.encode(), key.encode()):
-            raise ApiError(401, "Incorrect API key provided" if token else
+        if not bearer.authorized(given, key):
+            raise ApiError(401, "Incorrect API key provided" if bearer.bearer_token(given) else
                            "Missing API key: send Authorization: Bearer <key>",
                            code="invalid_api_key")
     return await handler(request)
@@ -194,13 +196,14 @@ def _model_object(state: ServeState) -> dict[str, Any]:
 
 async def models(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    return web.json_response({"object": "list", "data": [_model_object(state)]})
+    return web.json_response(dumps=jsonout.dumps,
+                             data={"object": "list", "data": [_model_object(state)]})
 
 
 async def model_info(request: web.Request) -> web.Response:
     state = request.app[STATE]
     _check_model(state, request.match_info["model"])
-    return web.json_response(_model_object(state))
+    return web.json_response(dumps=jsonout.dumps, data=_model_object(state))
 
 
 async def health(request: web.Request) -> web.Response:
@@ -219,7 +222,7 @@ async def health(request: web.Request) -> web.Response:
         "degraded": last.degraded if last is not None else None,
         "meter": dev.meter.kind if dev.meter is not None else None,
     }
-    return web.json_response(body, status=503 if state.draining else 200)
+    return web.json_response(dumps=jsonout.dumps, data=body, status=503 if state.draining else 200)
 
 
 def _check_model(state: ServeState, name: str) -> None:
@@ -254,9 +257,10 @@ async def _watch_client(request: web.Request, halt: asyncio.Event) -> None:
 
 
 @contextlib.asynccontextmanager
-async def _admitted(state: ServeState) -> AsyncIterator[None]:
+async def _admitted(state: ServeState, gone: asyncio.Event) -> AsyncIterator[bool]:
     """Hold the device for one generation, after those ahead; 429 when the queue is full,
-    503 while draining."""
+    503 while draining. Yields False, without the device, when ``gone`` is set (the client
+    left) while waiting: its place in the queue is given up at once."""
     def draining() -> ApiError:
         return ApiError(503, "the device server is shutting down", type="server_error",
                         code="shutting_down")
@@ -270,12 +274,39 @@ async def _admitted(state: ServeState) -> AsyncIterator[None]:
                        code="rate_limit_exceeded")
     state.admitted += 1
     try:
-        async with state.gate:
+        if not await _acquire(state.gate, gone):
+            yield False
+            return
+        try:
             if state.draining:
                 raise draining()
-            yield
+            yield True
+        finally:
+            state.gate.release()
     finally:
         state.admitted -= 1
+
+
+async def _acquire(lock: asyncio.Lock, gone: asyncio.Event) -> bool:
+    """Acquire ``lock`` (FIFO) unless ``gone`` is set first; True when acquired."""
+    if gone.is_set():
+        return False
+    acquire = asyncio.ensure_future(lock.acquire())
+    left = asyncio.ensure_future(gone.wait())
+    try:
+        await asyncio.wait((acquire, left), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        left.cancel()
+        if not acquire.done():
+            acquire.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await acquire
+    if acquire.cancelled():
+        return False
+    if gone.is_set():  # both at once: hand the lock on to the next in line
+        lock.release()
+        return False
+    return True
 
 
 def _device_error(exc: Exception) -> ApiError | None:
@@ -314,36 +345,55 @@ async def _prompt(state: ServeState, req: Request) -> tuple[str, list[int]]:
     return text, await dev.tokenize(text, parse_special=True)
 
 
+def _prompt_bytes(req: Request) -> int:
+    """UTF-8 bytes of the prompt, or of the chat messages' text."""
+    if req.prompt is not None:
+        return len(req.prompt.encode("utf-8"))
+    return sum(len(content.encode("utf-8")) for _, content in req.messages)
+
+
+def _too_long(req: Request, n_ctx: int, what: str) -> ApiError:
+    return ApiError(400, f"This model's maximum context length is {n_ctx} tokens; the "
+                         f"prompt has {what}. Shorten it.",
+                    param="prompt" if req.kind == "completion" else "messages",
+                    code="context_length_exceeded")
+
+
 async def _generate(request: web.Request, kind: Kind) -> web.StreamResponse:
+    """Parse and check the request, cheaply (a prompt whose bytes cannot fit the context is
+    refused before it is tokenized); then wait in the queue; tokenize and generate once at
+    its front, so that neither tokenizing nor templating runs beside a generation."""
     state = request.app[STATE]
     info = request[LOG_INFO]
     req = parse_request(kind, parse_body(await request.read()))
     _check_model(state, req.model)
     dev = state.device
-    prompt, ids = await _prompt(state, req)
     n_ctx = dev.n_ctx
-    if len(ids) >= n_ctx:
-        raise ApiError(400, f"This model's maximum context length is {n_ctx} tokens; the "
-                            f"prompt has {len(ids)} tokens. Shorten it.",
-                       param="prompt" if kind == "completion" else "messages",
-                       code="context_length_exceeded")
-    default = COMPLETION_DEFAULT_MAX_TOKENS if kind == "completion" else n_ctx - len(ids) - 1
-    options = {
-        "prompt_ids": ids, "max_tokens": req.max_tokens or default,
-        "temperature": req.temperature, "stop": req.stop,
-        "seed": req.seed if req.seed is not None else secrets.randbelow(MAX_SEED + 1),
-    }
+    n_bytes = _prompt_bytes(req)
+    if n_bytes > n_ctx * state.max_token_bytes:  # at least n_bytes / max_token_bytes tokens
+        raise _too_long(req, n_ctx, f"{n_bytes} bytes: more than {n_ctx} tokens of at most "
+                                    f"{state.max_token_bytes} bytes each")
     info["stream"] = req.stream
-    info["prompt_tokens"] = len(ids)
     rid = ("chatcmpl-" if kind == "chat" else "cmpl-") + secrets.token_hex(12)
     created = int(time.time())
-    async with _admitted(state):
-        halt = asyncio.Event()
-        watcher = asyncio.create_task(_watch_client(request, halt))
-        try:
-            if halt.is_set() or _client_gone(request):  # left while queued
+    halt = asyncio.Event()
+    watcher = asyncio.create_task(_watch_client(request, halt))  # from now on, queued too
+    try:
+        async with _admitted(state, halt) as admitted:
+            if not admitted or _client_gone(request):  # left while queued
                 info["client_gone"] = True
                 return web.Response(status=CLIENT_GONE)
+            prompt, ids = await _prompt(state, req)
+            if len(ids) >= n_ctx:
+                raise _too_long(req, n_ctx, f"{len(ids)} tokens")
+            default = (COMPLETION_DEFAULT_MAX_TOKENS if kind == "completion"
+                       else n_ctx - len(ids) - 1)
+            options = {
+                "prompt_ids": ids, "max_tokens": req.max_tokens or default,
+                "temperature": req.temperature, "stop": req.stop,
+                "seed": req.seed if req.seed is not None else secrets.randbelow(MAX_SEED + 1),
+            }
+            info["prompt_tokens"] = len(ids)
             if req.stream:
                 return await _stream(request, state, req, rid, created, prompt, options, halt)
             try:
@@ -353,16 +403,18 @@ async def _generate(request: web.Request, kind: Kind) -> web.StreamResponse:
                 if err is None:
                     raise
                 raise err from exc
-        finally:
-            watcher.cancel()
-        _log_report(state, info, report)
-        return web.json_response(response_body(kind, rid, created, state.model_name, report))
+    finally:
+        watcher.cancel()
+    _log_report(state, info, report)
+    return web.json_response(
+        dumps=jsonout.dumps,
+        data=response_body(kind, rid, created, state.model_name, report))
 
 
 def _log_report(state: ServeState, info: dict[str, Any], report: Any) -> None:
     state.served += 1
     info.update(
-        completion_tokens=report.n_tokens, tok_s=f"{report.tokens_per_s:.1f}",
+        completion_tokens=usage(report)["completion_tokens"], tok_s=f"{report.tokens_per_s:.1f}",
         stop=report.stop_reason, edge=report.edge or "-", degraded=report.degraded,
         energy_j="-" if report.energy_j is None else f"{report.energy_j:.3f}",
         energy_source=report.energy_source,
@@ -387,6 +439,7 @@ async def _stream(request: web.Request, state: ServeState, req: Request, rid: st
                 await resp.write(sse(chunk_body(kind, rid, created, name, role=True, text="")))
         await resp.write(sse(data))
 
+    before = dev.last_report  # the previous request's
     try:
         try:
             async with contextlib.aclosing(dev.stream(prompt, halt=halt, **options)) as pieces:
@@ -418,4 +471,6 @@ async def _stream(request: web.Request, state: ServeState, req: Request, rid: st
         await resp.write_eof()
     except ConnectionResetError:  # the client left mid-stream: the generation has been stopped
         info["client_gone"] = True
+        if "completion_tokens" not in info and dev.last_report not in (None, before):
+            _log_report(state, info, dev.last_report)
     return resp

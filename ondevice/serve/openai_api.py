@@ -20,6 +20,8 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+from ondevice.common import jsonout
+
 if TYPE_CHECKING:
     from ondevice.llm.report import Report
 
@@ -112,6 +114,15 @@ def parse_body(raw: bytes) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise ApiError(400, "The request body must be a JSON object, got "
                             f"{type(body).__name__}.")
+    if b"\\ud" in raw.lower():  # only a \uXXXX escape can carry a lone surrogate
+        try:
+            json.dumps(body, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as exc:
+            bad = exc.object[exc.start:exc.end].encode("utf-16", "surrogatepass")[2:]
+            raise ApiError(400, "The request body holds a lone UTF-16 surrogate (\\u"
+                                f"{int.from_bytes(bad[:2], 'little'):04x}) in a string: that is "
+                                "not Unicode text. Escape characters outside the BMP as a "
+                                "surrogate pair, or send them as UTF-8.") from None
     return body
 
 
@@ -236,8 +247,9 @@ def finish_reason(report: Report) -> str:
 
 
 def usage(report: Report) -> dict[str, int]:
-    return {"prompt_tokens": report.prompt_tokens, "completion_tokens": report.n_tokens,
-            "total_tokens": report.prompt_tokens + report.n_tokens}
+    n = report.n_tokens if report.returned_tokens is None else report.returned_tokens
+    return {"prompt_tokens": report.prompt_tokens, "completion_tokens": n,
+            "total_tokens": report.prompt_tokens + n}
 
 
 def coinfer_fields(report: Report) -> dict[str, Any]:
@@ -248,6 +260,7 @@ def coinfer_fields(report: Report) -> dict[str, Any]:
         "mean_power_w": report.mean_power_w, "acceptance": report.acceptance,
         "rounds": report.rounds, "mean_drafted": report.mean_drafted,
         "tokens_per_s": report.tokens_per_s, "elapsed_s": report.elapsed_s,
+        "near_ties": report.near_ties,
         "edge": report.edge, "degraded": report.degraded,
         "degraded_reason": report.degraded_reason, "stop_reason": report.stop_reason,
         "policy": report.policy, "policy_settings_start": report.policy_settings_start,
@@ -292,5 +305,5 @@ def chunk_body(kind: Kind, rid: str, created: int, model: str, *, text: str | No
 
 def sse(data: dict[str, Any] | str) -> bytes:
     """One server-sent event."""
-    payload = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
+    payload = data if isinstance(data, str) else jsonout.dumps(data, separators=(",", ":"))
     return f"data: {payload}\n\n".encode()

@@ -515,3 +515,75 @@ def test_item16_model_directory_is_named(tmp_path: Path) -> None:
     assert "is a directory" in lines[0] and "GGUF" in lines[0]
     assert "target.gguf" in lines[0]
 
+
+
+# -- a client that stops reading (round 3) -------------------------------------------------
+
+
+def _ws_frame(payload: bytes) -> bytes:
+    """One masked binary WebSocket frame, as a client sends it (RFC 6455 section 5.2)."""
+    import os as _os
+    import struct
+
+    head = bytearray([0x82])
+    n = len(payload)
+    if n < 126:
+        head.append(0x80 | n)
+    elif n < 1 << 16:
+        head += bytes([0x80 | 126]) + struct.pack(">H", n)
+    else:
+        head += bytes([0x80 | 127]) + struct.pack(">Q", n)
+    mask = _os.urandom(4)
+    return bytes(head) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+def _silent_client(url: str) -> socket.socket:
+    """A WebSocket to the edge that completes its handshake and then never reads again
+    (a tiny receive buffer, so that the edge's replies pile up on its side)."""
+    parts = urlsplit(url)
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.connect((parts.hostname, parts.port))
+    s.sendall(f"GET {wire.WS_PATH} HTTP/1.1\r\nHost: {parts.netloc}\r\nUpgrade: websocket\r\n"
+              "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+              "Sec-WebSocket-Version: 13\r\n\r\n".encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += s.recv(1)
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return s
+
+
+async def test_error_frames_never_echo_unbounded_client_data(
+        fixture_models: tuple[Path, Path], vocab: str) -> None:
+    with edge_server(fixture_models[0]) as edge:
+        async with _socks(edge.url, 1) as (sock,):
+            assert isinstance(await sock.ask(_open_frame(vocab)), wire.Opened)
+            await sock.send(wire.Close("x" * 200_000))
+            msg = await sock.ws.receive(timeout=60)
+            assert len(msg.data) < 1000, len(msg.data)
+            err = wire.decode(msg.data)
+            assert isinstance(err, wire.Error) and err.code == "unknown-session"
+
+
+async def test_a_client_that_stops_reading_loses_its_session(
+        fixture_models: tuple[Path, Path], vocab: str) -> None:
+    """It opens a session, then floods frames whose answers it never reads: once an answer
+    waits longer than --send-timeout the edge closes the socket and frees the place (the
+    idle timeout, 300 s here, plays no part)."""
+    with edge_server(fixture_models[0], "--send-timeout", "1") as edge:
+        s = _silent_client(edge.url)
+        try:
+            s.sendall(_ws_frame(wire.encode(_open_frame(vocab))))
+            await _wait_sessions(edge.url, 1)
+            bad = _ws_frame(wire.encode(wire.Close("no-such-session")))
+            with contextlib.suppress(OSError):  # the edge may close it while we write
+                s.settimeout(60)
+                for _ in range(40):
+                    s.sendall(bad * 1000)
+            deadline = time.monotonic() + 120  # an event (the place freed), not a sleep
+            while (await _info(edge.url))["sessions"] != 0:
+                assert time.monotonic() < deadline, "the session kept its place"
+                await asyncio.sleep(0.1)
+        finally:
+            s.close()

@@ -12,7 +12,7 @@ from pathlib import Path
 import aiohttp
 import numpy as np
 import pytest
-from _edge import EdgeProc, edge_server
+from _edge import SITE, EdgeProc, edge_server
 from _tls import self_signed
 
 from edge_server.tls import certificate_fingerprint
@@ -90,8 +90,8 @@ async def test_tls_pinning(fixture_models: tuple[Path, Path], tmp_path: Path) ->
                      advertise=True) as e:
         assert e.url.startswith("https://")
         # Discovery carries the fingerprint and the RTT probe pins it.
-        records = [r for r in await async_discover(timeout_s=1.5, interfaces=["127.0.0.1"])
-                   if r.url == e.url]
+        found_records = await async_discover(timeout_s=1.5, interfaces=["127.0.0.1"], site=SITE)
+        records = [r for r in found_records if r.url == e.url]
         assert records and records[0].fingerprint == fp and records[0].rtt_ms is not None
         ok = await generate(str(draft), GenerateRequest(prompt="tls", max_tokens=6),
                             FixedPolicy(3), plan=EdgePlan(url=e.url, fingerprint=fp),
@@ -99,7 +99,7 @@ async def test_tls_pinning(fixture_models: tuple[Path, Path], tmp_path: Path) ->
         assert not ok.degraded and ok.edge == e.url
         found = await generate(str(draft), GenerateRequest(prompt="tls", max_tokens=6),
                                FixedPolicy(3),
-                               plan=EdgePlan(discover=True, interfaces=("127.0.0.1",),
+                               plan=EdgePlan(discover=True, interfaces=("127.0.0.1",), site=SITE,
                                              browse_s=3.0),
                                llama_config=SMALL)
         assert not found.degraded and found.edge == e.url

@@ -153,3 +153,45 @@ def test_a_bookworm_bundle_names_its_python(tmp_path: Path, inputs: tuple[Path, 
     assert main(["bundle", "--board", "rpi5", "--draft", str(inputs[0]), "--wheelhouse",
                  str(inputs[1]), "--python", "3.11", "--out", str(tmp_path / "o")]) == 2
     assert "no numpy wheel for Python 3.11" in capsys.readouterr().err
+
+
+INJECTIONS = ["sim\nExecStartPre=/bin/touch /tmp/pwned", "sim'x", 'sim"x', "sim$(id)", "sim%h",
+              "sim`id`", "sim x"]
+
+
+@pytest.mark.parametrize("text", INJECTIONS, ids=["newline", "quote", "dquote", "dollar",
+                                                  "percent", "backtick", "space"])
+@pytest.mark.parametrize("flag", ["--meter", "--edge", "--host", "--draft"])
+def test_nothing_is_injected_into_the_services_files(tmp_path: Path,
+                                                     inputs: tuple[Path, Path], flag: str,
+                                                     text: str,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """A value with a newline, quote, $, % (a systemd specifier), backtick or space never
+    reaches the unit, user-data or install.sh: one line naming the flag, exit 2, no files."""
+    draft = inputs[0]
+    args = {"--meter": "sim", "--edge": "http://10.0.0.2:8470", "--host": "127.0.0.1"}
+    if flag == "--draft":
+        draft = draft.with_name(f"d{text.replace('/', '_')}.gguf")
+        shutil.copy(inputs[0], draft)
+        shutil.copy(inputs[0].with_name(inputs[0].name + ".json"),
+                    draft.with_name(draft.name + ".json"))
+    elif flag == "--edge":
+        args[flag] = f"http://10.0.0.2:8470/{text}"
+    else:
+        args[flag] = text
+    out = tmp_path / "o"
+    rc = main(["bundle", "--board", "rpi5", "--draft", str(draft), "--wheelhouse",
+               str(inputs[1]), *[x for kv in args.items() for x in kv], "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and flag in err and len(err.splitlines()) == 1, err
+    assert not out.exists()
+
+
+def test_out_naming_a_file_is_one_line(tmp_path: Path, inputs: tuple[Path, Path],
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "a-file"
+    out.write_text("x")
+    assert main(["bundle", "--board", "rpi5", "--draft", str(inputs[0]), "--wheelhouse",
+                 str(inputs[1]), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "is a file" in err and len(err.splitlines()) == 1

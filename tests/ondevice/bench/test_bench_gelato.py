@@ -379,6 +379,15 @@ def test_cli_real_over_loopback(fixture_models: tuple[Path, Path], tmp_path: Pat
     assert all(r["tokens"] == 2 * 64 for r in data["rows"])
     assert all(r["energy_source"] == "modelled" for r in data["rows"])
     assert all(r["settings"]["degraded_generations"] == 0 for r in data["rows"])
+    # Temperature 0: every lossless policy's text is the target's greedy text, but where the
+    # edge saw a near-tie (which llama.cpp's batch shape may flip); all are counted.
+    agreement = data["meta"]["greedy_vs_edge_only"]
+    assert agreement and "device-only" not in agreement
+    for label, a in agreement.items():
+        assert a["compared"] == 2 and a["differ_without_near_tie"] == 0, (label, a)
+    assert all(isinstance(r["settings"]["near_ties"], int) for r in data["rows"]
+               if r["policy"] != "device-only")
+    assert "greedy text vs edge-only" in proc.stdout
 
 
 def test_sim_bench_budget_runs(fixture_trace: Trace) -> None:

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ondevice.cli.generate import draft_config
+from ondevice.llm.device import draft_config
 
 
 def test_sidecar_settings_and_flag_precedence(tmp_path: Path,

@@ -40,6 +40,7 @@ def test_empty_round_roundtrip() -> None:
         wire.Verdict(2, 17, 3.25, 4.5),
         wire.Generate("s", 9),
         wire.Tokens(np.array([4], np.int32), True, 1.5),
+        wire.Stop("s"),
         wire.Close("s"),
         wire.Error("draft-too-long", "too long"),
     ],

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _edge import EdgeProc, edge_server
+from _edge import SITE, EdgeProc, edge_server
 
 from ondevice.common.dnn_profile import load_dnn
 from ondevice.dnn.classify import TaskRecord
@@ -75,7 +75,7 @@ async def test_discovers_the_edge_on_loopback(digits_dnn: Path) -> None:
     with edge_server(None, "--dnn", str(digits_dnn), advertise=True) as e:
         rep = await run_classify(ClassifyRequest(
             dnn_dir=digits_dnn, dataset="digits", limit=3, policy="edge-only",
-            interfaces=("127.0.0.1",), browse_s=2.0))
+            interfaces=("127.0.0.1",), site=SITE, browse_s=2.0))
     assert rep.edge == e.url
     assert all(t.split == "raw" and t.prediction == t.label for t in rep.tasks)
 

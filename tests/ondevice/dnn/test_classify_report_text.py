@@ -57,3 +57,17 @@ def test_budget_line_says_held_and_how_far_under() -> None:
     assert line.endswith("energy budget held (spent 2.0 % over)"), line
     line = _budget_line(_report(spent=1.05))
     assert line.endswith("energy budget NOT held (spent 5.0 % over)"), line
+
+
+def test_unlabelled_tasks_say_there_is_no_accuracy() -> None:
+    tasks = [_task(0, "raw", 1e-4)]
+    tasks[0].correct = None
+    tasks[0].label = None
+    summary = summarize(tasks, elapsed_s=1.0, energy_source="modelled", budget_w=None,
+                        metric="none")
+    summary["idle_w"] = 3.3
+    rep = ClassifyReport(policy="enachi", settings={}, model="digits-cnn@1", data="image",
+                         edge=None, channel="none", meter="sim", tasks=tasks, summary=summary)
+    line = next(x for x in format_summary(rep).splitlines() if x.startswith("tasks"))
+    assert line.startswith("tasks      1  no labels (no accuracy)  deadline"), line
+    assert "none -" not in line

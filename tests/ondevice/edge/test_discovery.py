@@ -17,7 +17,7 @@ from pathlib import Path
 import aiohttp
 import numpy as np
 import pytest
-from _edge import KillEdgeAfter, Reference, edge_server
+from _edge import SITE, KillEdgeAfter, Reference, edge_server
 
 from ondevice.common import wire
 from ondevice.common.discovery_record import EdgeRecord, decode_txt, encode_txt
@@ -40,12 +40,12 @@ def _rec(name: str, **kw: object) -> EdgeRecord:
 
 def test_txt_roundtrip() -> None:
     txt = encode_txt(version=1, caps=["llm", "dnn"], models=["a.gguf"], vocab_hash="abc",
-                     sessions=3, capacity=8, auth=True, fingerprint="ff00")
+                     sessions=3, capacity=8, auth=True, fingerprint="ff00", site="lab-2")
     rec = decode_txt("e._coinfer._tcp.local.", LO, 9, {k.encode(): v.encode()
                                                         for k, v in txt.items()})
     assert (rec.caps, rec.models, rec.vocab_hash, rec.sessions, rec.capacity) == (
         ["llm", "dnn"], ["a.gguf"], "abc", 3, 8)
-    assert rec.auth and rec.tls and rec.fingerprint == "ff00"
+    assert rec.auth and rec.tls and rec.fingerprint == "ff00" and rec.site == "lab-2"
     assert rec.url == "https://127.0.0.1:9"
     with pytest.raises(ValueError, match="malformed"):
         decode_txt("x", LO, 1, {b"load": b"lots"})
@@ -102,7 +102,7 @@ async def test_device_picks_compatible_least_loaded_edge(
                                                       "d", 0.0, 0, 4)))
             assert isinstance(wire.decode((await ws.receive()).data), wire.Opened)
             await asyncio.sleep(1.0)  # the TXT refresh is debounced by 0.5 s
-            records = await async_discover(timeout_s=2.0, interfaces=[LO])
+            records = await async_discover(timeout_s=2.0, interfaces=[LO], site=SITE)
             by_url = {r.url: r for r in records}
             assert {other.url, busy.url, free.url} <= set(by_url)
             assert by_url[busy.url].sessions == 1 and by_url[busy.url].capacity == 2
@@ -114,7 +114,8 @@ async def test_device_picks_compatible_least_loaded_edge(
             # The full pipeline: no --edge, discovery on loopback.
             report = await generate(
                 str(fixture_models[1]), GenerateRequest(prompt="pick me", max_tokens=12),
-                FixedPolicy(3), plan=EdgePlan(discover=True, interfaces=(LO,), browse_s=3.0),
+                FixedPolicy(3), plan=EdgePlan(discover=True, interfaces=(LO,), site=SITE,
+                             browse_s=3.0),
                 llama_config=SMALL,
             )
             await ws.close()
@@ -126,7 +127,7 @@ def test_cli_discover_json(fixture_models: tuple[Path, Path]) -> None:
     with edge_server(fixture_models[0], "--emulate-delay-ms", "25", advertise=True) as e:
         done = subprocess.run(
             [sys.executable, "-m", "ondevice.cli", "discover", "--timeout", "1.5",
-             "--interface", LO, "--json"],
+             "--interface", LO, "--site", SITE, "--json"],
             capture_output=True, text=True, timeout=60,
         )
     assert done.returncode == 0, done.stderr
@@ -141,6 +142,33 @@ def test_cli_discover_json(fixture_models: tuple[Path, Path]) -> None:
 
 
 
+async def test_a_device_keeps_to_its_site(fixture_models: tuple[Path, Path]) -> None:
+    """Two compatible edges, the idle one of another site: a device given a site label never
+    lists, probes or picks the other site's edge; without one it may use either."""
+    target, draft = fixture_models
+    with edge_server(target, "--max-sessions", "2", advertise=True) as mine, \
+            edge_server(target, "--site", "lab-next-door", advertise=True) as other:
+        everyone = await async_discover(timeout_s=2.0, interfaces=[LO])
+        assert {mine.url, other.url} <= {r.url for r in everyone}
+        assert {r.site for r in everyone if r.url in (mine.url, other.url)} == {
+            SITE, "lab-next-door"}
+        ours = await async_discover(timeout_s=2.0, interfaces=[LO], site=SITE)
+        assert [r.url for r in ours] == [mine.url]
+        report = await generate(
+            str(draft), GenerateRequest(prompt="which site", max_tokens=6), FixedPolicy(3),
+            plan=EdgePlan(discover=True, interfaces=(LO,), site=SITE, browse_s=2.0),
+            llama_config=SMALL)
+        assert report.edge == mine.url and not report.degraded
+        assert other.info()["engine"]["steps"] == 0  # nothing reached the other site's edge
+        done = subprocess.run(
+            [sys.executable, "-m", "ondevice.cli", "discover", "--timeout", "1.5",
+             "--interface", LO, "--site", "lab-next-door", "--json"],
+            capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    edges = json.loads(done.stdout.strip().splitlines()[-1])["edges"]
+    assert [x["url"] for x in edges] == [other.url] and edges[0]["site"] == "lab-next-door"
+
+
 async def test_failover_to_a_second_edge(fixture_models: tuple[Path, Path]) -> None:
     """The chosen edge dies mid-generation; the draft carries on, rediscovers the second edge
     and resumes speculation there: every token accounted for, both edges named."""
@@ -151,13 +179,14 @@ async def test_failover_to_a_second_edge(fixture_models: tuple[Path, Path]) -> N
     with edge_server(target, "--kv-type", "f32", advertise=True) as first, \
             edge_server(target, "--kv-type", "f32", advertise=True) as second:
         # A device keeps one browser open across generations, so both edges are known.
-        async with EdgeBrowser(interfaces=[LO]) as browser:
+        async with EdgeBrowser(interfaces=[LO], site=SITE) as browser:
             while len(browser.names) < 2:
                 assert await browser.async_wait_change(10.0), "edges never answered"
             report = await generate(
                 str(draft), GenerateRequest(prompt=prompt, max_tokens=n),
                 KillEdgeAfter(3, first, rounds=3),
-                plan=EdgePlan(url=first.url, discover=True, interfaces=(LO,), timeout_s=5.0),
+                plan=EdgePlan(url=first.url, discover=True, interfaces=(LO,), site=SITE,
+                              timeout_s=5.0),
                 llama_config=LlamaConfig(n_ctx=2048, n_threads=1, kv_type="f32"),
                 browser=browser,
             )
@@ -183,7 +212,7 @@ async def test_failover_to_a_second_edge(fixture_models: tuple[Path, Path]) -> N
 
 
 async def test_edge_unregisters_on_sigterm(fixture_models: tuple[Path, Path]) -> None:
-    async with EdgeBrowser(interfaces=[LO]) as browser:
+    async with EdgeBrowser(interfaces=[LO], site=SITE) as browser:
         with edge_server(fixture_models[0], advertise=True) as e:
             port = e.url.rsplit(":", 1)[1]
             mine = lambda: [n for n in browser.names if f"-{port}." in n]  # noqa: E731

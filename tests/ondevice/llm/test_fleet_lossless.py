@@ -9,6 +9,7 @@ import asyncio
 from pathlib import Path
 
 import numpy as np
+import pytest
 from _edge import Reference, SeedRecorder, edge_server
 from _stats import P_REJECT, chi2_pvalue
 
@@ -20,6 +21,7 @@ from ondevice.llm.policies import EdgeOnlyPolicy, FixedPolicy, GelatoPolicy, Pol
 PROMPTS = ["Hello world", "The quick brown fox jumps over", "Once", "In the beginning there was",
            "one two three four five six", "a b c", "Dear", "To install the package, run"]
 SMALL = LlamaConfig(n_ctx=512, n_threads=1)
+SEEDS = 1000  # generations of 2 tokens in the statistical test
 
 
 def _policy(i: int) -> Policy:
@@ -66,12 +68,15 @@ class _SharedBatches(FixedPolicy):
             self.shared += 1
 
 
+@pytest.mark.timeout(900)  # about 60 s on two quiet cores: 4x slower still ends well inside
 async def test_sampling_follows_target_distribution_under_concurrent_load(
         fixture_models: tuple[Path, Path]) -> None:
-    """Temperature 1, 1500 seeds of one prompt while three other sessions (edge-only and fixed-4,
-    sampling too) keep the batching edge busy: the first token follows the target's next-token
-    law, the second (after the most frequent first) its conditional law, chi-square rejected at
-    p < 1e-4 as in test_generate; and hundreds of the measured rounds did share a decode."""
+    """Temperature 1, SEEDS seeds of one prompt while three other sessions (edge-only and
+    fixed-4, sampling too) keep the batching edge busy: the first token follows the target's
+    next-token law, the second (after the most frequent first) its conditional law, chi-square
+    rejected at p < 1e-4 as in test_generate; and a quarter of the measured rounds did share a
+    decode. Sized for a busy machine: 1000 seeds of 2 tokens (it was 1500 of 4: 100 s), about
+    60 s on two quiet cores, so at a quarter of that speed it ends well inside its timeout."""
     target, draft = fixture_models
     prompt = "In the beginning there was"
     stop = asyncio.Event()
@@ -95,7 +100,7 @@ async def test_sampling_follows_target_distribution_under_concurrent_load(
             loads = [asyncio.create_task(load(e.url, i)) for i in range(3)]
             try:
                 await asyncio.sleep(0.3)
-                outs = await rec.tokens(e.url, prompt, watch, range(1500), 4)
+                outs = await rec.tokens(e.url, prompt, watch, range(SEEDS), 2)
             finally:
                 stop.set()
                 loaded = await asyncio.gather(*loads)
@@ -104,7 +109,7 @@ async def test_sampling_follows_target_distribution_under_concurrent_load(
         rec.close()
     assert min(loaded) > 0, loaded
     # About half share a decode on two cores (the load runs in this process too).
-    assert watch.shared >= max(300, 0.25 * watch.rounds), (watch.shared, watch.rounds)
+    assert watch.shared >= max(100, 0.25 * watch.rounds), (watch.shared, watch.rounds)
     ref = Reference(target)
     try:
         ids = ref.tokenize(prompt)

@@ -271,6 +271,40 @@ def test_api_key(fixture_models: tuple[Path, Path], edge: EdgeProc, tmp_path: Pa
         assert s.health()["status"] == "ok"  # /health needs no key
 
 
+def _raw(s: ServeProc, body: bytes, auth: bytes) -> tuple[int, dict]:
+    u = urlsplit(s.url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
+    conn.putrequest("POST", "/v1/completions")
+    conn.putheader("Content-Type", "application/json")
+    conn.putheader("Content-Length", str(len(body)))
+    conn.putheader("Authorization", auth)
+    conn.endheaders(body)
+    resp = conn.getresponse()
+    out = resp.status, json.loads(resp.read())
+    conn.close()
+    return out
+
+
+def test_input_that_is_not_text_is_a_client_error(fixture_models: tuple[Path, Path],
+                                                  edge: EdgeProc, tmp_path: Path) -> None:
+    """A lone surrogate in the prompt is 400; a key that is not UTF-8 is 401; neither is a
+    500 or a traceback, and the server goes on."""
+    key = tmp_path / "key"
+    key.write_text("s3cret\n")
+    with serve(fixture_models[1], "--n-ctx", "512", "--threads", "1", "--api-key-file",
+               str(key), edge=edge.url) as s:
+        status, body = _raw(s, json.dumps({"model": MODEL, "prompt": "hi \ud800 x",
+                                           "max_tokens": 2}).encode(), b"Bearer s3cret")
+        assert status == 400 and "surrogate" in body["error"]["message"], body
+        status, body = _raw(s, json.dumps({"model": MODEL, "prompt": PROMPT}).encode(),
+                            b"Bearer \xff\xfe")
+        assert status == 401 and body["error"]["code"] == "invalid_api_key", body
+        status, body = _raw(s, json.dumps({"model": MODEL, "prompt": PROMPT,
+                                           "max_tokens": 2}).encode(), b"Bearer s3cret")
+        assert status == 200 and body["usage"]["completion_tokens"] == 2
+        assert "Traceback" not in s.stderr()
+
+
 def _edge_sessions(edge: EdgeProc) -> int:
     import urllib.request
 
@@ -328,3 +362,40 @@ def test_chat_without_a_template_is_400(server: ServeProc) -> None:
                         {"model": MODEL, "messages": [{"role": "user", "content": "hi"}],
                          "tools": [{"type": "function"}]})
     assert got == 400 and payload["error"]["param"] == "tools"
+
+
+def strict(text: str) -> object:
+    """JSON as RFC 8259 has it: NaN, Infinity and -Infinity are refused (as JSON.parse does)."""
+    def refuse(constant: str) -> object:
+        raise ValueError(f"not JSON: {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_every_json_is_strict(fixture_models: tuple[Path, Path], edge: EdgeProc) -> None:
+    """The first completion of a fresh service (GELATO's acceptance model has judged nothing
+    yet: its Brier scores are undefined), its stream, /v1/models, /health, and `generate
+    --json` on a fresh process all parse with a strict parser."""
+    with serve(fixture_models[1], *DEVICE_FLAGS, edge=edge.url) as s:
+        u = urlsplit(s.url)
+        bodies = []
+        for method, path, body in (("POST", "/v1/completions", {"model": MODEL,
+                                                                "prompt": PROMPT,
+                                                                "max_tokens": 4}),
+                                   ("GET", "/v1/models", None), ("GET", "/health", None)):
+            conn = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
+            conn.request(method, path, body=None if body is None else json.dumps(body),
+                         headers={"Content-Type": "application/json"})
+            bodies.append(conn.getresponse().read().decode())
+            conn.close()
+        _, events = sse_events(s, {"model": MODEL, "prompt": PROMPT, "max_tokens": 4,
+                                   "stream": True})
+    for text in [*bodies, *(e for e in events if e != "[DONE]")]:
+        strict(text)
+    done = subprocess.run(
+        [sys.executable, "-m", "ondevice.cli", "generate", "--draft", str(fixture_models[1]),
+         "--no-discover", "--edge", edge.url, *DEVICE_FLAGS, "--prompt", PROMPT,
+         "--max-tokens", "2", "--json"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    report = strict(done.stdout.strip().splitlines()[-1])
+    assert isinstance(report, dict) and "policy_settings" in report

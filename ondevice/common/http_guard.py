@@ -1,4 +1,5 @@
-"""Connection-level guards of the edge's HTTP server, below aiohttp's request handling.
+"""Connection-level guards of an HTTP server (the edge's and ``ondevice serve``'s), below
+aiohttp's request handling.
 
 aiohttp bounds the size of a request head (8190-byte lines, 128 headers) but not the time it
 takes to arrive: a client that sends its head one byte at a time holds a connection for as
@@ -17,8 +18,13 @@ completed its next request that long after the previous response.
 ``GuardedSite`` is aiohttp's ``TCPSite`` with the guard in front of the runner's protocol
 factory. ``OneLineBadRequests`` turns aiohttp's report of a request it cannot parse (a 400:
 line too long, too many headers, bad request line) from an ERROR with a traceback into one
-WARNING line; ``http_logger()`` is the logger, with that filter, that the runner gives
+WARNING line; ``http_logger(name)`` is the logger, with that filter, that the runner gives
 aiohttp (aiohttp's own loggers are left alone).
+
+When the process runs out of file descriptors, asyncio's accept loop reports
+"socket.accept() out of system resource" with a traceback every time it retries (each
+second, per listening socket). ``limit_accept_errors(loop)`` makes that one WARNING line per
+``interval_s`` saying how often it happened and what to do.
 """
 
 from __future__ import annotations
@@ -26,12 +32,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import time
 from collections.abc import Callable
+from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 log = logging.getLogger(__name__)
+
+ACCEPT_ERROR_INTERVAL_S = 60.0
 
 _HEAD_ENDS = (b"\r\n\r\n", b"\n\n")  # CRLF; a bare-LF end counts too (refused: 400, closed)
 _BUSY_BODY = b"too many connections are sending their request head; try again\n"
@@ -197,9 +207,50 @@ class OneLineBadRequests(logging.Filter):
         return True
 
 
-def http_logger() -> logging.Logger:
-    """The logger the edge hands aiohttp's request handlers (``logger=`` of the runner)."""
-    logger = logging.getLogger("edge_server.http")
+def http_logger(name: str) -> logging.Logger:
+    """The logger a server hands aiohttp's request handlers (``logger=`` of the runner)."""
+    logger = logging.getLogger(name)
     if not any(isinstance(f, OneLineBadRequests) for f in logger.filters):
         logger.addFilter(OneLineBadRequests())
     return logger
+
+
+class _AcceptErrors:
+    """A loop exception handler: accept failures for want of a resource become one line per
+    ``interval_s``; everything else goes to the handler that was there before."""
+
+    MESSAGE = "socket.accept() out of system resource"
+
+    def __init__(self, previous: Any, interval_s: float, logger: logging.Logger) -> None:
+        self.previous = previous
+        self.interval_s = interval_s
+        self.log = logger
+        self.count = 0
+        self.last_s: float | None = None
+
+    def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        if context.get("message") != self.MESSAGE:
+            if self.previous is not None:
+                self.previous(loop, context)
+            else:
+                loop.default_exception_handler(context)
+            return
+        self.count += 1
+        now = time.monotonic()
+        if self.last_s is not None and now - self.last_s < self.interval_s:
+            return
+        exc = context.get("exception")
+        what = getattr(exc, "strerror", None) or str(exc or "no resource")
+        self.log.warning("cannot accept connections: %s (%d time(s) since the last report; "
+                         "asyncio retries every second). Raise the open-file limit (ulimit -n, "
+                         "systemd LimitNOFILE=) or lower --max-pending-connections",
+                         what, self.count)
+        self.count, self.last_s = 0, now
+
+
+def limit_accept_errors(loop: asyncio.AbstractEventLoop, *,
+                        interval_s: float = ACCEPT_ERROR_INTERVAL_S,
+                        logger: logging.Logger = log) -> None:
+    """Report ``loop``'s accept failures (out of file descriptors or memory) in one line per
+    ``interval_s`` instead of a traceback per retry."""
+    loop.set_exception_handler(_AcceptErrors(loop.get_exception_handler(), interval_s, logger))
