@@ -133,7 +133,7 @@ endif
 
 # The device side on an emulated arm64 board: an arm64 Debian Trixie root (mmdebstrap, cached),
 # the bundle installed there offline, the device run against an edge on this host (root;
-# Debian packages mmdebstrap qemu-user-static binfmt-support gcc-aarch64-linux-gnu
+# Debian packages mmdebstrap arch-test qemu-user-static binfmt-support gcc-aarch64-linux-gnu
 # g++-aarch64-linux-gnu). make test runs the same test.
 check-aarch64: $(TEST_STAMP)
 	$(BIN)/python -m pytest -ra tests/export/test_aarch64_board.py

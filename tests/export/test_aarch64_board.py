@@ -16,7 +16,8 @@ wheelhouse cross-built on this host (``model-export wheelhouse``), and there:
 
 A Jetson Orin has the same instruction set (Cortex-A78AE: armv8.2-a with dotprod and fp16); its
 bundle differs only in the Python its wheels are for (3.10), so this root stands in for it.
-Skips name what is missing: root, mmdebstrap, qemu-user-static, the cross compilers.
+Skips name what is missing: root, mmdebstrap, arch-test (mmdebstrap's check that this machine
+runs arm64 binaries), qemu-user-static, the cross compilers.
 """
 
 from __future__ import annotations
@@ -51,7 +52,8 @@ TOKENS = 24
 def _missing() -> str | None:
     if os.geteuid() != 0:
         return "needs root (chroot, mmdebstrap, unshare)"
-    for tool, pkg in (("mmdebstrap", "mmdebstrap"), ("qemu-aarch64-static", "qemu-user-static"),
+    for tool, pkg in (("mmdebstrap", "mmdebstrap"), ("arch-test", "arch-test"),
+                      ("qemu-aarch64-static", "qemu-user-static"),
                       ("update-binfmts", "binfmt-support"),
                       ("aarch64-linux-gnu-gcc", "gcc-aarch64-linux-gnu"),
                       ("aarch64-linux-gnu-g++", "g++-aarch64-linux-gnu"),
