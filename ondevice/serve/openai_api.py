@@ -116,7 +116,7 @@ def parse_body(raw: bytes) -> dict[str, Any]:
                             f"{type(body).__name__}.")
     if b"\\ud" in raw.lower():  # only a \uXXXX escape can carry a lone surrogate
         try:
-            json.dumps(body, ensure_ascii=False).encode("utf-8")
+            _encode_strings(body)
         except UnicodeEncodeError as exc:
             bad = exc.object[exc.start:exc.end].encode("utf-16", "surrogatepass")[2:]
             raise ApiError(400, "The request body holds a lone UTF-16 surrogate (\\u"
@@ -124,6 +124,20 @@ def parse_body(raw: bytes) -> dict[str, Any]:
                                 "not Unicode text. Escape characters outside the BMP as a "
                                 "surrogate pair, or send them as UTF-8.") from None
     return body
+
+
+def _encode_strings(obj: Any) -> None:
+    """UTF-8-encode every string (keys too) of a parsed JSON value: UnicodeEncodeError names
+    the first that is not Unicode text (a lone surrogate)."""
+    if isinstance(obj, str):
+        obj.encode("utf-8")
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            _encode_strings(k)
+            _encode_strings(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            _encode_strings(v)
 
 
 def _text_content(content: Any, where: str) -> str:

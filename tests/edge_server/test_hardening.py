@@ -104,12 +104,12 @@ async def _info(url: str) -> dict:
         return await resp.json()
 
 
-async def _wait_sessions(url: str, n: int) -> None:
-    for _ in range(200):
-        if (await _info(url))["sessions"] == n:
-            return
+async def _wait_sessions(url: str, n: int, timeout_s: float = 10.0) -> None:
+    """Poll ``/v1/info`` until the edge has ``n`` open sessions (the event), or fail."""
+    deadline = time.monotonic() + timeout_s
+    while (await _info(url))["sessions"] != n:
+        assert time.monotonic() < deadline, f"the edge did not get to {n} open sessions"
         await asyncio.sleep(0.05)
-    raise AssertionError(f"the edge did not get to {n} open sessions")
 
 
 async def _burst(socks: list[Sock], frame: wire.Message) -> list[wire.Message]:
@@ -581,9 +581,6 @@ async def test_a_client_that_stops_reading_loses_its_session(
                 s.settimeout(60)
                 for _ in range(40):
                     s.sendall(bad * 1000)
-            deadline = time.monotonic() + 120  # an event (the place freed), not a sleep
-            while (await _info(edge.url))["sessions"] != 0:
-                assert time.monotonic() < deadline, "the session kept its place"
-                await asyncio.sleep(0.1)
+            await _wait_sessions(edge.url, 0, timeout_s=120)  # the place freed
         finally:
             s.close()

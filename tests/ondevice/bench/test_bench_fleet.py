@@ -284,19 +284,23 @@ def test_fleet_plot_legend_covers_no_panel_and_ticks_are_plain_counts() -> None:
         assert labels == ["1", "2", "4", "8"], labels
 
 
-def test_bench_fleet_prints_its_table_once(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
-                                           capsys: pytest.CaptureFixture[str]) -> None:
-    from ondevice.bench import fleet
-    from ondevice.cli import _bench_fleet
-    from ondevice.cli.main import main
+def test_bench_fleet_prints_its_table_once(tmp_path: Path,
+                                           fixture_models: tuple[Path, Path]) -> None:
+    """The real command on the fixture pair (its trace recorded into a cache of its own)."""
+    import os
 
-    monkeypatch.setattr(_bench_fleet, "_traces", lambda *a: (_shipped_pts(), "v"))
-    rc = main(["bench", "fleet", "--mode", "sim", "--devices", "1,2", "--policies",
-               "edge-only,fixed", "--scheduler", "batched", "--edge-profile", "edge-gpu",
-               "--max-tokens", "16", "--target", "t.gguf", "--draft", "d.gguf",
-               "--out", str(tmp_path)])
-    out, err = capsys.readouterr()
-    assert rc == 0, err
+    from ondevice.bench import fleet
+
+    target, draft = fixture_models
+    done = subprocess.run(
+        [sys.executable, "-m", "ondevice.cli", "bench", "fleet", "--mode", "sim", "--devices",
+         "1,2", "--policies", "edge-only,fixed", "--scheduler", "batched", "--edge-profile",
+         "edge-gpu", "--max-tokens", "16", "--n-prompts", "2", "--target", str(target),
+         "--draft", str(draft), "--out", str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=300,
+        env={**os.environ, "COINFER_CACHE": str(tmp_path / "cache")})
+    out, err = done.stdout, done.stderr
+    assert done.returncode == 0, err
     both = out + err
     assert both.count(fleet.HEADER) == 1
     rows = [ln for ln in out.splitlines() if ln.startswith("sim:edge-gpu ")]

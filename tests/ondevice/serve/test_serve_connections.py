@@ -5,6 +5,7 @@ passes. A real serve process on 127.0.0.1, raw sockets as the slow clients."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import socket
@@ -31,11 +32,9 @@ def _read_to_eof(sock: socket.socket) -> bytes:
     """What the server sends until it closes the connection (60 s at most); a reset (the
     server closed with our bytes unread) ends it too."""
     out = b""
-    try:
+    with contextlib.suppress(ConnectionResetError):
         while chunk := sock.recv(4096):
             out += chunk
-    except ConnectionResetError:
-        pass
     return out
 
 
