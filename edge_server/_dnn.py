@@ -7,7 +7,7 @@ the raw input). Every onnxruntime call runs in the service's own thread pool, so
 loop never blocks and LLM verification (the app's compute thread) is not held up by tails.
 
 ``DnnEndpoint`` is one WebSocket's DNN side: at most one open task (its place under the
-session limits is the connection's business, ``app._Connection``), its packets fed to a
+session limits is the connection's business, ``_connection.Connection``), its packets fed to a
 ``FeatureReceiver``; a packet that asks for an evaluation is answered with a ``result`` frame
 (top-1, confidence, entropy) computed on the received channels, the rest at their calibration
 mean. Bad packets raise ``wire.WireError`` (an ``error`` frame; the socket stays open).
@@ -55,12 +55,12 @@ class DnnService:
         self.profile: DnnProfile = load_dnn(root)
         self.executor = ThreadPoolExecutor(max(1, workers), thread_name_prefix="edge-dnn")
         self.book = BandwidthBook()
-        self.sessions: dict[str, DnnTask] = {}
         p = self.profile
         self._tails = {i: _session(s.tail_file, intra_threads) for i, s in p.splits.items()}
         self._full = _session(p.full_file, intra_threads) if p.raw_bytes else None
         self.tail_ms = {i: s.tail_ms for i, s in p.splits.items()}
         self.tail_ms[RAW_SPLIT] = p.full_ms
+        self.on_tail: Callable[[float], None] | None = None  # each tail's seconds (metrics)
 
     @property
     def model_id(self) -> str:
@@ -213,7 +213,6 @@ class DnnEndpoint:
         self.close()
         self.sid = secrets.token_hex(8)
         self.task = DnnTask(svc, msg.split, msg.device)
-        svc.sessions[self.sid] = self.task
         share, users = svc.book.share(msg.device, now)
         return wire.DnnOpened(self.sid, share, users, svc.tail_ms[msg.split])
 
@@ -261,6 +260,8 @@ class DnnEndpoint:
                     x = prof.normalize(task.raw.reshape(1, *prof.input_shape))[0]
                 top1, conf, entropy, ms = await svc.run(svc.infer, task.split, x)
                 svc.note_tail_ms(task.split, ms)
+                if svc.on_tail is not None:
+                    svc.on_tail(ms / 1e3)
                 if self.task is not task:
                     return  # the device closed the task meanwhile
                 edge_ms = (time.perf_counter() - t_in) * 1e3
@@ -277,7 +278,6 @@ class DnnEndpoint:
         """End the open task, if any. Idempotent."""
         if self.sid is None:
             return
-        self.service.sessions.pop(self.sid, None)
         self.sid, self.task = None, None
         self._wanted = False
 

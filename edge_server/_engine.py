@@ -40,14 +40,14 @@ from typing import Any
 
 import numpy as np
 
+from edge_server._llama_pool import LlamaPool, Part, PoolFull
+from edge_server._metrics import EdgeMetrics
 from ondevice.common import wire
-from ondevice.common.llama_pool import LlamaPool, Part, PoolFull
 from ondevice.common.speculative import GREEDY_EPS, near_ties, sample_full, session_rng, verify
 from ondevice.common.stream_advice import ACTIVE_S, StreamAdvisor
 
 log = logging.getLogger(__name__)
 
-MAX_SEED = 2**64 - 1  # the wire's largest unsigned integer; session_rng takes 0..MAX_SEED
 RESERVE_TOKENS = 64  # free KV cells a new session needs beyond its prompt
 SCHEDULERS = ("batched", "serial")
 REGATHER_QUIET_TURNS = 3  # event-loop turns without a new job that end the regathering
@@ -165,7 +165,7 @@ class Engine:
 
     def __init__(self, pool: LlamaPool, executor: ThreadPoolExecutor, *,
                  scheduler: str = "batched", batch_window_ms: float = 0.0,
-                 prefill_chunk: int = 256) -> None:
+                 prefill_chunk: int = 256, metrics: EdgeMetrics | None = None) -> None:
         if scheduler not in SCHEDULERS:
             raise ValueError(f"unknown scheduler {scheduler!r}; choose {', '.join(SCHEDULERS)}")
         self.pool = pool
@@ -183,6 +183,7 @@ class Engine:
         self.step_tokens = 0
         self.step_jobs = 0
         self.advisor = StreamAdvisor()
+        self.metrics = metrics  # each step observed (``EdgeMetrics.observe_step``), if given
         self._t_free = time.perf_counter()  # when the compute thread last went idle
 
     async def __aenter__(self) -> Engine:
@@ -344,8 +345,13 @@ class Engine:
             self.steps += 1
             self.step_tokens += batch
             self.step_jobs += len(jobs)
+            metrics = self.metrics
+            if metrics is not None:
+                metrics.observe_step(tokens=batch, compute_s=t1 - t0)
             for job in jobs:
                 job.seq.t_last_job = t1
+                if metrics is not None:
+                    metrics.queue_seconds.observe(t0 - job.t_enqueue)
             self.advisor.observe_step(
                 compute_s=t1 - t0, idle_s=t0 - self._t_free, tokens=batch, jobs=len(jobs),
                 # serial scheduling never batches: a streamed token is a step of its own

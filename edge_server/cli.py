@@ -15,6 +15,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from edge_server._status import RedactingAccessLogger
 from edge_server.advertise import EdgeAdvertiser
 from edge_server.app import STATE, create_app
 from edge_server.config import EdgeConfig
@@ -90,6 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"most tokens in one step (default {d.n_batch})")
     s = p.add_argument_group("security")
     s.add_argument("--token-file", type=Path, help="require this bearer token on every request")
+    s.add_argument("--metrics-public", action="store_true",
+                   help="serve GET /metrics (Prometheus) and the status page (/status, "
+                   "/v1/status) without the --token-file token; every other route still "
+                   "needs it")
     s.add_argument("--tls-cert", type=Path, help="PEM certificate: serve HTTPS/WSS")
     s.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
     g = p.add_argument_group("limits")
@@ -143,6 +148,7 @@ def config_from_args(args: argparse.Namespace) -> EdgeConfig:
         interfaces=tuple(args.interface),
         site=args.site or "",
         token=read_token(args.token_file) if args.token_file else None,
+        metrics_public=args.metrics_public,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         emulated_delay_ms=args.emulate_delay_ms,
@@ -204,7 +210,8 @@ async def serve(config: EdgeConfig) -> None:
     state = app[STATE]
     limit_accept_errors(loop)
     runner = web.AppRunner(app, handle_signals=False, logger=http_logger("edge_server.http"),
-                           keepalive_timeout=config.keepalive_timeout_s)
+                           keepalive_timeout=config.keepalive_timeout_s,
+                           access_log_class=RedactingAccessLogger)  # /status?token=
     await runner.setup()
     try:
         ssl_ctx = _ssl_context(config)

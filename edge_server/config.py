@@ -32,6 +32,7 @@ class EdgeConfig:
     interfaces: tuple[str, ...] = ()  # IPv4 addresses to advertise on; () = all interfaces
     site: str = ""  # the site label advertised (TXT ``site``); "" = none
     token: str | None = None  # required bearer token (from --token-file), None = open
+    metrics_public: bool = False  # /metrics and /status without the token (--metrics-public)
     tls_cert: Path | None = None  # PEM certificate; with tls_key: serve HTTPS/WSS
     tls_key: Path | None = None
     emulated_delay_ms: float = 0.0  # added before every reply: emulates a far edge in tests

@@ -129,34 +129,9 @@ def layer_types_note(arch: str, keep: int, n_swa: int | None) -> str | None:
     return pattern + f"; global layers kept: {', '.join(map(str, global_layers))}"
 
 
-def truncate_layers(
-    src: Path,
-    dst: Path,
-    keep: int,
-    *,
-    progress: bool | None = None,
-    announce: Callable[[str], None] | None = None,
-    on_step: Callable[[str], None] | None = None,
-) -> list[str]:
-    """Write `dst`: `src` with only its first `keep` blocks (see the module docstring).
-
-    `on_step(name)` is called as reading and then writing start (for a caller's step bar);
-    `progress` as in quantize_gguf, for the per-byte bar while writing.
-
-    Returns notes for the user (per-layer arrays cut, the attention pattern kept). Raises
-    ExportError for an input that is missing or not GGUF, has no ``{arch}.block_count``, a
-    `keep` outside 1..block_count-1, or an architecture/layer count that cannot be truncated
-    consistently.
-    `dst`'s directory must exist; `dst` is written in place (callers use atomic_output).
-    """
-    import gguf
-    from tqdm import tqdm
-
-    if announce is not None:
-        announce(f"reading {src}")
-    if on_step is not None:
-        on_step(f"reading {src.name}")
-    reader = open_reader(src)
+def _truncatable(reader: Any, src: Path, keep: int) -> tuple[str, int]:
+    """`src`'s architecture and block count; ExportError unless its first `keep` layers can
+    stand alone (see the module docstring)."""
     arch_field = reader.fields.get("general.architecture")
     if arch_field is None:
         raise ExportError(f"{src} has no general.architecture: not a model file")
@@ -182,14 +157,16 @@ def truncate_layers(
             f"cannot truncate {src.name}: its last {nextn} layers are multi-token-prediction "
             "layers that llama.cpp locates from the layer count"
         )
+    return arch, n_layer
 
-    read_vocabulary(src, reader=reader)  # the pair check after writing reuses it
+
+def _copy_metadata(reader: Any, writer: Any, arch: str, keep: int, n_layer: int) -> list[str]:
+    """Add `reader`'s metadata keys to `writer` as a `keep`-layer model has them (block count,
+    name, clamped counts, per-layer arrays cut); return a note for each array cut or dropped."""
+    import gguf
+
     prefix = f"{arch}."
     notes: list[str] = []
-    writer = gguf.GGUFWriter(str(dst), arch, endianess=reader.endianess)
-    alignment = _field_int(reader, "general.alignment")
-    if alignment is not None:
-        writer.data_alignment = alignment
     for name, f in reader.fields.items():
         if name.startswith("GGUF.") or name == "general.architecture":
             continue  # written by GGUFWriter itself
@@ -214,27 +191,20 @@ def truncate_layers(
             notes.append(f"dropped the empty array {name} (GGUFWriter cannot write one)")
             continue
         writer.add_key_value(name, value, vtype, sub_type=sub_type)
+    return notes
 
-    kept = []
-    for t in reader.tensors:
-        m = _BLOCK_TENSOR.match(t.name)
-        if m is None or int(m.group(1)) < keep:
-            kept.append(t)
-            writer.add_tensor_info(t.name, t.data.shape, t.data.dtype, t.data.nbytes, t.tensor_type)
-    total = sum(t.n_bytes for t in kept)
-    if announce is not None:
-        announce(
-            f"writing {len(kept)} of {len(reader.tensors)} tensors "
-            f"({total / 2**20:.1f} MiB) to keep {keep} of {n_layer} layers"
-        )
-    if on_step is not None:
-        on_step(f"writing {keep} layers")
+
+def _write_gguf(reader: Any, writer: Any, kept: list[Any], show: bool) -> None:
+    """Write `writer`'s header, metadata and tensor infos, then the data of `kept` (tensors of
+    `reader`) with a byte bar when `show`; close `writer` in any case."""
+    from tqdm import tqdm
+
     bar = tqdm(
         desc="write",
-        total=total,
+        total=sum(t.n_bytes for t in kept),
         unit="B",
         unit_scale=True,
-        disable=not show_progress(progress),
+        disable=not show,
         file=sys.stderr,
         leave=None,  # kept on its own, cleared when it stacks under make-draft's step bar
     )
@@ -248,7 +218,58 @@ def truncate_layers(
     finally:
         bar.close()
         writer.close()
-    swa = layer_types_note(arch, keep, _field_int(reader, f"{prefix}attention.sliding_window"))
+
+
+def truncate_layers(
+    src: Path,
+    dst: Path,
+    keep: int,
+    *,
+    progress: bool | None = None,
+    announce: Callable[[str], None] | None = None,
+    on_step: Callable[[str], None] | None = None,
+) -> list[str]:
+    """Write `dst`: `src` with only its first `keep` blocks (see the module docstring).
+
+    `on_step(name)` is called as reading and then writing start (for a caller's step bar);
+    `progress` as in quantize_gguf, for the per-byte bar while writing.
+
+    Returns notes for the user (per-layer arrays cut, the attention pattern kept). Raises
+    ExportError for an input that is missing or not GGUF, has no ``{arch}.block_count``, a
+    `keep` outside 1..block_count-1, or an architecture/layer count that cannot be truncated
+    consistently.
+    `dst`'s directory must exist; `dst` is written in place (callers use atomic_output).
+    """
+    import gguf
+
+    if announce is not None:
+        announce(f"reading {src}")
+    if on_step is not None:
+        on_step(f"reading {src.name}")
+    reader = open_reader(src)
+    arch, n_layer = _truncatable(reader, src, keep)
+    read_vocabulary(src, reader=reader)  # the pair check after writing reuses it
+    writer = gguf.GGUFWriter(str(dst), arch, endianess=reader.endianess)
+    alignment = _field_int(reader, "general.alignment")
+    if alignment is not None:
+        writer.data_alignment = alignment
+    notes = _copy_metadata(reader, writer, arch, keep, n_layer)
+    kept = []
+    for t in reader.tensors:
+        m = _BLOCK_TENSOR.match(t.name)
+        if m is None or int(m.group(1)) < keep:
+            kept.append(t)
+            writer.add_tensor_info(t.name, t.data.shape, t.data.dtype, t.data.nbytes, t.tensor_type)
+    if announce is not None:
+        total = sum(t.n_bytes for t in kept)
+        announce(
+            f"writing {len(kept)} of {len(reader.tensors)} tensors "
+            f"({total / 2**20:.1f} MiB) to keep {keep} of {n_layer} layers"
+        )
+    if on_step is not None:
+        on_step(f"writing {keep} layers")
+    _write_gguf(reader, writer, kept, show_progress(progress))
+    swa = layer_types_note(arch, keep, _field_int(reader, f"{arch}.attention.sliding_window"))
     if swa is not None:
         notes.append(swa)
     return notes
@@ -273,6 +294,77 @@ def smoke_run(path: Path, n_threads: int = 1) -> None:
         raise ExportError(f"draft {path} does not load or run in llama.cpp: {e}") from e
 
 
+def _check_draft_options(
+    src: Path, out: Path, keep_layers: int | None, qtype: str | None
+) -> str | None:
+    """`qtype` as a key of QUANT_TYPES (None if not given); ExportError if neither option is
+    given, the type is unknown, or `out` is a directory, in a missing one, or is `src`."""
+    if keep_layers is None and qtype is None:
+        raise ExportError("make-draft needs --keep-layers N, --type T, or both")
+    key = None if qtype is None else qtype.lower()
+    if key is not None and key not in QUANT_TYPES:
+        raise ExportError(f"unknown quantization type {qtype!r}; valid: {', '.join(QUANT_TYPES)}")
+    tags = ([f"l{keep_layers}"] if keep_layers is not None else []) + ([key] if key else [])
+    check_output_file(out, example=output_name(src, "-".join(["draft", *tags])))
+    if not out.parent.is_dir():
+        raise ExportError(f"output directory {out.parent} does not exist")
+    if out.exists() and src.exists() and out.resolve() == src.resolve():
+        raise ExportError(f"output {out} is the input; choose another path")
+    return key
+
+
+def _truncate_and_quantize(
+    src: Path,
+    out: Path,
+    tmp: Path,
+    keep_layers: int,
+    key: str,
+    *,
+    nthread: int,
+    show: bool,
+    announce: Callable[[str], None] | None,
+    stages: Stages,
+) -> list[str]:
+    """Write `tmp`: `src`'s first `keep_layers` layers (in a scratch file beside `out`,
+    removed after) quantized to `key`; return truncate_layers' notes."""
+    fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".layers", dir=out.parent)
+    os.close(fd)
+    try:
+        notes = truncate_layers(
+            src,
+            Path(name),
+            keep_layers,
+            progress=show,
+            announce=announce,
+            on_step=stages.step,
+        )
+        if announce is not None:
+            announce(f"quantizing the {keep_layers}-layer copy to {key}")
+        stages.step(f"quantizing to {key}")
+        quantize_gguf(Path(name), tmp, key, nthread=nthread, progress=show)
+    finally:
+        Path(name).unlink(missing_ok=True)
+    return notes
+
+
+def _prove_draft(
+    draft: Path, src: Path, stages: Stages, announce: Callable[[str], None] | None
+) -> PairReport:
+    """Load and run `draft` in llama.cpp, then check_pair it against `src`; ExportError if
+    either fails."""
+    if announce is not None:
+        announce(f"checking that the draft loads and runs, and that it can draft for {src}")
+    stages.step("loading and running the draft")
+    smoke_run(draft)
+    stages.step("check-pair against the source")
+    pair = check_pair(draft, src, announce=None, progress=False)
+    if not pair.valid:
+        raise ExportError(
+            f"internal error: the draft does not match its source: {pair.mismatches[0]}"
+        )
+    return pair
+
+
 def make_draft(
     src: Path,
     out: Path,
@@ -295,18 +387,7 @@ def make_draft(
     """
     src, out = Path(src), Path(out)
     start = time.perf_counter()
-    if keep_layers is None and qtype is None:
-        raise ExportError("make-draft needs --keep-layers N, --type T, or both")
-    key = None if qtype is None else qtype.lower()
-    if key is not None and key not in QUANT_TYPES:
-        raise ExportError(f"unknown quantization type {qtype!r}; valid: {', '.join(QUANT_TYPES)}")
-    tags = ([f"l{keep_layers}"] if keep_layers is not None else []) + ([key] if key else [])
-    check_output_file(out, example=output_name(src, "-".join(["draft", *tags])))
-    if not out.parent.is_dir():
-        raise ExportError(f"output directory {out.parent} does not exist")
-    if out.exists() and src.exists() and out.resolve() == src.resolve():
-        raise ExportError(f"output {out} is the input; choose another path")
-
+    key = _check_draft_options(src, out, keep_layers, qtype)
     notes: list[str] = []
     show = show_progress(progress)
     n_steps = 2 * (keep_layers is not None) + (key is not None) + 2
@@ -323,33 +404,18 @@ def make_draft(
                 src, tmp, keep_layers, progress=show, announce=announce, on_step=stages.step
             )
         else:
-            fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".layers", dir=out.parent)
-            os.close(fd)
-            try:
-                notes = truncate_layers(
-                    src,
-                    Path(name),
-                    keep_layers,
-                    progress=show,
-                    announce=announce,
-                    on_step=stages.step,
-                )
-                if announce is not None:
-                    announce(f"quantizing the {keep_layers}-layer copy to {key}")
-                stages.step(f"quantizing to {key}")
-                quantize_gguf(Path(name), tmp, key, nthread=nthread, progress=show)
-            finally:
-                Path(name).unlink(missing_ok=True)
-        if announce is not None:
-            announce(f"checking that the draft loads and runs, and that it can draft for {src}")
-        stages.step("loading and running the draft")
-        smoke_run(tmp)
-        stages.step("check-pair against the source")
-        pair = check_pair(tmp, src, announce=None, progress=False)
-        if not pair.valid:
-            raise ExportError(
-                f"internal error: the draft does not match its source: {pair.mismatches[0]}"
+            notes = _truncate_and_quantize(
+                src,
+                out,
+                tmp,
+                keep_layers,
+                key,
+                nthread=nthread,
+                show=show,
+                announce=announce,
+                stages=stages,
             )
+        pair = _prove_draft(tmp, src, stages, announce)
     pair.draft = dataclasses.replace(pair.draft, path=out)
     return DraftResult(
         source=src,

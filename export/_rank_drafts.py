@@ -41,6 +41,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -303,6 +304,30 @@ def target_timings(
     return out
 
 
+def batch_medians(
+    sweeps: Sequence[dict[int, list[float]]], runs: Sequence[Acceptance]
+) -> list[float]:
+    """Median seconds of the target's batches of m = 1..n tokens, n the sizes the first sweep
+    timed: over every sweep and every verification batch of that size in `runs`. Pure."""
+    samples: dict[int, list[float]] = {m: [] for m in sweeps[0]}
+    for timings in [*sweeps, *(r.target_eval_s for r in runs)]:
+        for m, times in timings.items():
+            if m in samples:
+                samples[m].extend(times)
+    return [statistics.median(samples[m]) for m in sorted(samples)]
+
+
+def row_medians(runs: Sequence[Acceptance]) -> dict[float, float]:
+    """Median `verify` seconds per produced token at each of TEMPERATURES, over all of `runs`.
+
+    One cost per temperature for all drafts: it is the target's, not the draft's. Pure.
+    """
+    return {
+        t: statistics.median(v for r in runs if r.temperature == t for v in r.verify_row_s)
+        for t in TEMPERATURES
+    }
+
+
 # -- the table ------------------------------------------------------------------------------
 
 _COLUMNS = ("#", "draft", "MiB", "tok/s", "a(T=0)", "a(T=0.8)", "b*", "speedup", "b*", "speedup")
@@ -443,6 +468,117 @@ def read_prompts(path: Path) -> list[str]:
     return prompts
 
 
+def _check_options(
+    draft_paths: Sequence[Path],
+    rtt_ms: float,
+    max_tokens: int,
+    gamma: int,
+    top_k: int,
+    max_b: int,
+    rank_by: float,
+) -> None:
+    """Raise ExportError, naming the option, for no draft or an out-of-range number."""
+    if not draft_paths:
+        raise ExportError("rank-drafts needs at least one draft")
+    if gamma < 1 or max_b < 1 or max_tokens < 1 or top_k < 1:
+        raise ExportError("--gamma, --max-b, --max-tokens and --top-k must be >= 1")
+    if not (rtt_ms >= 0 and math.isfinite(rtt_ms)):
+        raise ExportError(f"--rtt-ms must be a finite number >= 0, got {rtt_ms}")
+    if rank_by not in TEMPERATURES:
+        raise ExportError(f"can rank by temperature 0 or 0.8, not {rank_by}")
+
+
+def _check_drafts(
+    target_path: Path,
+    draft_paths: Sequence[Path],
+    announce: Callable[[str], None] | None,
+    show: bool,
+) -> None:
+    """Raise ExportError with the first mismatch for a draft that fails check_pair."""
+    for p in draft_paths:
+        pair = check_pair(p, target_path, announce, progress=show)
+        if not pair.valid:
+            raise ExportError(f"{p} cannot draft for {target_path}: {pair.mismatches[0]}")
+
+
+def _sweep(
+    target: Any, prompt: list[int], max_b: int, desc: str, show: bool
+) -> dict[int, list[float]]:
+    """`target_timings` for batches of 1..max_b+1, with a progress bar titled `desc`."""
+    from tqdm import tqdm
+
+    n = (max_b + 1) * _TIMING_REPEATS
+    with tqdm(total=n, desc=desc, unit="batch", disable=not show, file=sys.stderr) as bar:
+        return target_timings(target, prompt, max_b + 1, _TIMING_REPEATS, bar.update)
+
+
+def _measure_draft(
+    path: Path,
+    target: Any,
+    encoded: Sequence[list[int]],
+    cfg: Any,
+    measure: Callable[..., Acceptance],
+    show: bool,
+    announce: Callable[[str], None] | None,
+) -> dict[float, Acceptance]:
+    """Load the draft at `path` with `cfg` (LlamaConfig) and measure its acceptance against
+    `target` (LlamaRunner) on the prompts `encoded` at each of TEMPERATURES, in that order, with
+    `measure` (`measure_acceptance` with the round settings bound); ExportError if llama.cpp
+    cannot load it."""
+    from tqdm import tqdm
+
+    from ondevice.common.llama_runtime import LlamaError, LlamaModel, LlamaRunner
+
+    try:
+        d_model = LlamaModel(path)
+    except LlamaError as e:
+        raise ExportError(f"draft {path} does not load in llama.cpp: {e}") from e
+    accs: dict[float, Acceptance] = {}
+    with d_model, LlamaRunner(d_model, cfg) as draft:
+        n_vocab = min(d_model.n_vocab, target.model.n_vocab)
+        for temp in TEMPERATURES:
+            if announce is not None:
+                announce(f"measuring {path.name} at T={temp:g}")
+            with tqdm(
+                total=len(encoded),
+                desc=f"{path.name} T={temp:g}",
+                unit="prompt",
+                disable=not show,
+                file=sys.stderr,
+            ) as bar:
+                accs[temp] = measure(
+                    draft,
+                    target,
+                    encoded,
+                    temperature=temp,
+                    n_vocab=n_vocab,
+                    on_prompt=lambda b=bar: b.update(1),
+                )
+    return accs
+
+
+def _draft_rank(
+    path: Path,
+    accs: dict[float, Acceptance],
+    t_eval_s: Sequence[float],
+    t_row_s: dict[float, float],
+    t_net_s: float,
+    max_b: int,
+) -> DraftRank:
+    """The draft at `path` with its best drafting length per temperature (`best_draft_length`)."""
+    expected = {
+        temp: best_draft_length(acc.a, acc.t_draft_s, t_net_s, t_eval_s, t_row_s[temp], max_b)
+        for temp, acc in accs.items()
+    }
+    return DraftRank(
+        path=path,
+        size_bytes=path.stat().st_size,
+        t_draft_s=accs[0.0].t_draft_s,
+        acceptance=accs,
+        expected=expected,
+    )
+
+
 def rank_drafts(
     target_path: Path,
     draft_paths: Sequence[Path],
@@ -467,31 +603,13 @@ def rank_drafts(
     difference), bad numbers, or a model llama.cpp cannot load. Acceptance counts are
     deterministic for a given seed and thread count; timings are not.
     """
-    from tqdm import tqdm
+    from ondevice.common.llama_runtime import LlamaConfig, LlamaModel, LlamaRunner
 
-    from ondevice.common.llama_runtime import LlamaConfig, LlamaError, LlamaModel, LlamaRunner
-
-    if not draft_paths:
-        raise ExportError("rank-drafts needs at least one draft")
-    if gamma < 1 or max_b < 1 or max_tokens < 1 or top_k < 1:
-        raise ExportError("--gamma, --max-b, --max-tokens and --top-k must be >= 1")
-    if not (rtt_ms >= 0 and math.isfinite(rtt_ms)):
-        raise ExportError(f"--rtt-ms must be a finite number >= 0, got {rtt_ms}")
-    if rank_by not in TEMPERATURES:
-        raise ExportError(f"can rank by temperature 0 or 0.8, not {rank_by}")
+    _check_options(draft_paths, rtt_ms, max_tokens, gamma, top_k, max_b, rank_by)
     target_path = Path(target_path)
     draft_paths = [Path(p) for p in draft_paths]
     show = show_progress(progress)
-    for p in draft_paths:
-        pair = check_pair(p, target_path, announce, progress=show)
-        if not pair.valid:
-            raise ExportError(f"{p} cannot draft for {target_path}: {pair.mismatches[0]}")
-
-    def sweep(target: Any, prompt: list[int], desc: str) -> dict[int, list[float]]:
-        n = (max_b + 1) * _TIMING_REPEATS
-        with tqdm(total=n, desc=desc, unit="batch", disable=not show, file=sys.stderr) as bar:
-            return target_timings(target, prompt, max_b + 1, _TIMING_REPEATS, bar.update)
-
+    _check_drafts(target_path, draft_paths, announce, show)
     with LlamaModel(target_path) as t_model:
         encoded = [t_model.tokenize(p) for p in prompts]
         if any(len(e) < 1 for e in encoded):
@@ -502,65 +620,22 @@ def rank_drafts(
         with LlamaRunner(t_model, cfg) as target:
             if announce is not None:
                 announce(f"timing the target's batches of 1..{max_b + 1} tokens")
-            samples = sweep(target, encoded[0], "target batches")
-            ranks: list[DraftRank] = []
-            rows: dict[float, list[float]] = {t: [] for t in TEMPERATURES}
-            for path in draft_paths:
-                try:
-                    d_model = LlamaModel(path)
-                except LlamaError as e:
-                    raise ExportError(f"draft {path} does not load in llama.cpp: {e}") from e
-                with d_model, LlamaRunner(d_model, cfg) as draft:
-                    n_vocab = min(d_model.n_vocab, t_model.n_vocab)
-                    accs: dict[float, Acceptance] = {}
-                    for temp in TEMPERATURES:
-                        if announce is not None:
-                            announce(f"measuring {path.name} at T={temp:g}")
-                        with tqdm(
-                            total=len(encoded),
-                            desc=f"{path.name} T={temp:g}",
-                            unit="prompt",
-                            disable=not show,
-                            file=sys.stderr,
-                        ) as bar:
-                            accs[temp] = measure_acceptance(
-                                draft,
-                                target,
-                                encoded,
-                                temperature=temp,
-                                gamma=gamma,
-                                top_k=top_k,
-                                max_tokens=max_tokens,
-                                n_vocab=n_vocab,
-                                seed=seed,
-                                on_prompt=lambda b=bar: b.update(1),
-                            )
-                        rows[temp].extend(accs[temp].verify_row_s)
-                        for m, times in accs[temp].target_eval_s.items():
-                            if m in samples:
-                                samples[m].extend(times)
-                ranks.append(
-                    DraftRank(
-                        path=path,
-                        size_bytes=path.stat().st_size,
-                        t_draft_s=accs[0.0].t_draft_s,
-                        acceptance=accs,
-                        expected={},
-                    )
-                )
+            before = _sweep(target, encoded[0], max_b, "target batches", show)
+            measure = partial(
+                measure_acceptance, gamma=gamma, top_k=top_k, max_tokens=max_tokens, seed=seed
+            )
+            measured = [
+                (path, _measure_draft(path, target, encoded, cfg, measure, show, announce))
+                for path in draft_paths
+            ]
             if announce is not None:
                 announce("timing the target's batches again")
-            for m, times in sweep(target, encoded[0], "target batches again").items():
-                samples[m].extend(times)
-    t_measured = [statistics.median(samples[m]) for m in sorted(samples)]
+            after = _sweep(target, encoded[0], max_b, "target batches again", show)
+    runs = [acc for _, accs in measured for acc in accs.values()]
+    t_measured = batch_medians([before, after], runs)
     t_eval = monotone_timings(t_measured)
-    # One verify cost per temperature for all drafts: it is the target's, not the draft's.
-    t_row = {t: statistics.median(v) for t, v in rows.items()}
-    for r in ranks:
-        for temp, acc in r.acceptance.items():
-            r.expected[temp] = best_draft_length(
-                acc.a, acc.t_draft_s, rtt_ms / 1e3, t_eval, t_row[temp], max_b
-            )
+    t_row = row_medians(runs)
+    ranks = [_draft_rank(p, accs, t_eval, t_row, rtt_ms / 1e3, max_b) for p, accs in measured]
     other = 0.8 if rank_by == 0.0 else 0.0
     ranks.sort(key=lambda r: (-r.expected[rank_by].speedup, -r.expected[other].speedup))
     return RankReport(

@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import subprocess
 import sys
-import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from _listening import listening
 
 from hw import Activity, open_meter
 from ondevice.common.llama_runtime import LlamaConfig, LlamaModel, LlamaRunner
@@ -76,42 +74,14 @@ def edge_server(
     edge that something else runs on this machine (a developer's own) is never picked.
     ``prefix`` runs it inside something, e.g. ``("ip", "netns", "exec", NS)``.
     """
-    fd, log_name = tempfile.mkstemp(prefix="edge-server-", suffix=".log")
-    log_file = os.fdopen(fd, "w")
     cmd = [
         *prefix, sys.executable, "-m", "edge_server.cli",
         *(["--model", str(model)] if model is not None else []),
         "--host", host, "--port", "0",
         *(["--interface", host, "--site", SITE] if advertise else ["--no-advertise"]), *args,
     ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log_file, text=True)
-    try:
-        assert proc.stdout is not None
-        deadline = time.monotonic() + startup_s
-        url = None
-        while url is None:
-            line = proc.stdout.readline()
-            if not line:
-                log_file.flush()
-                raise RuntimeError(
-                    f"edge-server exited ({proc.wait()}): {Path(log_name).read_text()}"
-                )
-            if "listening on" in line:
-                url = line.strip().rsplit(" ", 1)[-1]
-            if time.monotonic() > deadline:
-                raise RuntimeError("edge-server did not start")
-        yield EdgeProc(proc, url, Path(log_name))
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-        log_file.close()
-        if proc.stdout:
-            proc.stdout.close()
+    with listening(cmd, what="edge-server", startup_s=startup_s, stop_s=15) as server:
+        yield EdgeProc(server.proc, server.url, server.log_path)
 
 
 class Reference:

@@ -7,14 +7,14 @@ import json
 import signal
 import subprocess
 import sys
-import tempfile
-import threading
 import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from _listening import listening
 
 
 @dataclass
@@ -64,43 +64,13 @@ def serve(draft: Path, *args: str, edge: str | None = None,
           startup_s: float = 120.0) -> Iterator[ServeProc]:
     """``ondevice serve --draft DRAFT`` on 127.0.0.1, a free port, never browsing zeroconf
     (``--edge URL --no-discover``, or ``--no-discover`` alone: the draft alone)."""
-    fd, err_name = tempfile.mkstemp(prefix="ondevice-serve-", suffix=".log")
-    err = open(fd, "w")  # noqa: SIM115 - closed below
     cmd = [sys.executable, "-m", "ondevice.cli", "serve", "--draft", str(draft),
            *(["--edge", edge] if edge else []), "--no-discover", "--host", "127.0.0.1",
            "--port", "0", *args]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True)
-    try:
-        assert proc.stdout is not None
-        deadline = time.monotonic() + startup_s
-        url = None
-        while url is None:
-            line = proc.stdout.readline()
-            if not line:
-                err.flush()
-                raise RuntimeError(f"ondevice serve exited ({proc.wait()}): "
-                                   f"{Path(err_name).read_text()}")
-            if "listening on" in line:
-                url = line.strip().rsplit(" ", 1)[-1]
-            if time.monotonic() > deadline:
-                raise RuntimeError("ondevice serve did not start")
-        server = ServeProc(proc, url, Path(err_name))
-
-        def pump() -> None:
-            for x in proc.stdout:  # type: ignore[union-attr]
-                server.lines.append(x.rstrip("\n"))
-
-        threading.Thread(target=pump, daemon=True).start()
-        yield server
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-        err.close()
+    lines: list[str] = []
+    with listening(cmd, what="ondevice serve", startup_s=startup_s, stop_s=30,
+                   on_line=lines.append) as server:
+        yield ServeProc(server.proc, server.url, server.log_path, lines)
 
 
 def chat_twice(base_url: str, content: str, *, max_tokens: int, seed: int) -> tuple[Any, str]:

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from _mdns_guard import MdnsWatch
+
+if TYPE_CHECKING:
+    from _edge import Reference
 
 
 @pytest.fixture(autouse=True)
@@ -31,6 +36,17 @@ def fixture_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path
     from export import write_fixtures
 
     return write_fixtures(tmp_path_factory.mktemp("fixture_models"), seed=0)
+
+
+@pytest.fixture(scope="module")
+def target_ref(fixture_models: tuple[Path, Path]) -> Iterator[Reference]:
+    """llama-cpp-python's own decoding of the fixture target (``_edge.Reference``): what the
+    tests compare outputs with, rather than with the code under test."""
+    from _edge import Reference
+
+    ref = Reference(fixture_models[0])
+    yield ref
+    ref.close()
 
 
 @pytest.fixture(scope="session")

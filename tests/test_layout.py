@@ -7,7 +7,8 @@
 4. ``ondevice.common`` imports only the standard library, numpy, msgpack, llama-cpp-python,
    onnxruntime and itself (``sample_photos`` may also read Pillow, scikit-learn and scikit-image
    inside its functions: the photos they ship; ``http_guard``, the connection guards of the two
-   aiohttp servers, the edge and ``ondevice serve``, may import aiohttp, a base dependency).
+   aiohttp servers, the edge and ``ondevice serve``, may import aiohttp, a base dependency;
+   ``metrics_http``, their ``/metrics`` route, aiohttp and prometheus_client, base too).
 5. No import cycle among the modules of the four packages. Every import counts, also one
    inside a function; only imports under ``if TYPE_CHECKING:`` (never executed) do not.
 
@@ -31,7 +32,8 @@ SHARED_THIRD_PARTY = {"numpy", "msgpack", "llama_cpp", "onnxruntime"}
 # module -> third-party packages it may import inside functions only
 SHARED_LAZY_EXTRA = {f"{SHARED}.sample_photos": {"PIL", "sklearn", "skimage"}}
 # module -> third-party packages it may import at module level too
-SHARED_MODULE_EXTRA = {f"{SHARED}.http_guard": {"aiohttp"}}
+SHARED_MODULE_EXTRA = {f"{SHARED}.http_guard": {"aiohttp"},
+                       f"{SHARED}.metrics_http": {"aiohttp", "prometheus_client"}}
 
 
 @dataclass(frozen=True)

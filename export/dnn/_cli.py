@@ -116,7 +116,14 @@ def add_dnn(sub: argparse._SubParsersAction) -> None:
         "See docs/export-dnn.md.",
     )
     dnn_sub = dnn.add_subparsers(dest="dnn_command", metavar="COMMAND", required=True)
+    _add_split(dnn_sub)
+    _add_train_digits(dnn_sub)
+    _add_ship_digits(dnn_sub)
+    _add_quantize(dnn_sub)
 
+
+def _add_split(dnn_sub: argparse._SubParsersAction) -> None:
+    """Add ``dnn split`` (handler `_run_split`) to the ``dnn`` subparsers `dnn_sub`."""
     s = dnn_sub.add_parser(
         "split",
         help="write head_s.onnx (INT8), tail_s.onnx (fp32) per split point and profile.json",
@@ -187,6 +194,9 @@ def add_dnn(sub: argparse._SubParsersAction) -> None:
     )
     s.set_defaults(handler=_run_split)
 
+
+def _add_train_digits(dnn_sub: argparse._SubParsersAction) -> None:
+    """Add ``dnn train-digits`` (handler `_run_train_digits`) to `dnn_sub`."""
     t = dnn_sub.add_parser(
         "train-digits",
         help="train (or load) the cached digits-cnn and report its held-out accuracy",
@@ -199,6 +209,9 @@ def add_dnn(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--out", metavar="FILE.pt", help="also save the model as TorchScript")
     t.set_defaults(handler=_run_train_digits)
 
+
+def _add_ship_digits(dnn_sub: argparse._SubParsersAction) -> None:
+    """Add ``dnn ship-digits`` (handler `_run_ship_digits`) to `dnn_sub`."""
     d = dnn_sub.add_parser(
         "ship-digits",
         help="write the digits data and digits-cnn split that ship inside coinfer",
@@ -211,6 +224,9 @@ def add_dnn(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--cache-dir", metavar="DIR", help="digits-cnn weight cache")
     d.set_defaults(handler=_run_ship_digits)
 
+
+def _add_quantize(dnn_sub: argparse._SubParsersAction) -> None:
+    """Add ``dnn quantize`` (handler `_run_quantize`) to `dnn_sub`."""
     q = dnn_sub.add_parser(
         "quantize",
         help="INT8 static QDQ quantization of your own ONNX model",

@@ -386,8 +386,3 @@ def graph_flops(model: onnx.ModelProto) -> int:
     inferred = infer_shapes(model)
     shapes = tensor_shapes(inferred)
     return int(sum(node_flops(n, shapes) for n in inferred.graph.node))
-
-
-def weights_bytes(model: onnx.ModelProto) -> int:
-    """Bytes of the initializers (weights) of `model`."""
-    return int(sum(numpy_helper.to_array(i).nbytes for i in model.graph.initializer))

@@ -21,7 +21,13 @@ import onnx
 
 from export._errors import ExportError
 from export.dnn import _data
-from export.dnn._channels import accuracy_curve, channel_stats, importance, importance_order
+from export.dnn._channels import (
+    ChannelStats,
+    accuracy_curve,
+    channel_stats,
+    importance,
+    importance_order,
+)
 from export.dnn._graph import Boundary, GraphInfo, analyze, extract, fold_constants, graph_flops
 from export.dnn._models import ModelSpec, export_onnx, resolve_model
 from export.dnn._profile import PROFILE_NAME, write_profile
@@ -199,6 +205,45 @@ def _check_split(
     return diff
 
 
+def _write_pair(
+    head: onnx.ModelProto,
+    tail: onnx.ModelProto,
+    calib: np.ndarray,
+    head_path: Path,
+    tail_path: Path,
+) -> onnx.ModelProto:
+    """Write `head` quantized to INT8 (calibrated on `calib` ``[Nc, C, H, W]``) and the fp32
+    `tail`, each atomically; return the INT8 head."""
+    with atomic_output(head_path) as tmp:
+        head_q = quantize_int8(head, tmp, calib)
+    with atomic_output(tail_path) as tmp:
+        onnx.save(tail, tmp)
+    return head_q
+
+
+def _feature_entry(
+    shape: tuple[int, int, int], stats: ChannelStats, scores: np.ndarray, order: np.ndarray
+) -> dict[str, Any]:
+    """The profile's ``feature`` entry of a split: the uint8 feature ``[C, H, W]`` its head
+    sends, its per-channel codec parameters (`stats`) and channel importance (``[C]`` each)."""
+    c, h, w = shape
+    return {
+        "name": "feature",
+        "shape": [c, h, w],
+        "channels": c,
+        "bytes": c * h * w,
+        "bytes_per_channel": h * w,
+        "dtype": "uint8",
+        "scale": stats.scale.tolist(),
+        "zero_point": stats.zero_point.tolist(),
+        "mean": stats.mean.tolist(),
+        "min": stats.lo.tolist(),
+        "max": stats.hi.tolist(),
+        "importance_order": order.tolist(),
+        "importance": scores.tolist(),
+    }
+
+
 def _split_one(
     b: Boundary,
     info: GraphInfo,
@@ -219,10 +264,7 @@ def _split_one(
         f"head+tail vs full max |diff| {diff:.3g}"
     )
     head_path, tail_path = out_dir / f"head_{b.index}.onnx", out_dir / f"tail_{b.index}.onnx"
-    with atomic_output(head_path) as tmp:
-        head_q = quantize_int8(head, tmp, data.calib)
-    with atomic_output(tail_path) as tmp:
-        onnx.save(tail, tmp)
+    head_q = _write_pair(head, tail, data.calib, head_path, tail_path)
     head_s, tail_s = session(head_q), session(tail)
     feat_cal = run(head_s, data.calib)  # [Nc, C, H, W] from the INT8 head
     feat_ev = run(head_s, data.eval)  # [Ne, C, H, W]
@@ -236,7 +278,6 @@ def _split_one(
     x1 = data.calib[:1]
     head_ms, head_fp32_ms = latency_ms(session(head_q, threads), session(head, threads), sample=x1)
     (tail_ms,) = latency_ms(session(tail, threads), sample=feat_cal[:1])
-    c, h, w = b.shape
     say(
         f"split {b.index}: INT8 head {head_ms:.3f} ms ({head_fp32_ms / head_ms:.2f}x fp32), tail "
         f"{tail_ms:.3f} ms, INT8 top-1 agreement {int8_agree:.3f} "
@@ -262,21 +303,7 @@ def _split_one(
             "latency_ms": tail_ms,
             "file_bytes": tail_path.stat().st_size,
         },
-        "feature": {
-            "name": "feature",
-            "shape": [c, h, w],
-            "channels": c,
-            "bytes": c * h * w,
-            "bytes_per_channel": h * w,
-            "dtype": "uint8",
-            "scale": stats.scale.tolist(),
-            "zero_point": stats.zero_point.tolist(),
-            "mean": stats.mean.tolist(),
-            "min": stats.lo.tolist(),
-            "max": stats.hi.tolist(),
-            "importance_order": order.tolist(),
-            "importance": scores.tolist(),
-        },
+        "feature": _feature_entry(b.shape, stats, scores, order),
         "check": {"max_abs_diff": diff, "samples": len(data.calib)},
         "int8_agreement": int8_agree,
         "int8_metric": curve[-1].accuracy,

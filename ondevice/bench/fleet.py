@@ -1,13 +1,13 @@
 """``ondevice bench fleet``: many devices, one edge; batched against serial edge scheduling.
 
-Real mode runs one real ``edge-server`` on loopback (Gemma 3 270M by default) and N devices in
-this process. Eight real drafts cannot share two cores with the edge, so each device *replays*
-a recorded draft trace (``bench.trace``: along the target's greedy path, whether the draft's
-argmax matched and its entropy, from the real pair) at the speed of a device hardware profile:
-it drafts the trace's tokens (a matched token is the target's, the first unmatched one any
-other token, later ones filler the edge rejects anyway), sleeps the profile's drafting time,
-and sends real ``round`` frames. The edge does all its real work: prefill, batched verification
-with the rejection sampler, edge-only generation.
+Eight real drafts cannot share two cores with the edge, so each device *replays* a recorded
+draft trace (``bench.trace``: along the target's greedy path, whether the draft's argmax
+matched and its entropy, from the real pair) at the speed of a device hardware profile
+(``_fleet_device``: the replayed device, its rounds priced and counted as every loop counts
+them). Real mode (``_fleet_real``) runs one real ``edge-server`` on loopback (Gemma 3 270M by
+default) and the N devices in this process, sending it real frames; sim mode (``_fleet_sim``)
+runs the same devices and policies against an event-driven model of a batching edge on a
+virtual clock. Device energy is modelled from the profile, labelled modelled.
 
 The trace holds only along the path it was recorded on. Where the edge's greedy token is not
 the trace's (a near-tie that the edge's float sums, which depend on the batch a step carries
@@ -15,71 +15,36 @@ and on where its sequence's cells lie in the KV pool, resolve otherwise than the
 did), the session's context has left the trace, and a device that kept drafting it would
 draft a path the edge never takes. So a drafting device ends that session at the verdict that
 shows it and goes on with the next prompt in a new session (``diverged`` counts these); it
-also moves on when a prompt's trace runs out. Device energy is modelled from the profile
-(``CostModel``: drafting, waiting and radio power), labelled modelled.
-
-Sim mode runs the same devices and policies against an event-driven model of a batching edge
-whose decode of ``B`` tokens costs what the edge profile says of B positions
-(``EdgeProfile.verify_ms``), on the trace alone. The modelled edge advises its sessions as the
-real one does: every decode feeds the same ``StreamAdvisor``
-(``ondevice.common.stream_advice``) what the engine feeds it, and each verdict and streamed
-stretch carries its advice to the device's policy, as ``advise`` in the real frames does.
+also moves on when a prompt's trace runs out.
 
 Per (N, policy, scheduler): aggregate tokens/s, per-device tokens/s (median, p5), per-device
-J/token (modelled), mean edge batch (tokens per decode, from the verdicts), edge RSS.
+J/token (modelled), mean edge batch (tokens per decode, from the verdicts), edge RSS. Here:
+the rows (``FleetRow``, ``summarize``), the runs (``run_fleet_real``, ``run_fleet_sim``) and
+the report (table, ratios, figure).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import itertools
-import math
 import statistics
-import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ondevice.bench._fleet_device import (
+    DeviceResult,
+    PromptTrace,
+    draft_round,
+    edge_only_energy_j,
+    prompt_traces,
+)
+from ondevice.bench._fleet_real import edge_rss_mib, run_real_device, run_real_fleet
+from ondevice.bench._fleet_sim import simulate_fleet
 from ondevice.bench._hardware import CostModel
-from ondevice.bench.gelato_sim import leading_accepts
-from ondevice.bench.trace import Trace
-from ondevice.llm.policies import Policy, RoundStats, make_policy
 
 FLEET_POLICIES = ("gelato", "fixed", "edge-only")
-FILLER = 1  # a token id for drafted positions after the first mismatch (rejected anyway)
-
-
-@dataclass(slots=True)
-class DeviceResult:
-    """One device's run. Seconds, joules (modelled), tokens."""
-
-    device: int
-    tokens: int
-    seconds: float
-    energy_j: float
-    rounds: int = 0
-    drafted: int = 0
-    accepted: int = 0
-    batch_sum: float = 0.0  # sum over rounds/steps of the edge's decode size
-    batch_n: int = 0
-    queue_ms_sum: float = 0.0
-    diverged: int = 0  # sessions whose edge path left the trace (next prompt followed)
-    streamed: int = 0  # tokens the edge generated alone at the policy's choice (stream action)
-    sessions: int = 0  # sessions opened (a new one per trace, real mode)
-    b_history: list[int] = field(default_factory=list)  # gelato's budget per round
-    t_start_s: float = 0.0
-
-    @property
-    def tokens_per_s(self) -> float:
-        return self.tokens / self.seconds if self.seconds > 0 else 0.0
-
-    @property
-    def j_per_token(self) -> float | None:
-        return self.energy_j / self.tokens if self.tokens else None
 
 
 @dataclass(slots=True)
@@ -136,354 +101,6 @@ def summarize(mode: str, n: int, policy: str, scheduler: str, results: Sequence[
     )
 
 
-# -- the replayed device ------------------------------------------------------------------------
-
-@dataclass(frozen=True, slots=True)
-class PromptTrace:
-    """One prompt's ids and the trace's positions of its greedy continuation."""
-
-    ids: list[int]
-    tokens: np.ndarray  # [m] target greedy
-    match: np.ndarray  # [m] bool
-    entropy: np.ndarray  # [m] nats
-
-
-def prompt_traces(trace: Trace, prompt_ids: Sequence[list[int]]) -> list[PromptTrace]:
-    out = []
-    for p, ids in enumerate(prompt_ids):
-        a, b = int(trace.offsets[p]), int(trace.offsets[p + 1])
-        out.append(PromptTrace(list(ids), trace.tokens[a:b], trace.match[a:b],
-                               trace.entropy[a:b]))
-    return out
-
-
-def draft_round(pt: PromptTrace, pos: int, policy: Policy, n_max: int) -> tuple[list[int],
-                                                                                 list[float]]:
-    """The tokens a draft proposes at trace position ``pos`` under ``policy`` (greedy): matched
-    tokens are the target's, the first unmatched one another token, then filler."""
-    ids: list[int] = []
-    ents: list[float] = []
-    ok = True
-    while len(ids) < n_max and pos + len(ids) < len(pt.tokens):
-        i = pos + len(ids)
-        tok = int(pt.tokens[i])
-        if ok and not pt.match[i]:
-            ok = False
-            tok = tok + 1 if tok + 1 != int(pt.tokens[i]) else tok + 2
-        elif not ok:
-            tok = FILLER
-        ids.append(tok)
-        ents.append(float(pt.entropy[i]))
-        if not policy.keep_drafting(len(ids), ents[-1]):
-            break
-    return ids, ents
-
-
-async def run_real_device(index: int, url: str, pts: Sequence[PromptTrace], policy: Policy,
-                          cost: CostModel, vocab_hash: str, n_tokens: int,
-                          start_delay_s: float = 0.0) -> DeviceResult:
-    """One replayed device against a real edge (module docstring): ``n_tokens`` tokens over
-    one socket, replaying ``pts[0]``, then ``pts[1]``, ... in turn (a new session each) when a
-    trace runs out or the edge's greedy path leaves it (``diverged``)."""
-    from ondevice.edge.client import EdgeClient
-
-    await asyncio.sleep(start_delay_s)
-    res = DeviceResult(index, 0, 0.0, 0.0, t_start_s=time.monotonic())
-    async with EdgeClient(url, timeout_s=120.0) as edge:
-        for leg in itertools.count():
-            if res.tokens >= n_tokens:
-                break
-            pt = pts[leg % len(pts)]
-            if leg:
-                await edge.async_end_session()
-            await edge.async_open(pt.ids, vocab_hash=vocab_hash, draft_model="replay",
-                                  temperature=0.0, seed=index, top_k=1)
-            res.sessions += 1
-            room = min(n_tokens - res.tokens, len(pt.tokens) - 1)
-            got = await _replay_leg(edge, pt, room, policy, cost, res)
-            res.tokens += got
-            if got == 0:  # the edge ended the prompt at once (end of generation)
-                break
-    res.seconds = time.monotonic() - res.t_start_s
-    return res
-
-
-def _count_batch(res: DeviceResult, frame: Any) -> None:
-    if frame.batch is not None:
-        res.batch_sum += frame.batch
-        res.batch_n += 1
-        res.queue_ms_sum += frame.queue_ms or 0.0
-
-
-async def _stream(edge: Any, pt: PromptTrace, pos: int, n: int, res: DeviceResult
-                  ) -> tuple[int, bool, bool | None]:
-    """Let the edge generate ``n`` tokens from trace position ``pos``; (tokens, whether one of
-    them left the trace, the edge's last advice)."""
-    got, left, advice = 0, False, None
-    async for chunk in edge.async_generate(n):
-        for tok in chunk.ids.tolist():
-            left = left or tok != int(pt.tokens[pos + got])
-            got += 1
-        _count_batch(res, chunk)
-        advice = chunk.advise if chunk.advise is not None else advice
-    return got, left, advice
-
-
-async def _replay_leg(edge: Any, pt: PromptTrace, room: int, policy: Policy, cost: CostModel,
-                      res: DeviceResult) -> int:
-    """Replay one open session along ``pt`` for at most ``room`` tokens; return the tokens
-    produced. Drafting policies stop the leg where the edge's token is not the trace's: past
-    it the trace no longer describes the session's context (a near-tie that the edge's batch
-    resolved the other way, or a path recorded with other float sums)."""
-    if policy.mode == "edge-only":  # the tokens' values do not change its cost: no early stop
-        t0 = time.monotonic()
-        got, left, _ = await _stream(edge, pt, 0, room, res)
-        res.diverged += int(left)
-        res.energy_j += edge_only_energy_j(cost, got, time.monotonic() - t0)
-        return got
-    d = cost.device
-    pos = 0
-    if policy.wants_draft_time():  # the replayed draft's speed is the profile's
-        policy.calibrate(d.draft_ms_per_token / 1e3, d.draft_ms_per_token / 1e3 * d.draft_w)
-    policy.begin_prompt()
-    while pos < room:
-        r0 = time.monotonic()
-        n_stream = min(policy.stream_tokens(room - pos), room - pos)
-        if n_stream > 0:  # the stream action: the edge generates a stretch alone
-            got, left, advice = await _stream(edge, pt, pos, n_stream, res)
-            seconds = time.monotonic() - r0
-            energy = edge_only_energy_j(cost, got, seconds)
-            policy.observe_stream(got, seconds, energy, edge_advice=advice)
-            res.energy_j += energy
-            res.streamed += got
-            pos += got
-            if left or got == 0:
-                res.diverged += int(left)
-                break
-            continue
-        n_max = max(0, min(policy.round_budget(), room - pos - 1, 32))
-        ids, ents = draft_round(pt, pos, policy, n_max)
-        draft_s = cost.draft_s(len(ids), 1)
-        await asyncio.sleep(draft_s)  # the profile's device drafting time
-        s0 = time.monotonic()
-        n = len(ids)
-        verdict = await edge.async_round(
-            np.asarray(ids, np.int32), np.asarray(ids, np.int32).reshape(n, 1),
-            np.ones((n, 1), np.float32))
-        r1 = time.monotonic()
-        produced = verdict.accepted + 1
-        rc = cost.round(n)
-        wait_s = (r1 - r0) - draft_s
-        energy = rc.draft_energy_j + d.wait_w * wait_s + (rc.energy_j - rc.draft_energy_j
-                                                          - d.wait_w * (rc.round_s
-                                                                        - rc.draft_s))
-        policy.observe(RoundStats(
-            drafted=n, accepted=verdict.accepted, produced=produced, draft_s=draft_s,
-            rtt_s=r1 - s0, verify_s=verdict.verify_ms / 1e3, round_s=r1 - r0,
-            energy_j=energy, draft_energy_j=rc.draft_energy_j, entropies=ents,
-            queue_s=None if verdict.queue_ms is None else verdict.queue_ms / 1e3,
-            batch_tokens=verdict.batch, edge_advice=verdict.advise))
-        pos += produced
-        res.rounds += 1
-        res.drafted += n
-        res.accepted += verdict.accepted
-        res.energy_j += energy
-        _count_batch(res, verdict)
-        res.b_history.append(n)
-        if verdict.token != int(pt.tokens[pos - 1]):  # the edge left the trace
-            res.diverged += 1
-            break
-    return pos
-
-
-async def run_real_fleet(url: str, traces: Sequence[PromptTrace], policy_name: str, n: int,
-                         cost: CostModel, vocab_hash: str, n_tokens: int, *,
-                         power_budget_w: float | None = None, join_every_s: float = 0.0,
-                         ) -> list[DeviceResult]:
-    """``n`` replayed devices at once (or joining every ``join_every_s``); device ``i``
-    starts on prompt ``i`` and goes on with the next ones in turn."""
-    policies = [make_policy(policy_name, gamma=4, power_budget_w=power_budget_w)
-                for _ in range(n)]
-    k = len(traces)
-    return list(await asyncio.gather(*(
-        run_real_device(i, url, [traces[(i + j) % k] for j in range(k)], policies[i], cost,
-                        vocab_hash, n_tokens, start_delay_s=i * join_every_s)
-        for i in range(n))))
-
-
-def edge_only_energy_j(cost: CostModel, tokens: int, seconds: float) -> float:
-    """Device energy (modelled) of receiving ``tokens`` streamed tokens over ``seconds``: the
-    radio's per-frame cost from the profile plus waiting power for the measured time."""
-    s_model, e_model = cost.edge_only(tokens)
-    return e_model - cost.device.wait_w * s_model + cost.device.wait_w * seconds
-
-
-def edge_rss_mib(pid: int) -> float | None:
-    """Resident memory of the edge process (Linux /proc), MiB."""
-    with contextlib.suppress(OSError, ValueError):
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return None
-
-
-# -- sim mode: an event-driven batching edge ----------------------------------------------------
-
-def simulate_fleet(traces: Sequence[PromptTrace], policy_name: str, n: int, cost: CostModel,
-                   n_tokens: int, *, scheduler: str = "batched",
-                   power_budget_w: float | None = None,
-                   make: Callable[..., Policy] = make_policy) -> list[DeviceResult]:
-    """N devices and one edge on a virtual clock. The edge runs one decode at a time; a decode
-    takes every pending job (``batched``; one in ``serial``) and lasts
-    ``t0 + k * tokens``. Devices draft, send (half the RTT each way plus transfer), wait.
-    After each decode the edge's ``StreamAdvisor`` observes it (as ``edge_server._engine``
-    does) and its advice reaches the devices in that decode's verdicts and stretches."""
-    import heapq
-
-    # the edge's own advisor, shared rather than re-derived (a pure class, no I/O)
-    from ondevice.common.stream_advice import ACTIVE_S, StreamAdvisor
-
-    e = cost.edge
-    d = cost.device
-    half_rtt = d.rtt_ms / 2e3
-    policies = [make(policy_name, gamma=4, power_budget_w=power_budget_w) for _ in range(n)]
-    for policy in policies:  # each device replays one prompt, its draft's speed measured
-        if policy.wants_draft_time():
-            policy.calibrate(d.draft_ms_per_token / 1e3, d.draft_ms_per_token / 1e3 * d.draft_w)
-        policy.begin_prompt()
-    res = [DeviceResult(i, 0, 0.0, 0.0) for i in range(n)]
-    pos = [0] * n
-    pts = [traces[i % len(traces)] for i in range(n)]
-    limit = [min(n_tokens, len(p.tokens) - 1) for p in pts]
-    events: list[tuple[float, int, str, int]] = []  # (time, seq, kind, device)
-    pending: list[tuple[float, int, int, list[int], list[float], float]] = []
-    seq = 0
-    edge_free_at = 0.0
-    advisor = StreamAdvisor()
-    last_job = [-math.inf] * n  # when each device's session last had a job decoded
-    closed = [False] * n  # the device is done: its session is closed
-    advice: dict[int, bool] = {}  # device -> the advice of its stretch's latest step
-
-    def push(t: float, kind: str, dev: int) -> None:
-        nonlocal seq
-        heapq.heappush(events, (t, seq, kind, dev))
-        seq += 1
-
-    start = {}
-    # device -> (end position, request time, tokens) of the stretch the edge streams to it
-    stretch: dict[int, tuple[int, float, int]] = {}
-
-    for i in range(n):
-        push(0.0, "draft", i)
-    while events:
-        t, _, kind, i = heapq.heappop(events)
-        if kind == "draft":
-            start.setdefault(i, t)
-            if pos[i] >= limit[i]:
-                res[i].seconds = t - start[i]
-                res[i].tokens = pos[i]
-                closed[i] = True
-                continue
-            if policies[i].mode == "edge-only":  # one generate request, then the edge streams
-                pending.append((t + half_rtt, i, 0, [], [], t))
-                push(t + half_rtt, "arrive", i)
-                continue
-            n_stream = min(policies[i].stream_tokens(limit[i] - pos[i]), limit[i] - pos[i])
-            if n_stream > 0:  # a stretch: one generate request, then the edge streams
-                stretch[i] = (pos[i] + n_stream, t, n_stream)
-                pending.append((t + half_rtt, i, 0, [], [], t))
-                push(t + half_rtt, "arrive", i)
-                continue
-            b = max(0, min(policies[i].round_budget(), limit[i] - pos[i] - 1, 32))
-            ids, ents = draft_round(pts[i], pos[i], policies[i], b)
-            draft_s = cost.draft_s(len(ids), 1)
-            pending.append((t + draft_s + half_rtt, i, len(ids), ids, ents, t))
-            push(t + draft_s + half_rtt, "arrive", i)
-        elif kind in ("arrive", "edge"):
-            ready = [p for p in pending if p[0] <= t + 1e-12]
-            if not ready or edge_free_at > t + 1e-12:
-                if ready:
-                    push(edge_free_at, "edge", i)
-                continue
-            take = sorted(ready)[: (1 if scheduler == "serial" else len(ready))]
-            for p in take:
-                pending.remove(p)
-            batch = sum(p[2] + 1 for p in take)
-            svc = e.verify_ms(batch) / 1e3
-            idle_s, edge_free_at = t - edge_free_at, t + svc
-            # a round's accepted prefix, known to the edge once it has verified
-            accepted = {p[1]: leading_accepts(pts[p[1]].match, pos[p[1]], p[2]) for p in take
-                        if p[1] not in stretch and policies[p[1]].mode != "edge-only"}
-            for p in take:
-                last_job[p[1]] = edge_free_at
-            # serial scheduling never batches: a streamed token is a step of its own
-            active = 1 if scheduler == "serial" else sum(
-                1 for j in range(n) if not closed[j] and edge_free_at - last_job[j] < ACTIVE_S)
-            advisor.observe_step(
-                compute_s=svc, idle_s=idle_s, tokens=batch, jobs=len(take), active=active,
-                rounds=[(p[2] + 1, accepted[p[1]] + 1) for p in take if p[1] in accepted],
-                fit=True)  # every job asks a logits row per token (no prefill here)
-            advise = advisor.advise_stream
-            for arrive_t, dev, nd, _ids, ents, r0 in take:
-                pol, r = policies[dev], res[dev]
-                if dev in stretch:
-                    pos[dev] += 1
-                    r.batch_sum += batch
-                    r.batch_n += 1
-                    r.queue_ms_sum += max(t - arrive_t, 0.0) * 1e3
-                    end, s0, n_got = stretch[dev]
-                    advice[dev] = advise  # each streamed token's frame carries it
-                    if pos[dev] < end:
-                        pending.append((edge_free_at, dev, 0, [], [], r0))
-                    else:  # the stretch's last token: the device decides again
-                        del stretch[dev]
-                        done_t = edge_free_at + half_rtt
-                        energy = edge_only_energy_j(cost, n_got, done_t - s0)
-                        pol.observe_stream(n_got, done_t - s0, energy,
-                                           edge_advice=advice.pop(dev))
-                        r.energy_j += energy
-                        r.streamed += n_got
-                        push(done_t, "draft", dev)
-                    continue
-                if pol.mode == "edge-only":
-                    pos[dev] += 1
-                    r.batch_sum += batch
-                    r.batch_n += 1
-                    r.queue_ms_sum += max(t - arrive_t, 0.0) * 1e3
-                    if pos[dev] < limit[dev]:  # the edge goes on with the next step at once
-                        pending.append((edge_free_at, dev, 0, [], [], r0))
-                    else:
-                        r.tokens, r.seconds = pos[dev], edge_free_at + half_rtt - start[dev]
-                        r.energy_j = edge_only_energy_j(cost, r.tokens, r.seconds)
-                        closed[dev] = True
-                    continue
-                acc = accepted[dev]
-                produced = min(acc + 1, limit[dev] - pos[dev]) if nd else 1
-                done_t = edge_free_at + half_rtt
-                rc = cost.round(nd)
-                round_s = done_t - r0
-                energy = rc.draft_energy_j + d.wait_w * (round_s - rc.draft_s) + (
-                    rc.energy_j - rc.draft_energy_j - d.wait_w * (rc.round_s - rc.draft_s))
-                pol.observe(RoundStats(
-                    drafted=nd, accepted=acc, produced=produced, draft_s=rc.draft_s,
-                    rtt_s=done_t - arrive_t + half_rtt, verify_s=svc, round_s=round_s,
-                    energy_j=energy, draft_energy_j=rc.draft_energy_j, entropies=ents,
-                    queue_s=max(t - arrive_t, 0.0), batch_tokens=batch, edge_advice=advise))
-                r.rounds += 1
-                r.drafted += nd
-                r.accepted += acc
-                r.b_history.append(nd)
-                r.energy_j += energy
-                r.batch_sum += batch
-                r.batch_n += 1
-                r.queue_ms_sum += max(t - arrive_t, 0.0) * 1e3
-                pos[dev] += produced
-                push(done_t, "draft", dev)
-            if pending:
-                push(edge_free_at, "edge", i)
-    return res
-
-
 # -- the benchmark: orchestration --------------------------------------------------------------
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -516,7 +133,7 @@ def wire_info_path() -> str:
     return wire.INFO_PATH
 
 
-async def run_real_bench(cfg: FleetConfig, target: Path, traces: Sequence[PromptTrace],
+async def run_fleet_real(cfg: FleetConfig, target: Path, traces: Sequence[PromptTrace],
                          vocab_hash: str, say: Callable[[str], None],
                          on_row: Callable[[FleetRow], None] = lambda row: None) -> tuple[
                              list[FleetRow], dict[str, Any]]:
@@ -574,7 +191,7 @@ def joining_summary(results: Sequence[DeviceResult], budget_w: float | None) -> 
     return {"devices": devices, "device0_drafted_per_round": results[0].b_history}
 
 
-def run_sim_bench(cfg: FleetConfig, traces: Sequence[PromptTrace],
+def run_fleet_sim(cfg: FleetConfig, traces: Sequence[PromptTrace],
                   on_row: Callable[[FleetRow], None] = lambda row: None) -> list[FleetRow]:
     """Every (edge profile, scheduler, N, policy) on the virtual clock; ``on_row`` gets each
     row as it is computed."""
@@ -709,3 +326,10 @@ def build_figure(rows: Sequence[FleetRow]) -> Any:
 def write_png(rows: Sequence[FleetRow], path: Path) -> None:
     """``build_figure(rows)`` saved as a PNG at ``path``."""
     build_figure(rows).savefig(path)
+
+
+__all__ = ["FLEET_POLICIES", "HEADER", "DeviceResult", "FleetConfig", "FleetRow", "PromptTrace",
+           "build_figure", "draft_round", "edge_only_energy_j", "edge_rss_mib", "format_row",
+           "joining_summary", "prompt_traces", "ratios", "run_fleet_real", "run_fleet_sim",
+           "run_real_device", "run_real_fleet", "series_styles", "simulate_fleet",
+           "summarize", "write_png"]

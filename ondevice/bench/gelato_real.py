@@ -36,6 +36,7 @@ from ondevice.common.llama_runtime import LlamaConfig, LlamaModel, LlamaRunner
 from ondevice.edge.local import edge_child
 from ondevice.llm.generate import METER_WAIT_S, EdgePlan, GenerateRequest, Generation
 from ondevice.llm.policies import Policy
+from ondevice.llm.round_account import RoundTally
 
 EDGE_STARTUP_S = 120.0  # s for the edge to load its model and listen
 LOOPBACK = "127.0.0.1"
@@ -108,12 +109,7 @@ class _Acc:
 
     spec: PolicySpec
     policy: Policy
-    tokens: int = 0
-    time_s: float = 0.0
-    energy_j: float = 0.0
-    rounds: int = 0
-    drafted: int = 0
-    accepted: int = 0
+    tally: RoundTally = field(default_factory=RoundTally)  # tokens, s, J, rounds, drafted, ...
     coverage: list[float] = field(default_factory=list)
     source: str = "modelled"
     degraded: int = 0
@@ -122,11 +118,11 @@ class _Acc:
     near_ties: int | None = None  # the edge's count over all generations (temperature 0)
 
     def row(self) -> BenchRow:
-        s = self.spec
+        s, t = self.spec, self.tally
         return BenchRow(
-            policy=s.label, group=s.group, tokens=self.tokens, time_s=self.time_s,
-            energy_j=self.energy_j, rounds=self.rounds, drafted=self.drafted,
-            accepted=self.accepted, v=s.v if s.name == "gelato" else None,
+            policy=s.label, group=s.group, tokens=t.tokens, time_s=t.time_s,
+            energy_j=t.energy_j, rounds=t.rounds, drafted=t.drafted,
+            accepted=t.accepted, v=s.v if s.name == "gelato" else None,
             budget_w=s.power_budget_w, budget_j_per_token=s.energy_per_token_j,
             energy_source=self.source,
             settings={**self.policy.describe(), "degraded_generations": self.degraded,
@@ -223,12 +219,10 @@ async def _one(acc: _Acc, prompt: str, seed: int, url: str, model: LlamaModel,
     gen = Generation(model, request, acc.policy, plan=EdgePlan(url=url, discover=False),
                      meter=meter, activity=activity, llama_config=llama_cfg)
     report = await gen.run(runner)
-    acc.tokens += report.n_tokens
-    acc.time_s += report.elapsed_s
-    acc.energy_j += report.energy_j
-    acc.rounds += report.rounds
-    acc.drafted += report.drafted
-    acc.accepted += report.accepted
+    acc.tally.add(RoundTally(tokens=report.n_tokens, time_s=report.elapsed_s,
+                             energy_j=report.energy_j,  # type: ignore[arg-type]
+                             rounds=report.rounds, drafted=report.drafted,
+                             accepted=report.accepted))
     acc.coverage.append(report.meter_coverage)
     acc.source = report.energy_source
     acc.degraded += int(report.degraded)

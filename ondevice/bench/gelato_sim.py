@@ -1,19 +1,23 @@
 """Trace-driven simulation of drafting policies on a hardware profile. Pure: no I/O, no clock.
 
-Every policy replays the same trace (``trace.py``) through the same round loop as
-``Generation._speculate``: it asks ``round_budget()``, drafts while ``keep_drafting(j, H_j)``
-says so (fed the recorded entropies), the round accepts the leading run of accepted positions,
-produces accepted + 1 tokens, and the policy ``observe``\\ s the round's ``RoundStats`` with the
-time and energy the profile prices (``_hardware.CostModel``). Acceptance outcomes are fixed per
-position before any policy runs (the greedy match, or one Bernoulli draw of the recorded
-acceptance probability per position and seed), so every policy meets the same realizations.
+Every policy replays the same trace (``trace.py``) through the round loop of the real
+generation (``ondevice.llm._round``): it asks ``round_budget()``, drafts while
+``keep_drafting(j, H_j)`` says so (fed the recorded entropies), the round accepts the leading
+run of accepted positions, produces accepted + 1 tokens, and the policy ``observe``\\ s the
+round's ``RoundStats`` with the time and energy the profile prices (``_hardware.CostModel``),
+counted as every loop counts a round (``ondevice.llm.round_account``). Acceptance outcomes
+are fixed per position before any policy runs (the greedy match, or one Bernoulli draw of the
+recorded acceptance probability per position and seed), so every policy meets the same
+realizations.
 
-Two hindsight references, not policies (they see the outcomes in advance):
+Hindsight references, not policies (they see the outcomes in advance), from
+``action_plan.py``'s one dynamic program over (position, the draft's catch-up or tokens drafted
+ahead):
 
-- ``oracle``: the cheapest drafting schedule in hindsight, by dynamic programming over trace
-  positions, minimizing time + lambda * energy. lambda = 0 gives the highest throughput any
-  schedule of drafting lengths can reach on the trace; a sweep over lambda gives the best
-  throughput at each energy per token (the oracle frontier).
+- ``oracle``: the cheapest schedule of drafting lengths in hindsight, minimizing time + lambda
+  * energy. lambda = 0 gives the highest throughput any schedule of drafting lengths can reach
+  on the trace; a sweep over lambda gives the best throughput at each energy per token (the
+  oracle frontier).
 - ``oracle (all actions)``: the same over GELATO's whole action set (drafting lengths,
   streaming a stretch, drafting ahead or not), at lambda = 0: the fastest schedule of the
   actions GELATO has, against which its gap is measured like for like.
@@ -45,34 +49,23 @@ from ondevice.bench._specs import (
     first_specs,
     second_specs,
 )
+from ondevice.bench.action_plan import (
+    ORACLE_CAP,
+    STREAM_LENGTHS,
+    leading_accepts,
+    simulate_oracle,
+    simulate_oracle_actions,
+    simulate_oracle_matches,
+)
 from ondevice.bench.report import BenchRow
 from ondevice.bench.trace import Trace
 from ondevice.llm.acceptance import TokenFeatures
 from ondevice.llm.policies import Policy, RoundStats
+from ondevice.llm.round_account import DraftCache, RoundTally, ahead_hits, sync_s
 
-ORACLE_CAP = 16  # most tokens an oracle round drafts (the policies' cap)
-PENDING_MAX = 8  # DP state bound on the draft's catch-up tokens (beyond: priced as 8, which
-# only makes the oracle cheaper, so it stays an upper bound)
-
-
-@dataclass(slots=True)
-class Tally:
-    """Totals of a simulated or real run. Seconds, joules."""
-
-    tokens: int = 0
-    time_s: float = 0.0
-    energy_j: float = 0.0
-    rounds: int = 0
-    drafted: int = 0
-    accepted: int = 0
-
-    def add(self, other: Tally) -> None:
-        self.tokens += other.tokens
-        self.time_s += other.time_s
-        self.energy_j += other.energy_j
-        self.rounds += other.rounds
-        self.drafted += other.drafted
-        self.accepted += other.accepted
+# Totals of a simulated or real run (tokens, seconds, joules, rounds, drafted, accepted, ...):
+# the tally every round loop keeps, under the name the benchmarks give it.
+Tally = RoundTally
 
 
 def acceptance_outcomes(trace: Trace, *, sampling: bool, seed: int = 0,
@@ -114,13 +107,6 @@ def policy_entropies(trace: Trace, *, sampling: bool) -> np.ndarray:
     return trace.entropy
 
 
-def leading_accepts(accepts: np.ndarray, start: int, n: int) -> int:
-    """Length of the run of accepted positions at ``start``, at most ``n``."""
-    window = accepts[start : start + n]
-    misses = np.flatnonzero(~window)
-    return int(misses[0]) if misses.size else int(window.shape[0])
-
-
 def simulate_policy(
     policy: Policy, trace: Trace, cost: CostModel, accepts: np.ndarray, entropies: np.ndarray,
     *, repeat: int = 1, on_prompt: Callable[[], None] | None = None,
@@ -155,245 +141,78 @@ def simulate_policy(
 
 def _speculate(policy: Policy, cost: CostModel, accepts: np.ndarray, ents: np.ndarray,
                feats: tuple[np.ndarray, np.ndarray] | None = None) -> Tally:
-    """One prompt through the round loop of ``Generation._speculate``.
+    """One prompt through the round loop of the real generation (``ondevice.llm._round``),
+    each round priced by ``cost`` and counted by ``ondevice.llm.round_account``, the draft's
+    cache modelled by its ``DraftCache``.
 
     Drafting ahead: after a round's drafting the policy may ask for k tokens ahead; as many
     as fit in the round's wait are drafted (``CostModel.round``). They hit when every drafted
     token is accepted and the draft's next token is the edge's (the acceptance outcome at that
     position: exact when greedy, an approximation when sampling, see docs/gelato.md); then the
     next round starts with the hits less one already drafted."""
-    t = Tally()
+    tally, cache = Tally(), DraftCache()
     n_pos = accepts.shape[0]
-    pos, pending, ready = 0, 1, 0  # ready: tokens drafted ahead that head the next round
+    token_ms = cost.device.draft_ms_per_token
+    pos = 0
     policy.begin_prompt()
     while pos < n_pos:
         left = n_pos - pos
         stream = min(policy.stream_tokens(left), left)
         if stream > 0:  # the edge generates alone: one RTT to ask, then token after token
             s, e = cost.edge_only(stream)
-            policy.observe_stream(stream, s, e, verify_s=stream * cost.verify_s(0))
-            t.add(Tally(tokens=stream, time_s=s, energy_j=e))
-            pending += stream  # the draft catches up on them when it drafts again
+            verify_s = stream * cost.verify_s(0)
+            policy.observe_stream(stream, s, e, verify_s=verify_s)
+            tally.add_stream(stream, s, e, verify_s)
+            cache.after_stream(stream)  # the draft catches up on them when it drafts again
             pos += stream
-            ready = 0
             continue
-        n_max = max(0, min(policy.round_budget(), left - 1))
-        drafted = 0
-        seen: list[float] = []
-        seen_f: list[TokenFeatures] = []
-        for j in range(n_max):
-            h = float(ents[pos + j])
-            drafted += 1
-            if policy.needs_entropy or policy.needs_features:
-                seen.append(h)
-            if policy.needs_features and feats is not None:
-                f = TokenFeatures(h, float(feats[0][pos + j]), float(feats[1][pos + j]), j)
-                seen_f.append(f)
-                go = j + 1 < n_max and policy.keep_drafting(j + 1, h, f)
-            else:
-                go = j + 1 < n_max and policy.keep_drafting(
-                    j + 1, h if policy.needs_entropy else None)
-            if not go:
-                break
-        predrafted = min(ready, drafted)
+        drafted, seen, seen_f = _draft(policy, ents, feats, pos,
+                                       max(0, min(policy.round_budget(), left - 1)))
+        predrafted = cache.predrafted(drafted)
         accepted = leading_accepts(accepts, pos, drafted)
-        produced = accepted + 1  # accepted <= n_max <= left - 1
         want = policy.ahead_tokens(drafted) if drafted else 0
-        rc = cost.round(drafted, pending, predrafted=predrafted, ahead=want)
-        hit = bool(rc.ahead and accepted == drafted and pos + drafted < n_pos
-                   and accepts[pos + drafted])
-        ahead_s = rc.ahead * cost.device.draft_ms_per_token / 1e3
-        policy.observe(RoundStats(
-            drafted=drafted, accepted=accepted, produced=produced, draft_s=rc.draft_s,
-            rtt_s=rc.net_s + rc.verify_s, verify_s=rc.verify_s, round_s=rc.round_s,
-            energy_j=rc.energy_j, draft_energy_j=rc.draft_energy_j, entropies=seen,
-            features=seen_f, catchup_tokens=(pending - 1 if drafted and not predrafted else 0),
-            sync_s=(rc.draft_s - (drafted - predrafted - 1) * cost.device.draft_ms_per_token
-                    / 1e3 if drafted > predrafted else 0.0),
-            predrafted=predrafted, ahead=rc.ahead, ahead_hit=hit, ahead_s=ahead_s,
-            ahead_energy_j=rc.ahead_energy_j,
+        rc = cost.round(drafted, cache.pending, predrafted=predrafted, ahead=want)
+        bet = pos + drafted < n_pos and bool(accepts[pos + drafted])
+        stats = tally.add_round(RoundStats(
+            drafted=drafted, accepted=accepted, produced=accepted + 1,  # accepted <= left - 1
+            draft_s=rc.draft_s, rtt_s=rc.net_s + rc.verify_s, verify_s=rc.verify_s,
+            round_s=rc.round_s, energy_j=rc.energy_j, draft_energy_j=rc.draft_energy_j,
+            entropies=seen, features=seen_f,
+            catchup_tokens=cache.catchup_tokens(drafted, predrafted),
+            sync_s=sync_s(rc.draft_s, drafted, predrafted, token_ms),
+            predrafted=predrafted, ahead=rc.ahead,
+            ahead_hit=ahead_hits(rc.ahead, drafted, accepted, bet),
+            ahead_s=rc.ahead * token_ms / 1e3, ahead_energy_j=rc.ahead_energy_j,
         ))
-        t.add(Tally(tokens=produced, time_s=rc.round_s, energy_j=rc.energy_j, rounds=1,
-                    drafted=drafted, accepted=accepted))
-        # The draft's cache misses the new token, and the last drafted one if all passed;
-        # after a hit it holds everything up to the tokens drafted ahead.
-        ready = rc.ahead - 1 if hit else 0
-        pending = (1 if hit else pending + 1 if drafted == 0
-                   else (2 if accepted == drafted else 1))
-        pos += produced
-    return t
+        policy.observe(stats)
+        cache.after_round(stats)
+        pos += stats.produced
+    return tally
 
 
-def simulate_oracle(
-    trace: Trace, cost: CostModel, accepts: np.ndarray, *, lam_s_per_j: float = 0.0,
-    cap: int = ORACLE_CAP, repeat: int = 1,
-) -> Tally:
-    """The hindsight-optimal drafting schedule minimizing time + ``lam_s_per_j`` * energy."""
-    total = Tally()
-    for p in range(trace.n_prompts):
-        total.add(_oracle_prompt(cost, accepts[trace.prompt_slice(p)], lam_s_per_j, cap))
-    return _times(total, repeat)
-
-
-def _times(t: Tally, k: int) -> Tally:
-    return Tally(t.tokens * k, t.time_s * k, t.energy_j * k, t.rounds * k, t.drafted * k,
-                 t.accepted * k)
-
-
-def _oracle_prompt(cost: CostModel, accepts: np.ndarray, lam: float, cap: int) -> Tally:
-    n_pos = accepts.shape[0]
-    pm = PENDING_MAX
-    best = np.zeros((n_pos + 1, pm + 1))  # [position, pending] -> cost to the end
-    choice = np.zeros((n_pos + 1, pm + 1), dtype=np.int64)
-    price = {}
-
-    def c(b: int, pend: int) -> float:
-        key = (b, pend)
-        if key not in price:
-            rc = cost.round(b, pend)
-            price[key] = rc.round_s + lam * rc.energy_j
-        return price[key]
-
-    for i in range(n_pos - 1, -1, -1):
-        n_max = min(cap, n_pos - i - 1)
-        m = leading_accepts(accepts, i, n_max)
-        options = list(range(m + 1)) + ([m + 1] if m < n_max else [])
-        for pend in range(1, pm + 1):
-            best_c, best_b = np.inf, 0
-            for b in options:
-                acc = min(b, m)
-                nxt = i + acc + 1
-                npend = min(pend + 1, pm) if b == 0 else (2 if acc == b else 1)
-                v = c(b, pend) + best[nxt, npend]
-                if v < best_c - 1e-15:
-                    best_c, best_b = v, b
-            best[i, pend], choice[i, pend] = best_c, best_b
-    t = Tally()
-    i, pend = 0, 1
-    while i < n_pos:
-        b = int(choice[i, pend])
-        m = leading_accepts(accepts, i, b)
-        rc = cost.round(b, pend)
-        t.add(Tally(tokens=m + 1, time_s=rc.round_s, energy_j=rc.energy_j, rounds=1,
-                    drafted=b, accepted=m))
-        pend = min(pend + 1, pm) if b == 0 else (2 if m == b else 1)
-        i += m + 1
-    return t
-
-
-STREAM_LENGTHS = (8, 16, 32, 64)  # stretches the oracle with the new actions may stream
-
-
-def simulate_oracle_actions(
-    trace: Trace, cost: CostModel, accepts: np.ndarray, *, lam_s_per_j: float = 0.0,
-    cap: int = ORACLE_CAP, repeat: int = 1,
-) -> Tally:
-    """The hindsight-optimal schedule over GELATO's whole action set: drafting lengths as
-    ``simulate_oracle``, plus streaming a stretch (``STREAM_LENGTHS``, or the rest of the
-    prompt) and, per round, drafting ahead as far as the wait allows or not."""
-    total = Tally()
-    for p in range(trace.n_prompts):
-        total.add(_oracle_actions_prompt(cost, accepts[trace.prompt_slice(p)], lam_s_per_j,
-                                         cap))
-    return _times(total, repeat)
-
-
-def _oracle_actions_prompt(cost: CostModel, accepts: np.ndarray, lam: float,
-                           cap: int) -> Tally:
-    # State: pending tokens (1..PM) with nothing drafted ahead, or r = 1..R tokens drafted
-    # ahead that head the next round (pending 1), stored at index PM + r.
-    n_pos = accepts.shape[0]
-    pm = PENDING_MAX
-    r_max = max(min(cap, cost.ahead_fits(cap)) - 1, 0)
-    n_state = pm + 1 + r_max
-    best = np.zeros((n_pos + 1, n_state))
-    plan: dict[tuple[int, int], tuple[str, int, int]] = {}
-    price: dict[tuple[int, ...], tuple[float, object]] = {}
-
-    def rc_of(b: int, pend: int, pre: int, k: int):  # type: ignore[no-untyped-def]
-        key = (b, pend, pre, k)
-        if key not in price:
-            rc = cost.round(b, pend, predrafted=pre, ahead=k)
-            price[key] = (rc.round_s + lam * rc.energy_j, rc)
-        return price[key]
-
-    def stream_of(n: int) -> tuple[float, float, float]:
-        key = (-1, n)
-        if key not in price:
-            s, e = cost.edge_only(n)
-            price[key] = (s + lam * e, (s, e))
-        c, (s, e) = price[key]  # type: ignore[misc]
-        return c, s, e
-
-    def unpack(st: int) -> tuple[int, int]:
-        return (st, 0) if st <= pm else (1, st - pm)
-
-    def after(i: int, b: int, acc: int, pend: int, n_ahead: int) -> int:
-        if n_ahead and b and acc == b and i + b < n_pos and accepts[i + b]:
-            r = min(n_ahead - 1, r_max)
-            return pm + r if r > 0 else 1
-        return min(pend + 1, pm) if b == 0 else (2 if acc == b else 1)
-
-    for i in range(n_pos - 1, -1, -1):
-        left = n_pos - i
-        n_max = min(cap, left - 1)
-        m = leading_accepts(accepts, i, n_max)
-        options = list(range(m + 1)) + ([m + 1] if m < n_max else [])
-        streams = sorted({n for n in STREAM_LENGTHS if n <= left} | {left})
-        for st in range(1, n_state):
-            pend, ready = unpack(st)
-            best_c, choice = np.inf, ("draft", 0, 0)
-            for b in options:
-                acc = min(b, m)
-                for k in ((0, cap) if b else (0,)):
-                    c, rc = rc_of(b, pend, min(ready, b), k)
-                    v = c + best[i + acc + 1, after(i, b, acc, pend, rc.ahead)]  # type: ignore[attr-defined]
-                    if v < best_c - 1e-15:
-                        best_c, choice = v, ("draft", b, k)
-            for n in streams:
-                c, _, _ = stream_of(n)
-                v = c + best[i + n, min(pend + n, pm)]
-                if v < best_c - 1e-15:
-                    best_c, choice = v, ("stream", n, 0)
-            best[i, st] = best_c
-            plan[(i, st)] = choice
-    t = Tally()
-    i, st = 0, 1
-    while i < n_pos:
-        kind, b, k = plan[(i, st)]
-        pend, ready = unpack(st)
-        if kind == "stream":
-            _, s, e = stream_of(b)
-            t.add(Tally(tokens=b, time_s=s, energy_j=e))
-            i, st = i + b, min(pend + b, pm)
-            continue
-        acc = leading_accepts(accepts, i, b)
-        _, rc = rc_of(b, pend, min(ready, b), k)
-        t.add(Tally(tokens=acc + 1, time_s=rc.round_s, energy_j=rc.energy_j, rounds=1,  # type: ignore[attr-defined]
-                    drafted=b, accepted=acc))
-        st = after(i, b, acc, pend, rc.ahead)  # type: ignore[attr-defined]
-        i += acc + 1
-    return t
-
-
-def simulate_oracle_matches(
-    trace: Trace, cost: CostModel, accepts: np.ndarray, *, cap: int = ORACLE_CAP,
-    repeat: int = 1,
-) -> Tally:
-    """Per round, draft exactly the leading accepted positions (at most ``cap``)."""
-    total = Tally()
-    for p in range(trace.n_prompts):
-        acc = accepts[trace.prompt_slice(p)]
-        n_pos = acc.shape[0]
-        i, pend = 0, 1
-        while i < n_pos:
-            m = leading_accepts(acc, i, min(cap, n_pos - i - 1))
-            rc = cost.round(m, pend)
-            total.add(Tally(tokens=m + 1, time_s=rc.round_s, energy_j=rc.energy_j, rounds=1,
-                            drafted=m, accepted=m))
-            pend = pend + 1 if m == 0 else 2
-            i += m + 1
-    return _times(total, repeat)
+def _draft(policy: Policy, ents: np.ndarray, feats: tuple[np.ndarray, np.ndarray] | None,
+           pos: int, n_max: int) -> tuple[int, list[float], list[TokenFeatures]]:
+    """Draft from trace position ``pos``, at most ``n_max`` tokens, while the policy's
+    ``keep_drafting`` (fed the recorded entropies, and features if it wants them) says so:
+    (tokens drafted, the entropies and the features the policy saw)."""
+    drafted = 0
+    seen: list[float] = []
+    seen_f: list[TokenFeatures] = []
+    for j in range(n_max):
+        h = float(ents[pos + j])
+        drafted += 1
+        if policy.needs_entropy or policy.needs_features:
+            seen.append(h)
+        if policy.needs_features and feats is not None:
+            f = TokenFeatures(h, float(feats[0][pos + j]), float(feats[1][pos + j]), j)
+            seen_f.append(f)
+            go = j + 1 < n_max and policy.keep_drafting(j + 1, h, f)
+        else:
+            go = j + 1 < n_max and policy.keep_drafting(
+                j + 1, h if policy.needs_entropy else None)
+        if not go:
+            break
+    return drafted, seen, seen_f
 
 
 class EntropyThresholdPolicy(Policy):
@@ -539,20 +358,15 @@ def sim_units(cfg: BenchConfig) -> int:
 
 
 __all__ = [
-    "ORACLE_CAP",
     "ORACLE_LAMBDAS",
     "EntropyThresholdPolicy",
     "SimBench",
     "Tally",
     "acceptance_outcomes",
     "best_entropy_threshold",
-    "leading_accepts",
     "policy_entropies",
     "row_from_tally",
     "run_sim_bench",
     "sim_units",
-    "simulate_oracle",
-    "simulate_oracle_actions",
-    "simulate_oracle_matches",
     "simulate_policy",
 ]

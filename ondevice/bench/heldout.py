@@ -32,14 +32,18 @@ from typing import Any
 
 from ondevice.bench._hardware import CostModel, load_profile
 from ondevice.bench._specs import DEFAULT_V_SWEEP, PolicySpec, auto_power_budget
-from ondevice.bench.gelato_sim import (
+from ondevice.bench.action_plan import (
+    CALIBRATION_BINS,
     ORACLE_CAP,
     STREAM_LENGTHS,
+    simulate_bayes_actions,
+    simulate_oracle_actions,
+)
+from ondevice.bench.gelato_sim import (
     Tally,
     acceptance_outcomes,
     policy_entropies,
     row_from_tally,
-    simulate_oracle_actions,
     simulate_policy,
 )
 from ondevice.bench.report import BUDGET_TOLERANCE, BenchRow, tps_at_energy
@@ -56,6 +60,9 @@ TARGET_ORACLE_ELSE = 0.97
 # abstract, arXiv 2605.10124): +64.98 % token throughput, -47.47 % energy.
 PAPER_THROUGHPUT_GAIN = 0.6498
 PAPER_ENERGY_CHANGE = -0.4747
+# The Bayes reference (``action_plan``): the best plan for a policy told every position's
+# acceptance probability, calibrated on the trace from the draft's entropy and top-1, in advance.
+BAYES = "bayes (calibrated, in advance)"
 SD_BASELINES = ("fixed-1", "fixed-2", "fixed-4", "fixed-8", "adaedl", "hf-heuristic")
 
 
@@ -128,6 +135,11 @@ def run_cell(spec: CellSpec) -> Cell:
     oracle: Tally = simulate_oracle_actions(trace, cost, accepts, repeat=spec.repeat)
     rows.append(row_from_tally("oracle (all actions)", "oracle-actions", oracle, settings={
         "cap": ORACLE_CAP, "stream_lengths": list(STREAM_LENGTHS), "ahead": True}))
+    bayes, expected_s = simulate_bayes_actions(trace, cost, accepts, ents, feats[0],
+                                               repeat=spec.repeat)
+    rows.append(row_from_tally(BAYES, "reference-bayes", bayes, settings={
+        "calibration_bins": list(CALIBRATION_BINS),
+        "expected_tokens_per_s": bayes.tokens / expected_s if expected_s > 0 else None}))
     for base in [r for r in rows if r.policy in BASELINES]:
         if base.j_per_token < gelato.j_per_token * (1 - 1e-9):
             rows.append(run(PolicySpec(label=f"gelato @{base.policy}", group="gelato-matched",
@@ -171,6 +183,7 @@ def judge(rows: Sequence[BenchRow]) -> dict[str, Any]:
     worst = max(beaten, key=beaten.get) if beaten else None  # type: ignore[arg-type]
     regime = oracle.tokens_per_s > REGIME_MARGIN * edge_only.tokens_per_s
     vs_oracle = gelato.tokens_per_s / oracle.tokens_per_s
+    bayes = _row(rows, BAYES)
     fixed4 = _row(rows, "fixed-4")
     vs_fixed4 = None
     if fixed4 is not None:  # at its J/token, within the budgets' tolerance
@@ -192,6 +205,8 @@ def judge(rows: Sequence[BenchRow]) -> dict[str, Any]:
         "oracle_over_edge_only": oracle.tokens_per_s / edge_only.tokens_per_s,
         "gelato_tokens_per_s": gelato.tokens_per_s, "gelato_j_per_token": gelato.j_per_token,
         "vs_oracle": vs_oracle, "oracle_target": oracle_target,
+        "bayes_vs_oracle": None if bayes is None else bayes.tokens_per_s / oracle.tokens_per_s,
+        "vs_bayes": None if bayes is None else gelato.tokens_per_s / bayes.tokens_per_s,
         "vs_fixed4_at_equal_energy": vs_fixed4,
         "baseline_over_gelato_at_its_energy": beaten, "hardest_baseline": worst,
         "budget_deviation_at_binding_v": budget,
@@ -276,6 +291,8 @@ def format_pair_table(cells: Sequence[Cell]) -> str:
     lines.append(f"{'x oracle (target)':<22}" + "".join(
         f"  {c.verdict['vs_oracle']:.3f} ({c.verdict['oracle_target']:.2f})".rjust(w + 2)
         for c in cells))
+    lines.append(f"{'bayes ref x oracle':<22}" + "".join(
+        f"  {_ratio(c.verdict.get('bayes_vs_oracle'), 'f'):>{w}}" for c in cells))
     lines.append(f"{'x fixed-4 at its J/tok':<22}" + "".join(
         f"  {_ratio(c.verdict['vs_fixed4_at_equal_energy']):>{w}}" for c in cells))
     lines.append(f"{'verdict':<22}" + "".join(
@@ -283,8 +300,10 @@ def format_pair_table(cells: Sequence[Cell]) -> str:
     return "\n".join(lines)
 
 
-def _ratio(x: float | None) -> str:
-    return "-" if x is None else f"{x:.2f}x"
+def _ratio(x: float | None, style: str = "x") -> str:
+    if x is None:
+        return "-"
+    return f"{x:.2f}x" if style == "x" else f"{x:.3f}"
 
 
 def _verdict(c: Cell) -> str:
@@ -300,7 +319,7 @@ def format_summary(cells: Sequence[Cell]) -> str:
     pairs = list(dict.fromkeys(c.pair for c in cells))
     by = {(c.pair, c.spec.trace): c for c in cells}
     w = max(len(p) for p in pairs)
-    tw = max(max(len(t) for t in traces) + 1, 12)
+    tw = max(max(len(t) for t in traces) + 1, 18)
     head = f"{'pair':<{w}}" + "".join(
         f"  {t + ('*' if t == TUNING_SET else ''):>{tw}}" for t in traces)
     lines = [head, "-" * len(head)]
@@ -312,12 +331,14 @@ def format_summary(cells: Sequence[Cell]) -> str:
                 cellstr.append("-")
                 continue
             v = c.verdict
-            cellstr.append(f"{v['vs_oracle']:.3f} {v['regime'][0].upper()} "
-                           f"{'ok' if v['passed'] else 'NO'}")
+            ref = v.get("bayes_vs_oracle")
+            cellstr.append(f"{v['vs_oracle']:.3f}" + ("" if ref is None else f"/{ref:.3f}")
+                           + f" {v['regime'][0].upper()} {'ok' if v['passed'] else 'NO'}")
         lines.append(f"{p:<{w}}" + "".join(f"  {s:>{tw}}" for s in cellstr))
     met = sum(c.verdict["passed"] for c in cells)
-    lines.append(f"{met} of {len(cells)} cells meet the rule (x oracle; P = the paper's regime, "
-                 f"S = streaming; * = the tuning set)")
+    lines.append(f"{met} of {len(cells)} cells meet the rule (gelato x oracle / the Bayes "
+                 f"reference x oracle; P = the paper's regime, S = streaming; * = the tuning "
+                 f"set)")
     return "\n".join(lines)
 
 
@@ -357,7 +378,7 @@ def build_pair_figure(cells: Sequence[Cell], *, title: str) -> Any:
     return fig
 
 
-__all__ = ["BASELINES", "PAPER_ENERGY_CHANGE", "PAPER_THROUGHPUT_GAIN", "REGIME_MARGIN",
+__all__ = ["BASELINES", "BAYES", "PAPER_ENERGY_CHANGE", "PAPER_THROUGHPUT_GAIN", "REGIME_MARGIN",
            "TARGET_ORACLE_ELSE", "TARGET_ORACLE_REGIME", "TARGET_VS_FIXED4", "TOLERANCE",
            "Cell", "CellSpec", "build_pair_figure", "comparison", "format_pair_table",
            "format_summary", "judge", "run_cell", "run_matrix"]

@@ -24,9 +24,20 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ondevice.bench._targets import (
+    BudgetHeld,
+    BudgetUse,
+    NeverBeaten,
+    PhaseDrift,
+    Target,
+    VsBaseline,
+    VsOracle,
+    VsOracleActions,
+    VSweep,
+)
 from ondevice.common import jsonout
+from ondevice.common.budget import BUDGET_TOLERANCE
 
-BUDGET_TOLERANCE = 0.03  # a budget is held when the long-run average is at most 3 % above it
 BUDGET_USE_TARGET = 1.0 - BUDGET_TOLERANCE  # a binding budget is used when >= 97 % is spent
 MONOTONE_TOLERANCE = 0.005  # V sweep steps smaller than 0.5 % count as flat, not reversed
 
@@ -148,52 +159,51 @@ def oracle_points(rows: Sequence[BenchRow]) -> list[BenchRow]:
     return [r for r in rows if r.group in ("oracle", "oracle-frontier")]
 
 
-def evaluate_targets(rows: Sequence[BenchRow], *, default_v: float = 2.0) -> dict[str, Any]:
-    """The issue's targets, computed from the rows; each entry has its value and ``met``.
+def _met(ratio: float | None, target: float) -> bool | None:
+    """Whether `ratio` reaches `target`; None when there is no ratio. Pure."""
+    return None if ratio is None else ratio >= target
 
-    Budget compliance is judged on the runs at ``default_v`` (the sweep's point and the
-    matched runs): drift-plus-penalty meets a budget in the long run for any V, but its queue
-    grows as O(V), so at a large V a finite run ends before the queue has caught up; the
-    other sweep points' deviations are listed too."""
+
+def _vs_baseline(rows: Sequence[BenchRow], label: str, target: float) -> VsBaseline | None:
+    """GELATO against the row `label` at its J/token: read off GELATO's frontier, or from the
+    run budgeted at it (``gelato @label``, if within tolerance) when every GELATO run spends
+    more; None without that row or any GELATO run."""
+    g_pts = gelato_points(rows)
+    base = _row(rows, label)
+    if base is None or not g_pts:
+        return None
+    g = tps_at_energy(g_pts, base.j_per_token)
+    how = "frontier"
+    matched = _row(rows, f"gelato @{label}")
+    if g is None and matched is not None and matched.budget_met:
+        # every GELATO run spends more, the one budgeted at this J/token within tolerance
+        g, how = matched.tokens_per_s, f"matched run ({matched.budget_deviation:+.1%} J/tok)"
+    r = _ratio(g, base.tokens_per_s)
+    return VsBaseline(
+        baseline=label, baseline_tokens_per_s=base.tokens_per_s,
+        baseline_j_per_token=base.j_per_token, gelato_tokens_per_s_at_equal_energy=g,
+        ratio=r, target=target, read_from=how, met=_met(r, target),
+    )
+
+
+def _vs_oracle(rows: Sequence[BenchRow]) -> VsOracle | None:
+    """Each GELATO run over the oracle's frontier at its J/token, judged on the unconstrained
+    run; None without oracle or GELATO runs."""
     g_pts, o_pts = gelato_points(rows), oracle_points(rows)
-    free = _row(rows, "gelato")
-    out: dict[str, Any] = {}
+    if not (o_pts and g_pts):
+        return None
+    ratios = {r.policy: _ratio(r.tokens_per_s, tps_at_energy(o_pts, r.j_per_token))
+              for r in g_pts}
+    head = ratios.get("gelato") if _row(rows, "gelato") is not None else None
+    known = [v for v in ratios.values() if v is not None]
+    return VsOracle(ratio=head, min_over_gelato_runs=min(known) if known else None,
+                    per_run=ratios, target=TARGET_VS_ORACLE, met=_met(head, TARGET_VS_ORACLE))
 
-    def vs(label: str, target: float, key: str | None = None) -> None:
-        base = _row(rows, label)
-        if base is None or not g_pts:
-            return
-        g = tps_at_energy(g_pts, base.j_per_token)
-        how = "frontier"
-        matched = _row(rows, f"gelato @{label}")
-        if g is None and matched is not None and matched.budget_met:
-            # every GELATO run spends more, the one budgeted at this J/token within tolerance
-            g, how = matched.tokens_per_s, f"matched run ({matched.budget_deviation:+.1%} J/tok)"
-        r = _ratio(g, base.tokens_per_s)
-        out[key or f"gelato_vs_{label}"] = {
-            "baseline": label, "baseline_tokens_per_s": base.tokens_per_s,
-            "baseline_j_per_token": base.j_per_token,
-            "gelato_tokens_per_s_at_equal_energy": g, "ratio": r, "target": target,
-            "read_from": how, "met": None if r is None else r >= target,
-        }
 
-    vs("fixed-4", TARGET_VS_FIXED4)
-    vs("adaedl", TARGET_VS_ADAPTIVE)
-    vs("hf-heuristic", TARGET_VS_ADAPTIVE)
-    fixed = [r for r in rows if r.policy.startswith("fixed-")]
-    if fixed:
-        best = max(fixed, key=lambda r: r.tokens_per_s)
-        vs(best.policy, 1.0, "gelato_vs_best_fixed")
-    if o_pts and g_pts:
-        ratios = {r.policy: _ratio(r.tokens_per_s, tps_at_energy(o_pts, r.j_per_token))
-                  for r in g_pts}
-        head = ratios.get("gelato") if free is not None else None
-        known = [v for v in ratios.values() if v is not None]
-        out["gelato_vs_oracle"] = {
-            "ratio": head, "min_over_gelato_runs": min(known) if known else None,
-            "per_run": ratios, "target": TARGET_VS_ORACLE,
-            "met": None if head is None else head >= TARGET_VS_ORACLE,
-        }
+def _never_beaten(rows: Sequence[BenchRow]) -> NeverBeaten | None:
+    """GELATO over each of NEVER_BEATEN_BY at its J/token (the frontier or the run budgeted at
+    it, whichever is faster); None when none of them ran."""
+    g_pts = gelato_points(rows)
     beaten = {}
     for label in NEVER_BEATEN_BY:
         base = _row(rows, label)
@@ -205,62 +215,125 @@ def evaluate_targets(rows: Sequence[BenchRow], *, default_v: float = 2.0) -> dic
                 g is None or matched.tokens_per_s > g):
             g = matched.tokens_per_s
         beaten[label] = _ratio(g, base.tokens_per_s)
-    if beaten:
-        known = [v for v in beaten.values() if v is not None]
-        out["never_beaten"] = {
-            "ratio_at_equal_energy": beaten, "min": min(known) if len(known) == len(beaten)
-            else None, "target": 1.0 - NEVER_BEATEN_TOLERANCE,
-            "met": len(known) == len(beaten) and min(known) >= 1.0 - NEVER_BEATEN_TOLERANCE,
-        }
+    if not beaten:
+        return None
+    known = [v for v in beaten.values() if v is not None]
+    target = 1.0 - NEVER_BEATEN_TOLERANCE
+    return NeverBeaten(
+        ratio_at_equal_energy=beaten, min=min(known) if len(known) == len(beaten) else None,
+        target=target, met=len(known) == len(beaten) and min(known) >= target,
+    )
+
+
+def _vs_oracle_actions(rows: Sequence[BenchRow]) -> VsOracleActions | None:
+    """Unconstrained GELATO over the all-actions hindsight oracle; None without either."""
     actions = next((r for r in rows if r.group == "oracle-actions"), None)
-    if actions is not None and free is not None:
-        r = _ratio(free.tokens_per_s, actions.tokens_per_s)
-        out["gelato_vs_oracle_actions"] = {
-            "ratio": r, "oracle_tokens_per_s": actions.tokens_per_s,
-            "target": TARGET_VS_ORACLE, "met": None if r is None else r >= TARGET_VS_ORACLE,
-        }
-    tolerance = MONOTONE_TOLERANCE
+    free = _row(rows, "gelato")
+    if actions is None or free is None:
+        return None
+    r = _ratio(free.tokens_per_s, actions.tokens_per_s)
+    return VsOracleActions(ratio=r, oracle_tokens_per_s=actions.tokens_per_s,
+                           target=TARGET_VS_ORACLE, met=_met(r, TARGET_VS_ORACLE))
+
+
+def _phase_drift(rows: Sequence[BenchRow]) -> PhaseDrift | None:
+    """Edge-only's tokens/s in a real run's two phases (the ``control`` rerun); None in a
+    simulation, which has no rerun."""
     control = next((r for r in rows if r.group == "control"), None)
     base = _row(rows, "edge-only")
-    if control is not None and base is not None:
-        # real runs: the same baseline in both phases shows the machine's drift between them
-        drift = abs(control.tokens_per_s / base.tokens_per_s - 1.0)
-        out["phase_drift"] = {"edge_only_tokens_per_s": [base.tokens_per_s,
-                                                         control.tokens_per_s],
-                              "drift": drift}
-        tolerance = max(tolerance, drift)
+    if control is None or base is None:
+        return None
+    # real runs: the same baseline in both phases shows the machine's drift between them
+    drift = abs(control.tokens_per_s / base.tokens_per_s - 1.0)
+    return PhaseDrift(edge_only_tokens_per_s=[base.tokens_per_s, control.tokens_per_s],
+                      drift=drift)
+
+
+def _v_sweep(rows: Sequence[BenchRow], tolerance: float) -> VSweep | None:
+    """The ``gelato-sweep`` runs in V order judged by `v_sweep_verdict` within `tolerance`;
+    None with fewer than two."""
     sweep = sorted((r for r in rows if r.group == "gelato-sweep" and r.v is not None),
                    key=lambda r: r.v or 0.0)
-    if len(sweep) >= 2:
-        tps = [r.tokens_per_s for r in sweep]
-        # "more energy": the budgeted quantity, mean power under a power budget
-        by_power = sweep[0].budget_w is not None
-        spend = [r.mean_w if by_power else r.j_per_token for r in sweep]
-        out["v_sweep_monotone"] = {
-            "V": [r.v for r in sweep], "tokens_per_s": tps,
-            "energy_metric": "mean_w" if by_power else "j_per_token", "energy": spend,
-            "tolerance": tolerance, "spread_tokens_per_s": max(tps) / min(tps) - 1.0,
-            **v_sweep_verdict(tps, spend, tolerance),
-        }
+    if len(sweep) < 2:
+        return None
+    tps = [r.tokens_per_s for r in sweep]
+    # "more energy": the budgeted quantity, mean power under a power budget
+    by_power = sweep[0].budget_w is not None
+    spend = [r.mean_w if by_power else r.j_per_token for r in sweep]
+    return VSweep(
+        v=[r.v for r in sweep if r.v is not None], tokens_per_s=tps,
+        energy_metric="mean_w" if by_power else "j_per_token", energy=spend,
+        tolerance=tolerance, spread_tokens_per_s=max(tps) / min(tps) - 1.0,
+        **v_sweep_verdict(tps, spend, tolerance),
+    )
+
+
+def _binding_runs(rows: Sequence[BenchRow], default_v: float) -> tuple[list[BenchRow],
+                                                                        list[BenchRow]]:
+    """The GELATO runs whose budget binds (below what unconstrained GELATO spends, or every
+    budgeted run without it), and of those the ones judged: matched or at `default_v`."""
+    free = _row(rows, "gelato")
     binding = [r for r in gelato_points(rows) if r.budget_deviation is not None and (
         free is None or _binds(r, free))]
+    judged = [r for r in binding if r.group == "gelato-matched" or r.v == default_v]
+    return binding, judged
+
+
+def _budget_held(binding: Sequence[BenchRow], judged: Sequence[BenchRow]) -> BudgetHeld:
+    """The energy constraint (module doc): every judged run within BUDGET_TOLERANCE."""
+    return BudgetHeld(
+        deviation={r.policy: r.budget_deviation for r in judged},
+        all_binding_runs={r.policy: r.budget_deviation for r in binding},
+        tolerance=BUDGET_TOLERANCE,
+        met=all(bool(r.budget_met) for r in judged) if judged else None,
+    )
+
+
+def _budget_use(binding: Sequence[BenchRow], judged: Sequence[BenchRow]) -> BudgetUse:
+    """The budget used (module doc): every judged run spent at least BUDGET_USE_TARGET."""
+    return BudgetUse(
+        use={r.policy: r.budget_use for r in judged},
+        all_binding_runs={r.policy: r.budget_use for r in binding},
+        target=BUDGET_USE_TARGET,
+        met=all((r.budget_use or 0.0) >= BUDGET_USE_TARGET for r in judged)
+        if judged else None,
+    )
+
+
+def evaluate_targets(rows: Sequence[BenchRow], *, default_v: float = 2.0) -> dict[str, Any]:
+    """The issue's targets, computed from the rows; each entry has its value and ``met``.
+
+    Budget compliance is judged on the runs at ``default_v`` (the sweep's point and the
+    matched runs): drift-plus-penalty meets a budget in the long run for any V, but its queue
+    grows as O(V), so at a large V a finite run ends before the queue has caught up; the
+    other sweep points' deviations are listed too.
+
+    Each entry is a record of ``_targets`` as its `to_json()`, in this order, and only where
+    its rows ran: ``gelato_vs_fixed-4``, ``gelato_vs_adaedl``, ``gelato_vs_hf-heuristic``,
+    ``gelato_vs_best_fixed``, ``gelato_vs_oracle``, ``never_beaten``,
+    ``gelato_vs_oracle_actions``, ``phase_drift``, ``v_sweep_monotone``, ``budget_held``,
+    ``budget_use``."""
+    found: dict[str, Target | None] = {
+        "gelato_vs_fixed-4": _vs_baseline(rows, "fixed-4", TARGET_VS_FIXED4),
+        "gelato_vs_adaedl": _vs_baseline(rows, "adaedl", TARGET_VS_ADAPTIVE),
+        "gelato_vs_hf-heuristic": _vs_baseline(rows, "hf-heuristic", TARGET_VS_ADAPTIVE),
+    }
+    fixed = [r for r in rows if r.policy.startswith("fixed-")]
+    if fixed:
+        best = max(fixed, key=lambda r: r.tokens_per_s)
+        found["gelato_vs_best_fixed"] = _vs_baseline(rows, best.policy, 1.0)
+    found["gelato_vs_oracle"] = _vs_oracle(rows)
+    found["never_beaten"] = _never_beaten(rows)
+    found["gelato_vs_oracle_actions"] = _vs_oracle_actions(rows)
+    drift = found["phase_drift"] = _phase_drift(rows)
+    tolerance = MONOTONE_TOLERANCE if drift is None else max(MONOTONE_TOLERANCE, drift.drift)
+    found["v_sweep_monotone"] = _v_sweep(rows, tolerance)
+    binding, judged = _binding_runs(rows, default_v)
     if binding:
-        judged = [r for r in binding if r.group == "gelato-matched" or r.v == default_v]
         # two questions (module doc): the constraint held, and the budget used
-        out["budget_held"] = {
-            "deviation": {r.policy: r.budget_deviation for r in judged},
-            "all_binding_runs": {r.policy: r.budget_deviation for r in binding},
-            "tolerance": BUDGET_TOLERANCE,
-            "met": all(bool(r.budget_met) for r in judged) if judged else None,
-        }
-        out["budget_use"] = {
-            "use": {r.policy: r.budget_use for r in judged},
-            "all_binding_runs": {r.policy: r.budget_use for r in binding},
-            "target": BUDGET_USE_TARGET,
-            "met": all((r.budget_use or 0.0) >= BUDGET_USE_TARGET for r in judged)
-            if judged else None,
-        }
-    return out
+        found["budget_held"] = _budget_held(binding, judged)
+        found["budget_use"] = _budget_use(binding, judged)
+    return {key: t.to_json() for key, t in found.items() if t is not None}
 
 
 def trend(xs: Sequence[float], tolerance: float) -> str:
@@ -454,6 +527,8 @@ _MARKERS: dict[str, tuple[str, str, float, str]] = {
     "oracle-matches": ("x", "0.3", 8, "oracle-matches (hindsight)"),
     "oracle-actions": ("P", "0.2", 9, "oracle, all of gelato's actions (hindsight)"),
     "reference": ("s", "tab:green", 7, "entropy-threshold* (hindsight-tuned)"),
+    "reference-bayes": ("v", "tab:cyan", 8,
+                        "bayes: told each position's calibrated P(accept) in advance"),
     "control": ("o", "0.6", 6, "edge-only rerun (drift control)"),
     "lossy": ("X", "tab:purple", 8, "device-only: the draft's text, not lossless"),
 }

@@ -276,6 +276,100 @@ def acceptance_probability(
     return float(np.minimum(p[ids], q).sum())
 
 
+@dataclass
+class _Recording:
+    """A trace's per-position columns as they are recorded (module doc: what each holds), and
+    the one-token evaluation times (seconds) of both models."""
+
+    temperature: float
+    top_k: int
+    entropy: list[float] = field(default_factory=list)
+    entropy_t: list[float] = field(default_factory=list)
+    top1: list[float] = field(default_factory=list)
+    margin: list[float] = field(default_factory=list)
+    top1_t: list[float] = field(default_factory=list)
+    margin_t: list[float] = field(default_factory=list)
+    p_accept: list[float] = field(default_factory=list)
+    match: list[bool] = field(default_factory=list)
+    tokens: list[int] = field(default_factory=list)
+    offsets: list[int] = field(default_factory=lambda: [0])
+    prompt_tokens: list[int] = field(default_factory=list)
+    target_s: float = 0.0
+    draft_s: float = 0.0
+    n_evals: int = 0
+
+    @property
+    def sampling(self) -> bool:
+        """Whether the columns at the sampling temperature are recorded."""
+        return self.temperature > GREEDY_EPS
+
+    def add(self, p_logits: np.ndarray, q_logits: np.ndarray, tok: int) -> None:
+        """Append one position: the target chose `tok` from `p_logits` ``[vocab]``, the draft
+        saw `q_logits` ``[vocab]`` at the same prefix."""
+        q1 = softmax(q_logits, 1.0)  # [vocab]
+        self.entropy.append(entropy_nats(q1))
+        top1, margin = top_two(q1)
+        self.top1.append(top1)
+        self.margin.append(margin)
+        self.match.append(int(np.argmax(q_logits)) == tok)
+        if self.sampling:
+            qt = softmax(q_logits, self.temperature)  # [vocab]
+            self.entropy_t.append(entropy_nats(qt))
+            top1, margin = top_two(qt)
+            self.top1_t.append(top1)
+            self.margin_t.append(margin)
+            self.p_accept.append(
+                acceptance_probability(p_logits, q_logits, self.temperature, self.top_k))
+        self.tokens.append(tok)
+
+    def trace(self, meta: dict[str, Any]) -> Trace:
+        """The recorded columns as a Trace with `meta`; the sampled ones only when sampling."""
+        sampled = self.sampling
+        return Trace(
+            entropy=np.asarray(self.entropy, dtype=np.float32),
+            match=np.asarray(self.match, dtype=bool),
+            offsets=np.asarray(self.offsets, dtype=np.int64),
+            tokens=np.asarray(self.tokens, dtype=np.int32),
+            prompt_tokens=np.asarray(self.prompt_tokens, dtype=np.int32),
+            entropy_t=np.asarray(self.entropy_t, dtype=np.float32) if sampled else None,
+            p_accept=np.asarray(self.p_accept, dtype=np.float32) if sampled else None,
+            meta=meta,
+            top1=np.asarray(self.top1, dtype=np.float32),
+            margin=np.asarray(self.margin, dtype=np.float32),
+            top1_t=np.asarray(self.top1_t, dtype=np.float32) if sampled else None,
+            margin_t=np.asarray(self.margin_t, dtype=np.float32) if sampled else None,
+        )
+
+
+def _follow_prompt(target: Any, draft: Any, ids: list[int], room: int, rec: _Recording,
+                   progress: Callable[[int], None] | None) -> None:
+    """Decode the target's greedy continuation of the prompt `ids` for up to `room` positions
+    (or to an end-of-generation token) with the draft (LlamaRunners) beside it, adding every
+    position and one-token evaluation time to `rec` and ending its prompt there."""
+    target.truncate(0)
+    draft.truncate(0)
+    feed = ids
+    for _ in range(room):
+        t0 = time.perf_counter()
+        p_logits = target.eval(feed, 1)[0]  # [vocab]
+        t1 = time.perf_counter()
+        q_logits = draft.eval(feed, 1)[0]  # [vocab]
+        t2 = time.perf_counter()
+        if len(feed) == 1:
+            rec.target_s += t1 - t0
+            rec.draft_s += t2 - t1
+            rec.n_evals += 1
+        tok = int(np.argmax(p_logits))
+        if target.model.is_eog(tok):
+            break
+        rec.add(p_logits, q_logits, tok)
+        feed = [tok]
+        if progress is not None:
+            progress(1)
+    rec.offsets.append(len(rec.tokens))
+    rec.prompt_tokens.append(len(ids))
+
+
 def record_trace(
     target_path: Path, draft_path: Path, prompts: Sequence[str], *, max_tokens: int = 128,
     temperature: float = 0.0, top_k: int = 32, n_threads: int = 1, n_ctx: int = 1024,
@@ -290,20 +384,7 @@ def record_trace(
     from ondevice.common.llama_runtime import LlamaConfig, LlamaModel, LlamaRunner
 
     cfg = LlamaConfig(n_ctx=n_ctx, n_threads=n_threads)
-    ent: list[float] = []
-    ent_t: list[float] = []
-    top1: list[float] = []
-    margin: list[float] = []
-    top1_t: list[float] = []
-    margin_t: list[float] = []
-    acc_p: list[float] = []
-    match: list[bool] = []
-    toks: list[int] = []
-    offsets = [0]
-    n_prompt: list[int] = []
-    t_target = t_draft = 0.0
-    n_evals = 0
-    sampling = temperature > GREEDY_EPS
+    rec = _Recording(temperature=temperature, top_k=top_k)
     with LlamaModel(target_path) as tm, LlamaModel(draft_path) as dm:
         if tm.vocab_hash() != dm.vocab_hash():
             raise ValueError(f"{draft_path} and {target_path} have different vocabularies")
@@ -313,60 +394,16 @@ def record_trace(
                 room = min(max_tokens, n_ctx - len(ids) - 1)
                 if room <= 0:
                     raise ValueError(f"prompt of {len(ids)} tokens does not fit n_ctx {n_ctx}")
-                tr.truncate(0)
-                dr.truncate(0)
-                feed = ids
-                for _ in range(room):
-                    t0 = time.perf_counter()
-                    p_logits = tr.eval(feed, 1)[0]  # [vocab]
-                    t1 = time.perf_counter()
-                    q_logits = dr.eval(feed, 1)[0]  # [vocab]
-                    t2 = time.perf_counter()
-                    if len(feed) == 1:
-                        t_target += t1 - t0
-                        t_draft += t2 - t1
-                        n_evals += 1
-                    tok = int(np.argmax(p_logits))
-                    if tm.is_eog(tok):
-                        break
-                    q1 = softmax(q_logits, 1.0)  # [vocab]
-                    ent.append(entropy_nats(q1))
-                    t1, mg = top_two(q1)
-                    top1.append(t1)
-                    margin.append(mg)
-                    match.append(int(np.argmax(q_logits)) == tok)
-                    if sampling:
-                        qt = softmax(q_logits, temperature)  # [vocab]
-                        ent_t.append(entropy_nats(qt))
-                        t1, mg = top_two(qt)
-                        top1_t.append(t1)
-                        margin_t.append(mg)
-                        acc_p.append(acceptance_probability(p_logits, q_logits, temperature,
-                                                            top_k))
-                    toks.append(tok)
-                    feed = [tok]
-                    if progress is not None:
-                        progress(1)
-                offsets.append(len(toks))
-                n_prompt.append(len(ids))
+                _follow_prompt(tr, dr, ids, room, rec, progress)
             vocab_hash = tm.vocab_hash()
+    n_evals = rec.n_evals
     meta = {
         "target": Path(target_path).name, "draft": Path(draft_path).name,
         "vocab_hash": vocab_hash, "prompts": list(prompts), "max_tokens": max_tokens,
-        "temperature": temperature if sampling else 0.0, "top_k": top_k,
+        "temperature": temperature if rec.sampling else 0.0, "top_k": top_k,
         "n_threads": n_threads,
-        "target_ms_per_token": t_target / n_evals * 1e3 if n_evals else None,
-        "draft_ms_per_token": t_draft / n_evals * 1e3 if n_evals else None,
+        "target_ms_per_token": rec.target_s / n_evals * 1e3 if n_evals else None,
+        "draft_ms_per_token": rec.draft_s / n_evals * 1e3 if n_evals else None,
         "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    return Trace(
-        entropy=np.asarray(ent, dtype=np.float32), match=np.asarray(match, dtype=bool),
-        offsets=np.asarray(offsets, dtype=np.int64), tokens=np.asarray(toks, dtype=np.int32),
-        prompt_tokens=np.asarray(n_prompt, dtype=np.int32),
-        entropy_t=np.asarray(ent_t, dtype=np.float32) if sampling else None,
-        p_accept=np.asarray(acc_p, dtype=np.float32) if sampling else None,
-        meta=meta,
-        top1=np.asarray(top1, dtype=np.float32), margin=np.asarray(margin, dtype=np.float32),
-        top1_t=np.asarray(top1_t, dtype=np.float32) if sampling else None,
-        margin_t=np.asarray(margin_t, dtype=np.float32) if sampling else None,
-    )
+    return rec.trace(meta)

@@ -116,10 +116,10 @@ def run_fleet(args: argparse.Namespace) -> int:
     print(fleet.HEADER, flush=True)
     join: dict = {}
     if cfg.mode == "real":
-        rows, join = asyncio.run(fleet.run_real_bench(cfg, Path(target), traces, vocab, say,
+        rows, join = asyncio.run(fleet.run_fleet_real(cfg, Path(target), traces, vocab, say,
                                                       table_row))
     else:
-        rows = fleet.run_sim_bench(cfg, traces, table_row)
+        rows = fleet.run_fleet_sim(cfg, traces, table_row)
     print("\nratios (side by side in this run):")
     for line in fleet.ratios(rows):
         print(f"  {line}")

@@ -78,7 +78,9 @@ def add_device_flags(p: argparse.ArgumentParser) -> None:
 def device_from_args(args: argparse.Namespace) -> Any:
     """The (unopened) ``Device`` the flags describe. Raises ValueError, worded for the
     command line, for a usage error (exit 2)."""
-    from ondevice.llm.device import Device
+    from ondevice.llm.device import Device, draft_config
+    from ondevice.llm.generate import EdgePlan
+    from ondevice.llm.policies import PolicyConfig
 
     if (args.power_budget is not None or args.energy_per_token is not None) and (
         args.policy != "gelato"
@@ -88,9 +90,8 @@ def device_from_args(args: argparse.Namespace) -> Any:
     problem = edge_access_error(args, token)
     if problem:
         raise ValueError(problem)
-    return Device(
-        args.draft,
-        edge=args.edge,
+    edge = EdgePlan(
+        url=args.edge,
         discover=(args.discover or args.edge is None) and not args.no_discover,
         interfaces=tuple(args.interface),
         site=args.site,
@@ -98,19 +99,20 @@ def device_from_args(args: argparse.Namespace) -> Any:
         fingerprint=args.edge_fingerprint,
         allow_plaintext_token=args.allow_plaintext_token,
         require_edge=args.require_edge,
-        edge_timeout_s=args.edge_timeout,
+        timeout_s=args.edge_timeout,
         browse_s=args.browse,
+    )
+    policy = PolicyConfig(args.policy, gamma=args.gamma, v=args.v,
+                          power_budget_w=args.power_budget,
+                          energy_per_token_j=args.energy_per_token, draft_ahead=args.draft_ahead)
+    return Device(
+        args.draft,
+        edge=edge,
+        policy=policy,
         meter=args.meter,
         require_meter=not args.meter_optional,
-        policy=args.policy,
-        gamma=args.gamma,
-        v=args.v,
-        power_budget_w=args.power_budget,
-        energy_per_token_j=args.energy_per_token,
-        draft_ahead=args.draft_ahead,
         top_k=args.top_k,
-        n_ctx=args.n_ctx,
-        n_threads=args.threads,
+        llama_config=draft_config(args.draft, n_ctx=args.n_ctx, n_threads=args.threads),
     )
 
 

@@ -1,8 +1,9 @@
 """``ondevice bench ...``: argument parsing and the runs behind each benchmark subcommand.
 
 ``ondevice.cli`` registers the group with ``add_bench_parser`` and dispatches to
-``run_bench``; every benchmark is one subcommand here (``gelato`` now, more later), with its
-own ``_add_<name>`` and ``_run_<name>``.
+``run_bench``; every benchmark is one subcommand: ``gelato`` here (``_add_gelato``,
+``_run_gelato``), each other one in its own ``_bench_<name>.py`` (``add_<name>_parser``,
+``run_<name>``), imported only when the ``bench`` command is built or run.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
                        description="Benchmarks that compare the controllers with baselines.")
     bsub = p.add_subparsers(dest="bench", required=True, metavar="BENCHMARK")
     _add_gelato(bsub)
-    from ondevice.bench.enachi import add_enachi_parser
+    from ondevice.cli._bench_enachi import add_enachi_parser
 
     add_enachi_parser(bsub)
     from ondevice.cli._bench_fleet import add_fleet_parser
@@ -63,8 +64,8 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
 
 def run_bench(args: argparse.Namespace) -> int:
     """Run the ``bench`` subcommand ``args`` names."""
-    from ondevice.bench.enachi import run_enachi
     from ondevice.cli._bench_ahead import run_ahead
+    from ondevice.cli._bench_enachi import run_enachi
     from ondevice.cli._bench_fleet import run_fleet
 
     runners: dict[str, Callable[[argparse.Namespace], int]] = {

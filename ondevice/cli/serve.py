@@ -41,7 +41,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=argtypes.port, default=8080,
                    help="TCP port (default 8080; 0 picks a free one)")
     p.add_argument("--api-key-file", type=Path, metavar="F",
-                   help="require 'Authorization: Bearer KEY' on /v1/*, KEY read from file F")
+                   help="require 'Authorization: Bearer KEY' on /v1/* and /metrics, KEY read "
+                   "from file F")
+    p.add_argument("--metrics-public", action="store_true",
+                   help="serve GET /metrics (Prometheus) without the --api-key-file key; "
+                   "/v1/* still needs it")
     p.add_argument("--model-name", default=None,
                    help="the model id clients send (default: the draft's file name without "
                    ".gguf)")
@@ -87,7 +91,8 @@ async def _serve(args: argparse.Namespace, device: object, key: str | None) -> i
 
     access = _request_logger()
     config = ServeConfig(device=lambda: device, model_name=args.model_name, api_key=key,
-                         max_queue=args.max_queue, log=access.info)
+                         metrics_public=args.metrics_public, max_queue=args.max_queue,
+                         log=access.info)
     loop = asyncio.get_running_loop()
     limit_accept_errors(loop, logger=logging.getLogger("ondevice.serve"))
     runner = web.AppRunner(create_app(config), access_log=None,

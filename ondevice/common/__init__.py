@@ -12,6 +12,8 @@ workstation tools (``export``). The edge server and the export tools import noth
   thresholds) and the seeded evaluation crops.
 - ``stream_advice``: the edge's advice to stream, which the fleet simulator computes too.
 - ``files``: atomic file output; ``jsonout``: strict JSON (NaN and infinities as null).
+- ``seed``: the seed range a user may pass and the one an ``open`` frame carries;
+  ``budget``: the tolerance within which an energy budget counts as held.
 - ``http_guard``, ``http_limits``, ``bearer``: what the two HTTP servers (the edge and
   ``ondevice serve``) share: connection guards below aiohttp, their flags and defaults, bearer
   tokens compared in constant time.

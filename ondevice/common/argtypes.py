@@ -11,14 +11,20 @@ import argparse
 import math
 import re
 
+from ondevice.common.seed import seed_problem
+
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
-def _int_at_least(text: str, minimum: int) -> int:
+def _int(text: str) -> int:
     try:
-        value = int(text)
+        return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+
+
+def _int_at_least(text: str, minimum: int) -> int:
+    value = _int(text)
     if value < minimum:
         raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
     return value
@@ -88,10 +94,11 @@ def non_empty_text(text: str) -> str:
 
 
 def seed(text: str) -> int:
-    """A sampling seed, 0..2**63-1 (what every side's random generator accepts)."""
-    value = _int_at_least(text, 0)
-    if value >= 1 << 63:
-        raise argparse.ArgumentTypeError(f"must be < 2^63, got {value}")
+    """A sampling seed, 0..``seed.MAX_SEED`` (the range a user may pass on every path)."""
+    value = _int(text)
+    problem = seed_problem(value)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(problem)
     return value
 
 

@@ -153,6 +153,39 @@ class _LlamaLog:
         route_llama_log()
 
 
+def _check_job(in_path: Path, out_path: Path, qtype: str) -> str:
+    """`qtype`'s key in QUANT_TYPES; QuantizeError for an unknown type, an input that is not a
+    readable GGUF file, a missing output directory, or an output that is the input."""
+    key = qtype.lower()
+    if key not in QUANT_TYPES:
+        raise QuantizeError(f"unknown quantization type {qtype!r}; valid: {', '.join(QUANT_TYPES)}")
+    check_gguf_file(in_path)
+    out_dir = out_path.parent
+    if not out_dir.is_dir():
+        raise QuantizeError(f"output directory {out_dir} does not exist")
+    if out_path.exists() and out_path.resolve() == in_path.resolve():
+        raise QuantizeError(f"output {out_path} is the input; choose another path")
+    return key
+
+
+def _output_chat_template(in_path: Path, chat_template: str | None) -> tuple[str | None, str]:
+    """The chat template to write into the output (None: leave what llama.cpp copies) and its
+    CHAT_TEMPLATE_NOTES key, chosen by `gguf_chat.choose_chat_template` from `chat_template`
+    and the input's header; QuantizeError if the header cannot be read."""
+    try:
+        head = gguf_chat.read_header(in_path)
+    except GgufFileError as e:
+        raise QuantizeError(f"input {in_path}: {e}") from e
+    existing = head.strings.get(gguf_chat.CHAT_TEMPLATE_KEY) or None
+    arch = head.strings.get(gguf_chat.ARCHITECTURE_KEY)
+    template = gguf_chat.choose_chat_template(existing, arch, chat_template)
+    if chat_template is not None:
+        return template, "given"
+    if template is not None:
+        return template, arch or "none"
+    return template, "kept" if existing else "none"
+
+
 def quantize_gguf(
     in_path: Path,
     out_path: Path,
@@ -179,28 +212,8 @@ def quantize_gguf(
     failure; `out_path` is then left untouched.
     """
     in_path, out_path = Path(in_path), Path(out_path)
-    key = qtype.lower()
-    if key not in QUANT_TYPES:
-        raise QuantizeError(f"unknown quantization type {qtype!r}; valid: {', '.join(QUANT_TYPES)}")
-    check_gguf_file(in_path)
-    out_dir = out_path.parent
-    if not out_dir.is_dir():
-        raise QuantizeError(f"output directory {out_dir} does not exist")
-    if out_path.exists() and out_path.resolve() == in_path.resolve():
-        raise QuantizeError(f"output {out_path} is the input; choose another path")
-    try:
-        head = gguf_chat.read_header(in_path)
-    except GgufFileError as e:
-        raise QuantizeError(f"input {in_path}: {e}") from e
-    existing = head.strings.get(gguf_chat.CHAT_TEMPLATE_KEY) or None
-    arch = head.strings.get(gguf_chat.ARCHITECTURE_KEY)
-    template = gguf_chat.choose_chat_template(existing, arch, chat_template)
-    if chat_template is not None:
-        template_note = "given"
-    elif template is not None:
-        template_note = arch or "none"
-    else:
-        template_note = "kept" if existing else "none"
+    key = _check_job(in_path, out_path, qtype)
+    template, template_note = _output_chat_template(in_path, chat_template)
     llama_cpp = _import_llama_cpp()
     if announce is not None:
         size_mib = in_path.stat().st_size / (1024 * 1024)

@@ -108,39 +108,6 @@ def check_gguf_file(path: Path) -> None:
         raise LlamaError(str(exc)) from exc
 
 
-def new_context(model: LlamaModel, config: LlamaConfig, *, n_seq_max: int = 1,
-                unified_kv: bool = False) -> ctypes.c_void_p:
-    """A llama.cpp context over ``model`` (the caller frees it with ``llama_free``).
-
-    ``n_seq_max`` sequences share it; with ``unified_kv`` they share one KV pool of ``n_ctx``
-    cells (else each gets ``n_ctx / n_seq_max``). Raises ValueError for an unknown KV type and
-    LlamaError when llama.cpp refuses (e.g. not enough memory) or the model is closed.
-    """
-    threads = config.n_threads or os.cpu_count() or 1
-    cparams = llama_cpp.llama_context_default_params()
-    cparams.n_ctx = config.n_ctx
-    cparams.n_batch = config.n_batch
-    cparams.n_ubatch = config.n_batch
-    cparams.n_seq_max = n_seq_max
-    cparams.kv_unified = unified_kv
-    cparams.n_threads = threads
-    cparams.n_threads_batch = threads
-    cparams.no_perf = True
-    try:
-        cparams.type_k = cparams.type_v = KV_TYPES[config.kv_type]
-    except KeyError:
-        raise ValueError(
-            f"unknown KV cache type {config.kv_type!r}; choose from {', '.join(KV_TYPES)}"
-        ) from None
-    with model._lock:
-        if not model._alive():
-            raise LlamaError(f"model {model.model_id} is closed")
-        ctx = llama_cpp.llama_init_from_model(model._model, cparams)
-    if not ctx:
-        raise LlamaError(f"llama.cpp could not create a context of {config.n_ctx} tokens")
-    return ctx
-
-
 _USER_DEFINED = 16  # llama_token_attr LLAMA_TOKEN_ATTR_USER_DEFINED (llama.h)
 # A user-defined token that stands for another modality, not for text: Gemma 3's
 # <start_of_image>, <end_of_image>, <image_soft_token>; Qwen-VL's <|vision_start|>, <|image_pad|>
@@ -150,7 +117,7 @@ _C = TypeVar("_C", bound="_Closing")
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 
-def _native(method: _F) -> _F:
+def native_call(method: _F) -> _F:
     """Run ``method`` holding the object's lock, and only while its native memory is alive."""
 
     @functools.wraps(method)
@@ -243,7 +210,7 @@ class LlamaModel(_Closing):
     def is_eog(self, token: int) -> bool:
         return token in self._eog
 
-    @_native
+    @native_call
     def tokenize(self, text: str, *, add_special: bool = True,
                  parse_special: bool = False) -> list[int]:
         """Token ids of ``text``; a BOS is prepended when the model asks for one. With
@@ -258,13 +225,13 @@ class LlamaModel(_Closing):
             raise LlamaError(f"tokenization needs {-n} tokens, more than {cap}")
         return list(buf[:n])
 
-    @_native
+    @native_call
     def chat_template(self) -> str | None:
         """The model's default chat template (GGUF ``tokenizer.chat_template``), or None."""
         raw = llama_cpp.llama_model_chat_template(self._model, None)
         return raw.decode("utf-8", errors="replace") if raw else None
 
-    @_native
+    @native_call
     def piece(self, token: int) -> bytes:
         """The bytes of one token as text. Special tokens render as nothing: control tokens
         (llama.cpp's rule: ``<end_of_turn>``) and the placeholders of other modalities, which
@@ -286,7 +253,7 @@ class LlamaModel(_Closing):
         self._pieces[token] = raw
         return raw
 
-    @_native
+    @native_call
     def token_text(self, token: int) -> bytes:
         """The token's entry in the vocabulary, as stored (``▁x`` for " x", ``<0x0A>``)."""
         return llama_cpp.llama_vocab_get_text(self._vocab, token) or b""
@@ -294,7 +261,7 @@ class LlamaModel(_Closing):
     def detokenize(self, tokens: Sequence[int]) -> str:
         return b"".join(self.piece(t) for t in tokens).decode("utf-8", errors="replace")
 
-    @_native
+    @native_call
     def vocab_hash(self) -> str:
         """SHA-256 over every token's text and attributes: equal iff ids mean the same."""
         if self._vocab_hash is None:
@@ -306,7 +273,7 @@ class LlamaModel(_Closing):
             self._vocab_hash = h.hexdigest()[:32]
         return self._vocab_hash
 
-    @_native
+    @native_call
     def max_token_bytes(self) -> int:
         """An upper bound on the UTF-8 bytes one token stands for: the longest token text in
         the vocabulary (a token's text is never shorter than its bytes: ``▁`` and ``Ġ``
@@ -319,27 +286,60 @@ class LlamaModel(_Closing):
         return self._max_token_bytes
 
 
-class LlamaRunner(_Closing):
-    """One context over a ``LlamaModel`` with one sequence (seq_id 0) whose KV cache it tracks.
+def _context_params(config: LlamaConfig, *, n_seq_max: int, unified_kv: bool) -> Any:
+    """llama.cpp's context parameters for ``config`` (ValueError for an unknown KV type)."""
+    threads = config.n_threads or os.cpu_count() or 1
+    cparams = llama_cpp.llama_context_default_params()
+    cparams.n_ctx = config.n_ctx
+    cparams.n_batch = config.n_batch
+    cparams.n_ubatch = config.n_batch
+    cparams.n_seq_max = n_seq_max
+    cparams.kv_unified = unified_kv
+    cparams.n_threads = threads
+    cparams.n_threads_batch = threads
+    cparams.no_perf = True
+    try:
+        cparams.type_k = cparams.type_v = KV_TYPES[config.kv_type]
+    except KeyError:
+        raise ValueError(
+            f"unknown KV cache type {config.kv_type!r}; choose from {', '.join(KV_TYPES)}"
+        ) from None
+    return cparams
 
-    ``tokens`` lists the ids whose keys and values are in the cache, in position order.
+
+class LlamaContext(_Closing):
+    """One llama.cpp context over a ``LlamaModel``: its batch buffer and its KV memory. The
+    base of ``LlamaRunner`` (one sequence) and of the edge's pool (many sequences sharing one
+    KV pool, ``edge_server._llama_pool``).
+
+    ``n_seq_max`` sequences share the context; with ``unified_kv`` they share one KV pool of
+    ``config.n_ctx`` cells (else each gets ``n_ctx / n_seq_max``). ``n_ctx`` is the context
+    llama.cpp gave and ``n_batch`` the most tokens one decode takes: llama.cpp may lower the
+    requested batch (e.g. to a small ``n_ctx``), so callers chunk by what it took. Raises
+    ValueError for an unknown KV type and LlamaError when llama.cpp refuses (e.g. not enough
+    memory) or the model is closed.
     """
 
-    def __init__(self, model: LlamaModel, config: LlamaConfig | None = None) -> None:
+    def __init__(self, model: LlamaModel, config: LlamaConfig, *, n_seq_max: int = 1,
+                 unified_kv: bool = False) -> None:
         self._lock = model._lock
         self._ctx = None
         self.model = model
-        self.config = config or LlamaConfig()
+        self.config = config
         self.n_vocab = model.n_vocab
-        self._ctx = new_context(model, self.config)
+        cparams = _context_params(config, n_seq_max=n_seq_max, unified_kv=unified_kv)
+        with model._lock:
+            if not model._alive():
+                raise LlamaError(f"model {model.model_id} is closed")
+            self._ctx = llama_cpp.llama_init_from_model(model._model, cparams)
+        if not self._ctx:
+            raise LlamaError(f"llama.cpp could not create a context of {config.n_ctx} tokens")
         self.n_ctx: int = llama_cpp.llama_n_ctx(self._ctx)
-        # llama.cpp may lower n_batch (e.g. to a small requested n_ctx): chunk by what it took.
         self.n_batch: int = min(
             llama_cpp.llama_n_batch(self._ctx), llama_cpp.llama_n_ubatch(self._ctx)
         )
         self._memory = llama_cpp.llama_get_memory(self._ctx)
-        self._batch = llama_cpp.llama_batch_init(self.config.n_batch, 0, 1)
-        self.tokens: list[int] = []
+        self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
 
     def _alive(self) -> bool:
         return bool(getattr(self, "_ctx", None))
@@ -349,13 +349,34 @@ class LlamaRunner(_Closing):
         llama_cpp.llama_free(self._ctx)
         self._ctx = None
 
+    def _set_row(self, row: int, token: int, pos: int, seq: int, logits: bool) -> None:
+        """Row ``row`` of the batch: ``token`` at position ``pos`` of sequence ``seq``, its
+        logits wanted or not."""
+        b = self._batch
+        b.token[row] = token
+        b.pos[row] = pos
+        b.n_seq_id[row] = 1
+        b.seq_id[row][0] = seq
+        b.logits[row] = logits
+
+
+class LlamaRunner(LlamaContext):
+    """One context over a ``LlamaModel`` with one sequence (seq_id 0) whose KV cache it tracks.
+
+    ``tokens`` lists the ids whose keys and values are in the cache, in position order.
+    """
+
+    def __init__(self, model: LlamaModel, config: LlamaConfig | None = None) -> None:
+        super().__init__(model, config or LlamaConfig())
+        self.tokens: list[int] = []
+
     # -- evaluation -----------------------------------------------------------------------
 
     @property
     def n_past(self) -> int:
         return len(self.tokens)
 
-    @_native
+    @native_call
     def truncate(self, n: int) -> None:
         """Drop cached positions >= n (roll back rejected draft tokens)."""
         if n >= len(self.tokens):
@@ -364,7 +385,7 @@ class LlamaRunner(_Closing):
             raise LlamaError(f"llama.cpp could not remove positions {n}.. from the cache")
         del self.tokens[n:]
 
-    @_native
+    @native_call
     def eval(self, tokens: Sequence[int], n_logits: int = 1) -> np.ndarray:
         """Decode ``tokens`` at positions n_past.. and return logits of the last ``n_logits``.
 
@@ -392,11 +413,7 @@ class LlamaRunner(_Closing):
             chunk = tokens[start : start + step]
             base = self.n_past
             for i, tok in enumerate(chunk):
-                b.token[i] = tok
-                b.pos[i] = base + i
-                b.n_seq_id[i] = 1
-                b.seq_id[i][0] = 0
-                b.logits[i] = start + i >= first_out
+                self._set_row(i, tok, base + i, 0, start + i >= first_out)
             b.n_tokens = len(chunk)
             rc = llama_cpp.llama_decode(self._ctx, b)
             if rc != 0:

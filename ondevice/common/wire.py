@@ -5,73 +5,34 @@ msgpack map whose key ``"t"`` names the message type. Token ids cross the wire, 
 Arrays travel as raw little-endian bytes (msgpack ``bin``) so a round costs one copy, not a
 Python list per token.
 
-Frame layout (all maps; ``?`` marks optional keys):
+Each message is a dataclass below and one ``Layout`` in ``LAYOUTS``: a table of its keys
+(attribute, wire key, wire type, meaning and unit), in the order they are written. ``encode``,
+``decode`` and the checks of every key are driven by these tables; nothing else lists a
+message's keys. An optional key is absent (not nil) while its attribute is None, and decodes to
+None when absent, so an older peer's frames still decode; a decoder ignores keys it does not
+know, so an older peer reads a newer one's frames. An int is accepted where a float is
+declared; nothing else is converted.
 
-=============  =========  ==========================================================================
-type ``t``     direction  keys (wire type, unit)
-=============  =========  ==========================================================================
-``open``       dev->edge  ``v`` protocol version (int); ``prompt`` token ids (bin int32[n]);
-                          ``vocab`` vocabulary hash (str); ``draft`` draft model id (str);
-                          ``temp`` temperature (float); ``seed`` (int); ``top_k`` (int)
-``opened``     edge->dev  ``session`` (str); ``model`` target id (str); ``n_ctx`` (int);
-                          ``prefill_ms`` (float, ms)
-``round``      dev->edge  ``session`` (str); ``draft`` drafted ids (bin int32[n]);
-                          ``q_ids`` top-k ids per position (bin int32[n*k]);
-                          ``q_probs`` their draft probabilities (bin float32[n*k]); ``k`` (int)
-``verdict``    edge->dev  ``accepted`` (int, 0..n); ``token`` the next token (int);
-                          ``verify_ms`` target batch time (float, ms); ``edge_ms`` time from frame
-                          in to frame out (float, ms); optional, since issue 12 (absent from an
-                          older edge): ``queue_ms`` time the work waited for its batch (float,
-                          ms); ``batch`` tokens in the batched decode that verified it (int);
-                          ``advise`` (bool): true while the edge is the fleet's bottleneck and
-                          a verified position costs it more per produced token than a
-                          streamed one, i.e. the fleet goes faster if its sessions stream;
-                          since issue 22, at temperature 0: ``ties`` (int) the tokens this frame
-                          commits whose greedy choice was a near-tie for the target (top two
-                          logits within ``speculative.TIE_GAP``)
-``generate``   dev->edge  ``session`` (str); ``max_tokens`` (int): the target generates alone
-``tokens``     edge->dev  ``ids`` (bin int32[m]); ``done`` (bool); ``verify_ms`` (float, ms);
-                          optional ``queue_ms`` (float, ms), ``batch`` (int), ``advise``
-                          (bool) and ``ties`` (int) as in ``verdict``
-``stop``       dev->edge  ``session`` (str): end the ``generate`` stretch in progress after the
-                          decode step in flight (the edge checks between steps); its last
-                          ``tokens`` frame (``done`` true) follows. Ignored when no stretch is
-                          in progress (it ended first). Since issue 22: an older edge answers
-                          ``bad-frame``
-``close``      dev->edge  ``session`` (str)
-``error``      edge->dev  ``code`` (str, one of ``ERROR_CODES``); ``message`` (str)
-``dnn_open``   dev->edge  one split-inference task. ``v`` protocol version (int); ``model`` DNN
-                          model id (str); ``split`` split index (int, 0 = the raw input, the
-                          whole model on the edge); ``codec`` the split's codec fingerprint (str);
-                          ``device`` device id (str); ``queue`` the device's energy queue Q
-                          (float, J); ``bits`` bits it means to send (int); ``eff`` its spectral
-                          efficiency at the full band (float, bit/s/Hz); ``deadline_ms`` (float,
-                          ms left; 0 = none)
-``dnn_opened`` edge->dev  ``session`` (str); ``share`` the device's bandwidth share (float, 0..1);
-                          ``users`` devices sharing the edge now (int); ``tail_ms`` mean tail
-                          run time of this split (float, ms)
-``feature``    dev->edge  ``session`` (str); ``packet`` one ``ondevice.common.feature_codec`` packet
-                          (bin); ``eval`` run the tail once this packet is in (bool)
-``input``      dev->edge  ``session`` (str); ``offset`` (int, bytes); ``data`` a slice of the raw
-                          uint8 input [C, H, W] (bin); the model runs once all bytes are in
-``result``     edge->dev  ``session`` (str); ``seq`` packets received when the tail ran (int);
-                          ``top1`` class (int); ``conf`` its probability (float); ``entropy``
-                          (float, nats); ``channels`` channels complete (int); ``tail_ms``
-                          (float, ms); ``edge_ms`` time from frame in to frame out (float, ms)
-=============  =========  ==========================================================================
-
-At temperature 0 the device sends ``k = 1`` and probability 1.0 for its argmax token.
+An LLM session: ``open`` (answered by ``opened``), then ``round`` frames (each answered by a
+``verdict``) or a ``generate`` stretch (answered by ``tokens`` frames, ``done`` on the last one,
+which a ``stop`` brings early), then ``close``. At temperature 0 the device sends ``k = 1`` and
+probability 1.0 for its argmax token. An edge older than ``stop`` answers it ``bad-frame``.
 
 A DNN session lives for one task: ``dnn_open``, then ``feature`` (or ``input``) frames, each
 answered by a ``result`` when it asks for an evaluation (the last packet always does), then
 ``close``. The device may send packets without waiting for results (they come back in order);
 results of a task it already closed may still arrive and carry that task's ``session``. A
 ``feature`` frame with an empty ``packet`` only asks for an evaluation of what is in.
+
+Any frame may be answered by ``error`` (``code`` one of ``ERROR_CODES``).
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 import msgpack
@@ -104,9 +65,6 @@ ERROR_CODES = frozenset(
     }
 )
 
-_I32 = np.dtype("<i4")
-_F32 = np.dtype("<f4")
-
 
 class WireError(ValueError):
     """A frame that does not follow this module's layout; ``code`` is one of ERROR_CODES."""
@@ -124,6 +82,9 @@ class EdgeError(RuntimeError):
         super().__init__(f"edge refused ({code}): {message}")
         self.code = code
         self.message = message
+
+
+# -- messages: the Python side; their keys on the wire are in LAYOUTS below ---------------
 
 
 @dataclass(slots=True)
@@ -151,6 +112,12 @@ class Round:
     draft: np.ndarray  # [n] int32
     q_ids: np.ndarray  # [n, k] int32
     q_probs: np.ndarray  # [n, k] float32
+
+    @property
+    def k(self) -> int:
+        """Entries per drafted token in ``q_ids`` and ``q_probs`` (0 for an empty round)."""
+        n = int(self.draft.shape[0])
+        return int(self.q_ids.shape[1]) if self.q_ids.ndim == 2 and n else 0
 
 
 @dataclass(slots=True)
@@ -251,141 +218,257 @@ Message = (
 )
 
 
-def _arr(a: np.ndarray, dtype: np.dtype) -> bytes:
-    return np.ascontiguousarray(a, dtype=dtype).tobytes()
+# -- wire types: how one key's value is written and checked -------------------------------
 
 
-def encode(msg: Message) -> bytes:
-    """Serialize one message to a binary frame."""
-    if isinstance(msg, Round):
-        n = int(msg.draft.shape[0])
-        k = int(msg.q_ids.shape[1]) if msg.q_ids.ndim == 2 and n else 0
-        body: dict[str, Any] = {
-            "t": "round",
-            "session": msg.session,
-            "draft": _arr(msg.draft, _I32),
-            "q_ids": _arr(msg.q_ids, _I32),
-            "q_probs": _arr(msg.q_probs, _F32),
-            "k": k,
-        }
-    elif isinstance(msg, Verdict):
-        body = {
-            "t": "verdict",
-            "accepted": msg.accepted,
-            "token": msg.token,
-            "verify_ms": msg.verify_ms,
-            "edge_ms": msg.edge_ms,
-            **_load_keys(msg.queue_ms, msg.batch, msg.advise, msg.ties),
-        }
-    elif isinstance(msg, Open):
-        body = {
-            "t": "open",
-            "v": msg.version,
-            "prompt": _arr(msg.prompt, _I32),
-            "vocab": msg.vocab_hash,
-            "draft": msg.draft_model,
-            "temp": float(msg.temperature),
-            "seed": int(msg.seed),
-            "top_k": int(msg.top_k),
-        }
-    elif isinstance(msg, Opened):
-        body = {
-            "t": "opened",
-            "session": msg.session,
-            "model": msg.model,
-            "n_ctx": msg.n_ctx,
-            "prefill_ms": msg.prefill_ms,
-        }
-    elif isinstance(msg, Generate):
-        body = {"t": "generate", "session": msg.session, "max_tokens": msg.max_tokens}
-    elif isinstance(msg, Tokens):
-        body = {
-            "t": "tokens",
-            "ids": _arr(msg.ids, _I32),
-            "done": msg.done,
-            "verify_ms": msg.verify_ms,
-            **_load_keys(msg.queue_ms, msg.batch, msg.advise, msg.ties),
-        }
-    elif isinstance(msg, Stop):
-        body = {"t": "stop", "session": msg.session}
-    elif isinstance(msg, Close):
-        body = {"t": "close", "session": msg.session}
-    elif isinstance(msg, Error):
-        body = {"t": "error", "code": msg.code, "message": msg.message}
-    else:
-        body = _encode_dnn(msg)
-    return msgpack.packb(body, use_bin_type=True)
+@dataclass(frozen=True, slots=True)
+class WireType:
+    """How one key's value travels.
+
+    ``pack(attribute) -> msgpack value``; ``unpack(value, key, frame type) -> attribute``
+    checks a decoded value and raises WireError("bad-frame", ...) naming the key.
+    """
+
+    name: str  # as the layout tables print it
+    pack: Callable[[Any], Any]
+    unpack: Callable[[Any, str, Any], Any]
 
 
-def _encode_dnn(msg: Message) -> dict[str, Any]:
-    if isinstance(msg, Feature):
-        return {"t": "feature", "session": msg.session, "packet": bytes(msg.packet),
-                "eval": bool(msg.evaluate)}
-    if isinstance(msg, Result):
-        return {"t": "result", "session": msg.session, "seq": msg.seq, "top1": msg.top1,
-                "conf": float(msg.confidence),
-                "entropy": float(msg.entropy), "channels": msg.channels,
-                "tail_ms": float(msg.tail_ms), "edge_ms": float(msg.edge_ms)}
-    if isinstance(msg, DnnOpen):
-        return {"t": "dnn_open", "v": msg.version, "model": msg.model, "split": msg.split,
-                "codec": msg.codec, "device": msg.device, "queue": float(msg.queue_j),
-                "bits": int(msg.bits), "eff": float(msg.spectral_eff),
-                "deadline_ms": float(msg.deadline_ms)}
-    if isinstance(msg, DnnOpened):
-        return {"t": "dnn_opened", "session": msg.session, "share": float(msg.share),
-                "users": msg.users, "tail_ms": float(msg.tail_ms)}
-    if isinstance(msg, Input):
-        return {"t": "input", "session": msg.session, "offset": msg.offset,
-                "data": bytes(msg.data)}
-    raise TypeError(f"not a wire message: {type(msg).__name__}")  # pragma: no cover
-
-
-def _get(body: dict, key: str, typ: type | tuple[type, ...]) -> Any:
-    try:
-        value = body[key]
-    except KeyError:
-        raise WireError("bad-frame", f"{body.get('t')!r} frame lacks key {key!r}") from None
+def _checked(value: Any, typ: type, key: str, kind: Any) -> Any:
+    """``value`` as ``typ``: an int stands for a float; a bool is no int."""
     if typ is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
+        return float(value)
     if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
         raise WireError(
-            "bad-frame", f"key {key!r} of a {body.get('t')!r} frame has type {type(value).__name__}"
+            "bad-frame", f"key {key!r} of a {kind!r} frame has type {type(value).__name__}"
         )
     return value
 
 
-def _opt(body: dict, key: str, typ: type) -> Any:
-    """An optional key: None when absent, else checked as `_get` does."""
-    return _get(body, key, typ) if key in body else None
+def _scalar(typ: type, pack: Callable[[Any], Any]) -> WireType:
+    return WireType(typ.__name__, pack, lambda v, key, kind: _checked(v, typ, key, kind))
 
 
-def _load_keys(queue_ms: float | None, batch: int | None, advise: bool | None,
-               ties: int | None) -> dict[str, Any]:
-    """The optional keys of ``verdict`` and ``tokens`` (the edge's load, its advice, the
-    near-ties), only when known."""
-    out: dict[str, Any] = {}
-    if ties is not None:
-        out["ties"] = int(ties)
-    if advise is not None:
-        out["advise"] = bool(advise)
-    if queue_ms is not None:
-        out["queue_ms"] = float(queue_ms)
-    if batch is not None:
-        out["batch"] = int(batch)
-    return out
+def _array(dtype: np.dtype) -> WireType:
+    """A 1-D array as raw little-endian bytes; decoded as a read-only view of the frame."""
+
+    def unpack(value: Any, key: str, kind: Any) -> np.ndarray:
+        raw = _checked(value, bytes, key, kind)
+        if len(raw) % dtype.itemsize:
+            raise WireError(
+                "bad-frame", f"key {key!r}: {len(raw)} bytes is not a whole number of items"
+            )
+        return np.frombuffer(raw, dtype=dtype)
+
+    return WireType(f"bin {dtype.name}[]",
+                    lambda a: np.ascontiguousarray(a, dtype=dtype).tobytes(), unpack)
 
 
-def _bin(body: dict, key: str, dtype: np.dtype) -> np.ndarray:
-    raw = _get(body, key, bytes)
-    if len(raw) % dtype.itemsize:
+INT = _scalar(int, int)
+FLOAT = _scalar(float, float)
+BOOL = _scalar(bool, bool)
+STR = _scalar(str, lambda s: s)
+BIN = _scalar(bytes, bytes)
+I32S = _array(np.dtype("<i4"))
+F32S = _array(np.dtype("<f4"))
+
+
+# -- layouts: one table per message -------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Key:
+    """One key of a message's map."""
+
+    attr: str  # the message's attribute
+    wire: str  # the map key
+    type: WireType
+    doc: str  # meaning and unit
+    optional: bool = False  # absent while the attribute is None; None when absent
+    derived: bool = False  # written from a property, read by the layout's ``check`` only
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """A message type: its ``t``, its class, its keys in wire order, and a ``check`` of the
+    decoded attributes taken together (it returns the constructor's keyword arguments)."""
+
+    t: str
+    cls: type
+    direction: str  # "dev->edge" or "edge->dev"
+    keys: tuple[Key, ...]
+    check: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+
+
+def _check_round(values: dict[str, Any]) -> dict[str, Any]:
+    """``q_ids`` and ``q_probs`` hold ``k >= 1`` entries per drafted token (none when no token
+    is drafted); they are returned as [n, k]."""
+    draft, q_ids, q_probs, k = (values["draft"], values["q_ids"], values["q_probs"],
+                                values.pop("k"))
+    n = draft.shape[0]
+    if k < 0 or q_ids.shape[0] != n * k or q_probs.shape[0] != n * k or (n and k == 0):
         raise WireError(
-            "bad-frame", f"key {key!r}: {len(raw)} bytes is not a whole number of items"
+            "bad-frame",
+            f"round: {n} drafted tokens need q_ids and q_probs of {n}*k entries with k >= 1,"
+            f" got k={k}, {q_ids.shape[0]} and {q_probs.shape[0]}",
         )
-    return np.frombuffer(raw, dtype=dtype)
+    values["q_ids"], values["q_probs"] = q_ids.reshape(n, k), q_probs.reshape(n, k)
+    return values
+
+
+def _load_keys() -> tuple[Key, ...]:
+    """The optional keys of ``verdict`` and ``tokens``: the edge's load, advice, near-ties."""
+    return (
+        Key("ties", "ties", INT, "at temperature 0, the tokens this frame commits whose greedy "
+            "choice was a near-tie for the target (top two logits within "
+            "speculative.TIE_GAP)", optional=True),
+        Key("advise", "advise", BOOL, "true while the edge is the fleet's bottleneck and a "
+            "verified position costs it more per produced token than a streamed one, i.e. the "
+            "fleet goes faster if its sessions stream", optional=True),
+        Key("queue_ms", "queue_ms", FLOAT, "time the work waited for its batch, ms",
+            optional=True),
+        Key("batch", "batch", INT, "tokens in the batched decode that verified it",
+            optional=True),
+    )
+
+
+_LAYOUTS = (
+    Layout("open", Open, "dev->edge", (
+        Key("version", "v", INT, "protocol version"),
+        Key("prompt", "prompt", I32S, "prompt token ids [n]"),
+        Key("vocab_hash", "vocab", STR, "vocabulary hash"),
+        Key("draft_model", "draft", STR, "draft model id"),
+        Key("temperature", "temp", FLOAT, "sampling temperature"),
+        Key("seed", "seed", INT, "seed of the session's random stream"),
+        Key("top_k", "top_k", INT, "draft probabilities sent per drafted token"),
+    )),
+    Layout("opened", Opened, "edge->dev", (
+        Key("session", "session", STR, "session id"),
+        Key("model", "model", STR, "target model id"),
+        Key("n_ctx", "n_ctx", INT, "the session's context, tokens"),
+        Key("prefill_ms", "prefill_ms", FLOAT, "prompt prefill time, ms"),
+    )),
+    Layout("round", Round, "dev->edge", (
+        Key("session", "session", STR, "session id"),
+        Key("draft", "draft", I32S, "drafted token ids [n]"),
+        Key("q_ids", "q_ids", I32S, "top-k ids per drafted position [n*k]"),
+        Key("q_probs", "q_probs", F32S, "their draft probabilities [n*k]"),
+        Key("k", "k", INT, "entries per drafted position", derived=True),
+    ), _check_round),
+    Layout("verdict", Verdict, "edge->dev", (
+        Key("accepted", "accepted", INT, "drafted tokens accepted, 0..n"),
+        Key("token", "token", INT, "the next token (correction or bonus)"),
+        Key("verify_ms", "verify_ms", FLOAT, "target batch time, ms"),
+        Key("edge_ms", "edge_ms", FLOAT, "time from frame in to frame out, ms"),
+        *_load_keys(),
+    )),
+    Layout("generate", Generate, "dev->edge", (
+        Key("session", "session", STR, "session id"),
+        Key("max_tokens", "max_tokens", INT, "tokens the target generates alone"),
+    )),
+    Layout("tokens", Tokens, "edge->dev", (
+        Key("ids", "ids", I32S, "generated token ids [m]"),
+        Key("done", "done", BOOL, "the last frame of the stretch"),
+        Key("verify_ms", "verify_ms", FLOAT, "target decode time, ms"),
+        *_load_keys(),
+    )),
+    Layout("stop", Stop, "dev->edge", (
+        Key("session", "session", STR, "end the generate stretch in progress after the decode "
+            "step in flight; its last tokens frame (done) follows; ignored when none is in "
+            "progress"),
+    )),
+    Layout("close", Close, "dev->edge", (
+        Key("session", "session", STR, "session id"),
+    )),
+    Layout("error", Error, "edge->dev", (
+        Key("code", "code", STR, "one of ERROR_CODES"),
+        Key("message", "message", STR, "for a person"),
+    )),
+    Layout("dnn_open", DnnOpen, "dev->edge", (
+        Key("version", "v", INT, "protocol version"),
+        Key("model", "model", STR, "DNN model id"),
+        Key("split", "split", INT, "split index; 0 = the raw input, the whole model on the edge"),
+        Key("codec", "codec", STR, "the split's codec fingerprint"),
+        Key("device", "device", STR, "device id"),
+        Key("queue_j", "queue", FLOAT, "the device's energy queue Q, J"),
+        Key("bits", "bits", INT, "bits the device means to send"),
+        Key("spectral_eff", "eff", FLOAT, "spectral efficiency at the full band, bit/s/Hz"),
+        Key("deadline_ms", "deadline_ms", FLOAT, "time left, ms; 0 = none"),
+    )),
+    Layout("dnn_opened", DnnOpened, "edge->dev", (
+        Key("session", "session", STR, "session id"),
+        Key("share", "share", FLOAT, "the device's bandwidth share, 0..1"),
+        Key("users", "users", INT, "devices sharing the edge now"),
+        Key("tail_ms", "tail_ms", FLOAT, "mean tail run time of this split, ms"),
+    )),
+    Layout("feature", Feature, "dev->edge", (
+        Key("session", "session", STR, "session id"),
+        Key("packet", "packet", BIN, "one ondevice.common.feature_codec packet"),
+        Key("evaluate", "eval", BOOL, "run the tail once this packet is in"),
+    )),
+    Layout("input", Input, "dev->edge", (
+        Key("session", "session", STR, "session id"),
+        Key("offset", "offset", INT, "where the slice starts, bytes"),
+        Key("data", "data", BIN, "a slice of the raw uint8 input [C, H, W]; the model runs "
+            "once all bytes are in"),
+    )),
+    Layout("result", Result, "edge->dev", (
+        Key("session", "session", STR, "session id"),
+        Key("seq", "seq", INT, "packets received when the tail ran"),
+        Key("top1", "top1", INT, "class"),
+        Key("confidence", "conf", FLOAT, "its probability"),
+        Key("entropy", "entropy", FLOAT, "of the class distribution, nats"),
+        Key("channels", "channels", INT, "channels complete"),
+        Key("tail_ms", "tail_ms", FLOAT, "tail run time, ms"),
+        Key("edge_ms", "edge_ms", FLOAT, "time from frame in to frame out, ms"),
+    )),
+)
+
+LAYOUTS: Mapping[str, Layout] = MappingProxyType({lay.t: lay for lay in _LAYOUTS})
+_BY_CLASS: dict[type, Layout] = {lay.cls: lay for lay in _LAYOUTS}
+
+
+def _check_layouts(layouts: tuple[Layout, ...]) -> None:
+    """Raise TypeError where a table and its dataclass disagree: every field has one key, an
+    optional key's field defaults to None, and wire keys are distinct (``t`` is taken).
+    Run on ``LAYOUTS`` at import."""
+    for lay in layouts:
+        fields = {f.name: f for f in dataclasses.fields(lay.cls)}
+        attrs = [k.attr for k in lay.keys if not k.derived]
+        wires = [k.wire for k in lay.keys]
+        if sorted(attrs) != sorted(fields) or len(set(wires)) != len(wires) or "t" in wires:
+            raise TypeError(f"layout {lay.t!r} does not match {lay.cls.__name__}'s fields")
+        for key in lay.keys:
+            if key.optional and fields[key.attr].default is not None:
+                raise TypeError(f"{lay.cls.__name__}.{key.attr} is optional: default it None")
+
+
+_check_layouts(_LAYOUTS)
+
+
+# -- encode and decode --------------------------------------------------------------------
+
+
+def encode(msg: Message) -> bytes:
+    """Serialize one message to a binary frame: its layout's keys in order, each value
+    written as its wire type (an optional one left out while None)."""
+    try:
+        layout = _BY_CLASS[type(msg)]
+    except KeyError:
+        raise TypeError(f"not a wire message: {type(msg).__name__}") from None
+    body: dict[str, Any] = {"t": layout.t}
+    for key in layout.keys:
+        value = getattr(msg, key.attr)
+        if value is None and key.optional:
+            continue
+        body[key.wire] = key.type.pack(value)
+    return msgpack.packb(body, use_bin_type=True)
 
 
 def decode(frame: bytes) -> Message:
-    """Parse one binary frame; raise WireError("bad-frame", ...) on anything malformed.
+    """Parse one binary frame; raise WireError("bad-frame", ...) on anything malformed: not
+    msgpack, not a map, an unknown ``t``, a missing required key, a key of the wrong type, a
+    round whose arrays do not fit together. Keys the layout does not know are ignored.
 
     Arrays returned are read-only views of the frame (no copy).
     """
@@ -396,95 +479,17 @@ def decode(frame: bytes) -> Message:
     if not isinstance(body, dict):
         raise WireError("bad-frame", f"frame is a {type(body).__name__}, not a map")
     kind = body.get("t")
-    if kind == "round":
-        draft = _bin(body, "draft", _I32)
-        k = _get(body, "k", int)
-        q_ids = _bin(body, "q_ids", _I32)
-        q_probs = _bin(body, "q_probs", _F32)
-        n = draft.shape[0]
-        if k < 0 or q_ids.shape[0] != n * k or q_probs.shape[0] != n * k or (n and k == 0):
-            raise WireError(
-                "bad-frame",
-                f"round: {n} drafted tokens need q_ids and q_probs of {n}*k entries with k >= 1,"
-                f" got k={k}, {q_ids.shape[0]} and {q_probs.shape[0]}",
-            )
-        return Round(
-            session=_get(body, "session", str),
-            draft=draft,
-            q_ids=q_ids.reshape(n, k),
-            q_probs=q_probs.reshape(n, k),
-        )
-    if kind == "verdict":
-        return Verdict(
-            accepted=_get(body, "accepted", int),
-            token=_get(body, "token", int),
-            verify_ms=_get(body, "verify_ms", float),
-            edge_ms=_get(body, "edge_ms", float),
-            queue_ms=_opt(body, "queue_ms", float),
-            batch=_opt(body, "batch", int),
-            advise=_opt(body, "advise", bool),
-            ties=_opt(body, "ties", int),
-        )
-    if kind == "open":
-        return Open(
-            version=_get(body, "v", int),
-            prompt=_bin(body, "prompt", _I32),
-            vocab_hash=_get(body, "vocab", str),
-            draft_model=_get(body, "draft", str),
-            temperature=_get(body, "temp", float),
-            seed=_get(body, "seed", int),
-            top_k=_get(body, "top_k", int),
-        )
-    if kind == "opened":
-        return Opened(
-            session=_get(body, "session", str),
-            model=_get(body, "model", str),
-            n_ctx=_get(body, "n_ctx", int),
-            prefill_ms=_get(body, "prefill_ms", float),
-        )
-    if kind == "generate":
-        return Generate(
-            session=_get(body, "session", str), max_tokens=_get(body, "max_tokens", int)
-        )
-    if kind == "tokens":
-        return Tokens(
-            ids=_bin(body, "ids", _I32),
-            done=_get(body, "done", bool),
-            verify_ms=_get(body, "verify_ms", float),
-            queue_ms=_opt(body, "queue_ms", float),
-            batch=_opt(body, "batch", int),
-            advise=_opt(body, "advise", bool),
-            ties=_opt(body, "ties", int),
-        )
-    if kind == "stop":
-        return Stop(session=_get(body, "session", str))
-    if kind == "close":
-        return Close(session=_get(body, "session", str))
-    if kind == "error":
-        return Error(code=_get(body, "code", str), message=_get(body, "message", str))
-    return _decode_dnn(kind, body)
-
-
-def _decode_dnn(kind: Any, body: dict) -> Message:
-    if kind == "feature":
-        return Feature(session=_get(body, "session", str), packet=_get(body, "packet", bytes),
-                       evaluate=_get(body, "eval", bool))
-    if kind == "result":
-        return Result(session=_get(body, "session", str), seq=_get(body, "seq", int),
-                      top1=_get(body, "top1", int),
-                      confidence=_get(body, "conf", float), entropy=_get(body, "entropy", float),
-                      channels=_get(body, "channels", int), tail_ms=_get(body, "tail_ms", float),
-                      edge_ms=_get(body, "edge_ms", float))
-    if kind == "dnn_open":
-        return DnnOpen(version=_get(body, "v", int), model=_get(body, "model", str),
-                       split=_get(body, "split", int), codec=_get(body, "codec", str),
-                       device=_get(body, "device", str), queue_j=_get(body, "queue", float),
-                       bits=_get(body, "bits", int), spectral_eff=_get(body, "eff", float),
-                       deadline_ms=_get(body, "deadline_ms", float))
-    if kind == "dnn_opened":
-        return DnnOpened(session=_get(body, "session", str), share=_get(body, "share", float),
-                         users=_get(body, "users", int), tail_ms=_get(body, "tail_ms", float))
-    if kind == "input":
-        return Input(session=_get(body, "session", str), offset=_get(body, "offset", int),
-                     data=_get(body, "data", bytes))
-    raise WireError("bad-frame", f"unknown frame type {kind!r}")
+    layout = LAYOUTS.get(kind) if isinstance(kind, str) else None
+    if layout is None:
+        raise WireError("bad-frame", f"unknown frame type {kind!r}")
+    values: dict[str, Any] = {}
+    for key in layout.keys:
+        if key.wire in body:
+            values[key.attr] = key.type.unpack(body[key.wire], key.wire, kind)
+        elif key.optional:
+            values[key.attr] = None
+        else:
+            raise WireError("bad-frame", f"{kind!r} frame lacks key {key.wire!r}")
+    if layout.check is not None:
+        values = layout.check(values)
+    return layout.cls(**values)

@@ -28,13 +28,14 @@ import logging
 import math
 import secrets
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from hw import Activity, Channel, ConstantPower, PowerMeter
 from ondevice.common import wire
+from ondevice.common.budget import BUDGET_TOLERANCE
 from ondevice.common.dnn_profile import RAW_SPLIT, DnnProfile, StopRule, stop_rule, top1_summary
 from ondevice.dnn.enachi import PowerTracker, tracking_price
 from ondevice.dnn.head import DeviceDnn
@@ -436,7 +437,8 @@ def summarize(records: list[TaskRecord], *, elapsed_s: float, energy_source: str
         "energy_source": energy_source,
         "elapsed_s": elapsed_s,
         "budget_w": budget_w,
-        "budget_met": None if budget_w is None or mean_w is None else mean_w <= budget_w * 1.03,
+        "budget_met": (None if budget_w is None or mean_w is None
+                       else mean_w <= budget_w * (1 + BUDGET_TOLERANCE)),
         "mean_latency_ms": float(np.mean([r.latency_ms for r in records])) if n else None,
         "mean_fraction": float(np.mean([r.fraction for r in records])) if n else None,
         "mean_bytes": float(np.mean([r.bytes_sent for r in records])) if n else None,
@@ -444,7 +446,3 @@ def summarize(records: list[TaskRecord], *, elapsed_s: float, energy_source: str
         "splits": splits,
         "stops": stops,
     }
-
-
-def record_dict(r: TaskRecord) -> dict[str, Any]:
-    return asdict(r)

@@ -1,12 +1,15 @@
 """The device's side of one edge session: an ``async with`` WebSocket client.
 
-All sends go through ``_request``. Any transport failure (refused connection, reset, closed
-socket, timeout) surfaces as ``EdgeUnavailable`` so the generation loop can degrade to the
-draft alone; an ``error`` frame from the edge surfaces as ``wire.EdgeError``.
+Every frame goes out through ``_send``: encoded once, its size told to ``on_bytes``, a
+transport failure mapped; a request and its reply go through ``_request``. Any transport
+failure (refused connection, reset, closed socket, timeout) surfaces as ``EdgeUnavailable``
+so the generation loop can degrade to the draft alone; an ``error`` frame from the edge
+surfaces as ``wire.EdgeError``.
 
 One socket carries sequential sessions: ``async_end_session`` ends an LLM session with a
 ``close`` frame (no reply) and the next ``async_open`` starts another on the same socket.
-``EdgePool`` keeps such sockets between generations, one per edge.
+``EdgePool`` keeps such sockets between generations, one per edge, and closes every socket
+it opened when it closes.
 """
 
 from __future__ import annotations
@@ -155,7 +158,8 @@ class EdgeClient:
 
     async def async_info(self) -> dict[str, Any]:
         """The edge's ``GET /v1/info`` (model, context, limits), over this client's session."""
-        assert self._http is not None, "async with the client first"
+        if self._http is None:
+            raise self._not_connected()
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
         try:
             async with self._http.get(
@@ -190,26 +194,37 @@ class EdgeClient:
 
     async def async_close(self) -> None:
         """Close the session and the socket. Idempotent; never raises for a dead edge."""
+        sid, self.session_id = self.session_id, None
+        if sid is not None:
+            # A dead edge cannot be told goodbye: closing must never raise.
+            with contextlib.suppress(EdgeUnavailable, asyncio.TimeoutError):
+                await asyncio.wait_for(self._send(wire.Close(sid)), 1.0)
         ws, http = self._ws, self._http
         self._ws, self._http = None, None
         if ws is not None and not ws.closed:
-            # A dead edge cannot be told goodbye: closing must never raise.
-            if self.session_id is not None:
-                with contextlib.suppress(
-                    aiohttp.ClientError, OSError, asyncio.TimeoutError, RuntimeError
-                ):
-                    await asyncio.wait_for(
-                        ws.send_bytes(wire.encode(wire.Close(self.session_id))), 1.0
-                    )
             with contextlib.suppress(aiohttp.ClientError, OSError, asyncio.TimeoutError):
                 await asyncio.wait_for(ws.close(), 2.0)
         if http is not None:
             await http.close()
-        self.session_id = None
 
-    async def _send(self, msg: wire.Message) -> None:
+    def _not_connected(self) -> EdgeUnavailable:
+        return EdgeUnavailable(f"connection to {self.url} is closed (or was never opened: "
+                               "async with the client)")
+
+    def _open_session(self, first: str) -> str:
+        """The open session's id. EdgeUnavailable when the socket is closed, RuntimeError
+        when it carries no session (``first`` opens one)."""
         if self._ws is None or self._ws.closed:
-            raise EdgeUnavailable(f"connection to {self.url} is closed")
+            raise self._not_connected()
+        if self.session_id is None:
+            raise RuntimeError(f"no session open on edge {self.url}: call {first} first")
+        return self.session_id
+
+    async def _send(self, msg: wire.Message) -> int:
+        """Send one frame; its size in bytes. EdgeUnavailable when the socket is closed or
+        the send fails."""
+        if self._ws is None or self._ws.closed:
+            raise self._not_connected()
         frame = wire.encode(msg)
         if self.on_bytes:
             self.on_bytes(len(frame), 0)
@@ -217,9 +232,11 @@ class EdgeClient:
             await self._ws.send_bytes(frame)
         except (aiohttp.ClientError, OSError, RuntimeError) as exc:
             raise EdgeUnavailable(f"lost edge {self.url}: {exc}") from exc
+        return len(frame)
 
     async def _receive(self) -> wire.Message:
-        assert self._ws is not None
+        if self._ws is None:
+            raise self._not_connected()
         try:
             msg = await self._ws.receive(timeout=self.timeout_s)
         except asyncio.TimeoutError as exc:
@@ -279,21 +296,19 @@ class EdgeClient:
         self, draft: np.ndarray, q_ids: np.ndarray, q_probs: np.ndarray
     ) -> wire.Verdict:
         """Verify one drafted round. Shapes: ``draft [n]``, ``q_ids/q_probs [n, k]``."""
-        assert self.session_id is not None, "async_open first"
-        verdict = await self._request(
-            wire.Round(self.session_id, draft, q_ids, q_probs), wire.Verdict
-        )
+        sid = self._open_session("async_open")
+        verdict = await self._request(wire.Round(sid, draft, q_ids, q_probs), wire.Verdict)
         assert isinstance(verdict, wire.Verdict)
         return verdict
 
     async def async_generate(self, max_tokens: int) -> AsyncIterator[wire.Tokens]:
         """Let the target generate alone; yields token chunks until one has ``done``.
         ``async_stop`` while iterating makes the edge end the stretch after its decode step."""
-        assert self.session_id is not None, "async_open first"
+        sid = self._open_session("async_open")
         self._in_flight = True  # until the chunk with ``done``: a caller may stop reading
         self._stretch = True
         self._stop_sent = False
-        await self._send(wire.Generate(self.session_id, max_tokens))
+        await self._send(wire.Generate(sid, max_tokens))
         while True:
             reply = await self._receive()
             if not isinstance(reply, wire.Tokens):
@@ -323,15 +338,13 @@ class EdgeClient:
 
     async def async_feature(self, packet: bytes, *, evaluate: bool) -> int:
         """Send one feature packet of the open task (no wait); returns the frame's size."""
-        assert self.session_id is not None, "async_dnn_open first"
-        frame = wire.Feature(self.session_id, packet, evaluate)
-        await self._send(frame)
-        return len(wire.encode(frame))
+        sid = self._open_session("async_dnn_open")
+        return await self._send(wire.Feature(sid, packet, evaluate))
 
     async def async_input(self, offset: int, data: bytes) -> None:
         """Send a slice of the raw input of the open (split 0) task (no wait)."""
-        assert self.session_id is not None, "async_dnn_open first"
-        await self._send(wire.Input(self.session_id, offset, data))
+        sid = self._open_session("async_dnn_open")
+        await self._send(wire.Input(sid, offset, data))
 
     async def async_result(self) -> wire.Result:
         """The next ``result`` frame of the open task (late ones of closed tasks skipped)."""
@@ -357,7 +370,11 @@ class EdgePool:
     with a ``close`` frame and keeps the socket if it is clean) or ``discard`` (after any
     failure, or a stream it stopped reading). A kept socket the edge closed meanwhile (its
     idle timeout or heartbeat, a restart) fails at the next use; ``acquire`` says whether the
-    socket was kept, so the caller can retry once on a fresh one. ``async_close`` closes all.
+    socket was kept, so the caller can retry once on a fresh one.
+
+    The pool owns every socket it opened until it closes it: ``async with`` the pool, or call
+    the idempotent ``async_close``, which closes them all, kept or handed out (each session
+    ends; the edge frees its place).
     """
 
     def __init__(
@@ -373,8 +390,20 @@ class EdgePool:
         self.allow_plaintext_token = allow_plaintext_token
         self.on_bytes = on_bytes
         self._idle: dict[tuple[str, str | None], EdgeClient] = {}
+        self._open: set[EdgeClient] = set()  # every socket opened and not closed yet
         self.connects = 0  # sockets opened over the pool's life (for reports and tests)
         self.reuses = 0  # sessions that ran on a kept socket
+
+    async def __aenter__(self) -> EdgePool:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.async_close()
+
+    @property
+    def open_sockets(self) -> int:
+        """Sockets the pool opened and has not closed, kept or handed out."""
+        return len(self._open)
 
     async def acquire(self, url: str, fingerprint: str | None) -> tuple[EdgeClient, bool]:
         """``(client, kept)``: a connected client for ``url``, and whether it is a kept socket.
@@ -384,36 +413,42 @@ class EdgePool:
             self.reuses += 1
             return client, True
         if client is not None:
-            await client.async_close()
-        client = EdgeClient(url, timeout_s=self.timeout_s, on_bytes=self.on_bytes,
-                            token=self.token, fingerprint=fingerprint,
-                            allow_plaintext_token=self.allow_plaintext_token)
-        await client.__aenter__()
+            await self._close(client)
+        async with contextlib.AsyncExitStack() as stack:
+            client = await stack.enter_async_context(EdgeClient(
+                url, timeout_s=self.timeout_s, on_bytes=self.on_bytes, token=self.token,
+                fingerprint=fingerprint, allow_plaintext_token=self.allow_plaintext_token))
+            self._open.add(client)
+            stack.pop_all()  # the pool owns it now: closed by discard, release or async_close
         self.connects += 1
         return client, False
 
     async def release(self, client: EdgeClient) -> None:
         """End the client's session and keep its socket when clean; else close it."""
-        if client.reusable:
-            try:
-                await client.async_end_session()
-            except EdgeUnavailable:
-                await client.async_close()
-                return
-            key = (client.url, client.fingerprint)
-            old = self._idle.pop(key, None)
-            self._idle[key] = client
-            if old is not None and old is not client:
-                await old.async_close()
-        else:
-            await client.async_close()
+        if not client.reusable:
+            await self._close(client)
+            return
+        try:
+            await client.async_end_session()
+        except EdgeUnavailable:
+            await self._close(client)
+            return
+        key = (client.url, client.fingerprint)
+        old = self._idle.pop(key, None)
+        self._idle[key] = client
+        if old is not None and old is not client:
+            await self._close(old)
 
     async def discard(self, client: EdgeClient) -> None:
         """Close the client (its session ends with it). Never raises for a dead edge."""
+        await self._close(client)
+
+    async def _close(self, client: EdgeClient) -> None:
+        self._open.discard(client)
         await client.async_close()
 
     async def async_close(self) -> None:
-        """Close every kept socket (each session ends; the edge frees its place). Idempotent."""
-        idle, self._idle = list(self._idle.values()), {}
-        for client in idle:
-            await client.async_close()
+        """Close every socket the pool opened, kept or handed out. Idempotent."""
+        self._idle.clear()
+        while self._open:
+            await self._close(self._open.pop())

@@ -3,9 +3,10 @@
 ::
 
     from ondevice import Device
+    from ondevice.llm.policies import PolicyConfig
 
     async with Device(draft="D.gguf", edge="http://edge:8470", meter="sim",
-                      policy="gelato", power_budget_w=4.0) as dev:
+                      policy=PolicyConfig("gelato", power_budget_w=4.0)) as dev:
         async for piece in dev.stream("Once upon a time", max_tokens=64, seed=1):
             print(piece.text, end="", flush=True)
         report = dev.last_report  # the fields of ``ondevice generate --json``
@@ -35,17 +36,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hw import Activity, PowerMeter
+from ondevice.common.seed import seed_problem
 from ondevice.edge.client import EdgePool, transport_problem
 from ondevice.edge.discovery import EdgeBrowser
-from ondevice.llm.policies import DEFAULT_V, Policy, make_policy
+from ondevice.llm.policies import Policy, PolicyConfig
 from ondevice.llm.textstream import StopCut, TextStream
 
 if TYPE_CHECKING:  # llama.cpp loads with the generation loop, on first use, not on import
     from ondevice.common.llama_runtime import LlamaConfig, LlamaModel, LlamaRunner
     from ondevice.llm.generate import EdgePlan
     from ondevice.llm.report import Report
-
-MAX_SEED = 2**63 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,21 +82,19 @@ def draft_config(path: str | Path, *, n_ctx: int | None = None,
 class Device:
     """A draft model on this device, an edge to verify with, a meter and a policy, kept open
     across prompts. Use ``async with Device(...) as dev`` (or ``await dev.open()`` and
-    ``await dev.close()``).
+    ``await dev.close()``); the common case is ``Device("draft.gguf", edge="http://...")``.
 
-    Edges: ``edge`` is an edge URL; ``discover`` browses zeroconf (on ``interfaces``, IPv4
-    addresses, empty = all) for compatible edges, by default exactly when there is no
-    ``edge`` (as ``ondevice generate``); ``edge=None, discover=False`` runs the draft alone.
-    ``token``, ``fingerprint``, ``allow_plaintext_token``, ``require_edge``,
-    ``edge_timeout_s`` and ``browse_s`` are ``ondevice generate``'s flags of the same names;
-    ``plan`` gives all of that at once instead.
+    ``edge``: an edge URL (that edge only); None, find compatible edges with zeroconf (as
+    ``ondevice generate`` without ``--edge``); or an ``EdgePlan`` (``ondevice.llm.generate``)
+    for everything else: discovery beside a URL, interfaces, site, token, TLS pin, timeouts,
+    ``require_edge``. ``EdgePlan()`` runs the draft alone.
 
-    ``meter`` is a SPEC (``docs/meters.md``); with ``require_meter`` a measured meter that
-    gives no reading within 3 s makes ``open`` raise ``MeterUnavailable``. ``policy`` is a
-    policy name (with ``gamma``, ``v``, ``power_budget_w``, ``energy_per_token_j``,
-    ``draft_ahead``, see ``make_policy``) or a
-    ``Policy`` object, kept for the Device's life. ``n_ctx``/``n_threads`` (or a whole
-    ``llama_config``) size the draft's context; unset, the model's sidecar decides.
+    ``policy``: a policy name with its defaults, a ``PolicyConfig`` (name and settings: gamma,
+    V, a budget, drafting ahead), or a ``Policy`` object; the policy is kept for the Device's
+    life. ``meter`` is a SPEC (``docs/meters.md``); with ``require_meter`` a measured meter
+    that gives no reading within 3 s makes ``open`` raise ``MeterUnavailable``. ``top_k``:
+    draft probabilities sent per drafted token. ``llama_config`` opens the draft; None,
+    ``draft_config(draft)`` (the model's sidecar, else the defaults).
 
     The constructor checks the arguments (ValueError) and loads nothing.
     """
@@ -105,63 +103,37 @@ class Device:
         self,
         draft: str | Path,
         *,
-        edge: str | None = None,
-        discover: bool | None = None,
-        interfaces: Sequence[str] = (),
-        site: str | None = None,
-        token: str | None = None,
-        fingerprint: str | None = None,
-        allow_plaintext_token: bool = False,
-        require_edge: bool = False,
-        edge_timeout_s: float = 15.0,
-        browse_s: float = 2.0,
-        plan: EdgePlan | None = None,
+        edge: str | EdgePlan | None = None,
+        policy: str | PolicyConfig | Policy = "gelato",
         meter: str = "sim",
         require_meter: bool = True,
-        policy: str | Policy = "gelato",
-        gamma: int = 4,
-        v: float = DEFAULT_V,
-        power_budget_w: float | None = None,
-        energy_per_token_j: float | None = None,
-        draft_ahead: int | None = None,
         top_k: int = 32,
-        n_ctx: int | None = None,
-        n_threads: int | None = None,
         llama_config: LlamaConfig | None = None,
     ) -> None:
         from ondevice.llm.generate import EdgePlan
 
         self.draft_path = Path(draft)
-        if plan is None:
-            plan = EdgePlan(
-                url=edge, fingerprint=fingerprint,
-                discover=(edge is None) if discover is None else discover,
-                interfaces=tuple(interfaces), site=site, token=token, browse_s=browse_s,
-                timeout_s=edge_timeout_s, require_edge=require_edge,
-                allow_plaintext_token=allow_plaintext_token,
-            )
+        if isinstance(edge, EdgePlan):
+            plan = edge
+        elif edge is None or isinstance(edge, str):
+            plan = EdgePlan(url=edge, discover=edge is None)
+        else:
+            raise TypeError(f"edge must be a URL, an EdgePlan or None, not {type(edge).__name__}")
         if plan.url:
             problem = transport_problem(plan.url, token=plan.token, fingerprint=plan.fingerprint,
                                         allow_plaintext_token=plan.allow_plaintext_token)
             if problem:
                 raise ValueError(problem)
         self.plan = plan
-        if isinstance(policy, Policy):
-            self.policy = policy
-        else:
-            if policy != "gelato" and (power_budget_w is not None
-                                       or energy_per_token_j is not None):
-                raise ValueError("power_budget_w/energy_per_token_j are for policy 'gelato'")
-            self.policy = make_policy(policy, gamma=gamma, v=v, power_budget_w=power_budget_w,
-                                      energy_per_token_j=energy_per_token_j,
-                                      draft_ahead=draft_ahead)
+        if isinstance(policy, str):
+            policy = PolicyConfig(policy)
+        self.policy = policy.make() if isinstance(policy, PolicyConfig) else policy
         if top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
         self.top_k = top_k
         self.meter_spec = meter
         self.require_meter = require_meter
-        self.llama_config = llama_config or draft_config(self.draft_path, n_ctx=n_ctx,
-                                                         n_threads=n_threads)
+        self.llama_config = llama_config or draft_config(self.draft_path)
         self.last_report: Report | None = None
         self.model: LlamaModel | None = None  # set while open
         self.meter: PowerMeter | None = None
@@ -324,8 +296,8 @@ class Device:
             raise ValueError(f"max_tokens must be an integer >= 1, got {max_tokens!r}")
         if not temperature >= 0.0:
             raise ValueError(f"temperature must be >= 0, got {temperature!r}")
-        if not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
-            raise ValueError(f"seed must be an integer in 0..2**63-1, got {seed!r}")
+        if (problem := seed_problem(seed)) is not None:
+            raise ValueError(problem)
         if parse_special and prompt_ids is None:
             prompt_ids = await self.tokenize(prompt, add_special=add_bos, parse_special=True)
         request = GenerateRequest(

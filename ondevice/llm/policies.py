@@ -1,10 +1,13 @@
 """Drafting policies: how many tokens the device drafts per round, and whether to use the edge.
 
 The contract (``Policy``, ``RoundStats``) is in ``_policy``; GELATO in ``_gelato_policy``; the
-baselines here, with ``make_policy`` that builds any of them by its ``--policy`` name.
+baselines here, with ``make_policy`` that builds any of them by its ``--policy`` name, and
+``PolicyConfig``, the same arguments as one record (what ``Device`` takes).
 """
 
 from __future__ import annotations
+
+from dataclasses import KW_ONLY, dataclass
 
 from ondevice.llm import gelato
 from ondevice.llm._gelato_policy import GelatoPolicy
@@ -130,6 +133,38 @@ def make_policy(
     raise ValueError(f"unknown policy {name!r}; choose one of {', '.join(POLICIES)}")
 
 
+@dataclass(frozen=True, slots=True)
+class PolicyConfig:
+    """A drafting policy by its ``--policy`` name and the settings ``make_policy`` takes:
+    ``gamma`` tokens per round (fixed); ``v`` GELATO's throughput-vs-energy weight (J per
+    token); at most one budget, ``power_budget_w`` (W, long-run mean device power) or
+    ``energy_per_token_j`` (J per generated token), for gelato only; ``draft_ahead`` as in
+    ``make_policy``. A record of settings: ``make()`` builds a fresh policy each call.
+
+    Raises ValueError when a budget is given to a policy other than gelato; ``make()`` raises
+    what ``make_policy`` does (an unknown name, both budgets, a bad ``draft_ahead``).
+    """
+
+    name: str = "gelato"
+    _: KW_ONLY
+    gamma: int = 4
+    v: float = DEFAULT_V
+    power_budget_w: float | None = None
+    energy_per_token_j: float | None = None
+    draft_ahead: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.name != "gelato" and (self.power_budget_w is not None
+                                      or self.energy_per_token_j is not None):
+            raise ValueError("power_budget_w/energy_per_token_j are for policy 'gelato'")
+
+    def make(self) -> Policy:
+        return make_policy(self.name, gamma=self.gamma, v=self.v,
+                           power_budget_w=self.power_budget_w,
+                           energy_per_token_j=self.energy_per_token_j,
+                           draft_ahead=self.draft_ahead)
+
+
 __all__ = ["DEFAULT_V", "POLICIES", "AdaEdlPolicy", "DeviceOnlyPolicy", "EdgeOnlyPolicy",
-           "FixedPolicy", "GelatoPolicy", "HfHeuristicPolicy", "Mode", "Policy", "RoundStats",
-           "make_policy"]
+           "FixedPolicy", "GelatoPolicy", "HfHeuristicPolicy", "Mode", "Policy",
+           "PolicyConfig", "RoundStats", "make_policy"]

@@ -1,9 +1,19 @@
-"""A generation's report: ``Report`` (the fields of ``--json``) and its summary for people."""
+"""A generation's report: ``Report`` (the fields of ``--json``), how a finished generation
+fills it (``build_report``), and its summary for people (``format_report``)."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from ondevice.common.budget import BUDGET_TOLERANCE
+
+if TYPE_CHECKING:
+    from hw import PowerMeter
+    from ondevice.llm._edge_session import EdgeSessions
+    from ondevice.llm._output import Output
+    from ondevice.llm._round import Rounds
+    from ondevice.llm.gelato import Budget
 
 
 @dataclass(slots=True, kw_only=True)
@@ -69,6 +79,98 @@ class Report:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def build_report(*, out: Output, rounds: Rounds, sessions: EdgeSessions, meter: PowerMeter,
+                 window: tuple[float, float], prompt_tokens: int, temperature: float,
+                 seed: int, policy_start: dict[str, Any], edge_connects: int) -> Report:
+    """The report of a finished generation from what its parts recorded: the committed
+    ``out``put, the ``rounds`` (their tally), the edge ``sessions``, and the ``meter`` over
+    the generation's ``window`` (monotonic seconds)."""
+    t0, t1 = window
+    elapsed = max(t1 - t0, 1e-9)
+    n_out = out.n
+    coverage = meter.coverage(t0, t1)
+    energy, source, note = _energy(meter, t0, t1, coverage)
+    policy, tot = rounds.policy, rounds.tally
+    budget: Budget | None = getattr(policy, "budget", None)
+    r = tot.rounds
+
+    def per_round(x: float, scale: float = 1e3) -> float | None:
+        return x / r * scale if r else None
+
+    return Report(
+        text=out.model.detokenize(out.stream.out),
+        tokens=list(out.stream.out),
+        n_tokens=n_out,
+        prompt_tokens=prompt_tokens,
+        policy=policy.name,
+        policy_settings=policy.describe(),
+        edge=sessions.edges_used[-1] if sessions.edges_used else None,
+        edges=list(sessions.edges_used),
+        degraded=sessions.degraded,
+        degraded_at_token=sessions.degraded_at,
+        degraded_reason=sessions.degraded_reason,
+        rejected_edges=sessions.rejected,
+        segments=sessions.segments,
+        stop_reason=out.stop_reason,
+        elapsed_s=elapsed,
+        tokens_per_s=n_out / elapsed,
+        rounds=r,
+        drafted=tot.drafted,
+        accepted=tot.accepted,
+        acceptance=tot.accepted / tot.drafted if tot.drafted else None,
+        mean_drafted=tot.drafted / r if r else None,
+        mean_draft_ms=per_round(tot.draft_s),
+        mean_verify_ms=per_round(tot.verify_s),  # the stretches' edge compute included
+        mean_rtt_ms=per_round(tot.rtt_s),
+        overhead_ms_per_round=per_round(rounds.overhead_s),
+        energy_j=energy,
+        energy_source=source,
+        energy_note=note,
+        j_per_token=energy / n_out if energy is not None and n_out else None,
+        mean_power_w=energy / elapsed if energy is not None else None,
+        budget_w=budget.power_w if budget is not None else None,
+        budget_j_per_token=budget.j_per_token if budget is not None else None,
+        budget_met=_budget_met(budget, energy, elapsed, n_out),
+        meter=meter.kind,
+        meter_coverage=coverage,
+        window_monotonic_s=(t0, t1),
+        temperature=temperature,
+        seed=seed,
+        draft_limit=rounds.draft_limit,
+        errors=sessions.errors,
+        policy_settings_start=policy_start,
+        meter_started_monotonic_s=meter.started_t_s,
+        ahead_drafted=tot.ahead,
+        ahead_hits=tot.ahead_hits,
+        near_ties=rounds.near_ties,
+        edge_connects=edge_connects,
+    )
+
+
+def _energy(meter: PowerMeter, t0: float, t1: float, coverage: float
+            ) -> tuple[float | None, str, str | None]:
+    """(joules, ``energy_source``, ``energy_note``) of the window [t0, t1]: measured or
+    modelled, or none with the reason when a measuring meter covered none of it (a 0 J
+    extrapolated from no reading would read as a result)."""
+    if meter.measured and coverage <= 0.0:
+        return None, "none", (f"meter {meter.kind} {meter.describe()} gave no reading during "
+                              f"the generation ({meter.last_error or 'no samples'})")
+    return meter.energy_j(t0, t1), "measured" if meter.measured else "modelled", None
+
+
+def _budget_met(budget: Budget | None, energy_j: float | None, elapsed_s: float,
+                n_tokens: int) -> bool | None:
+    """Whether the generation held its policy's budget (``BUDGET_TOLERANCE``): mean power,
+    else energy per token; None without a budget or a measurement (or tokens, per token)."""
+    if budget is None or energy_j is None:
+        return None
+    if budget.power_w is not None:
+        return energy_j / elapsed_s <= budget.power_w * (1 + BUDGET_TOLERANCE)
+    if budget.j_per_token is not None and n_tokens:
+        return energy_j / n_tokens <= budget.j_per_token * (1 + BUDGET_TOLERANCE)
+    return None
 
 
 def format_report(report: dict[str, Any]) -> str:

@@ -7,7 +7,8 @@ estimators, the meter's window and the edge sockets carry over from request to r
 
 Routes: ``GET /v1/models``, ``GET /v1/models/{model}``, ``POST /v1/completions``,
 ``POST /v1/chat/completions`` (``stream: true`` as server-sent events ending with
-``data: [DONE]``), and ``GET /health`` (no key needed; 503 while draining).
+``data: [DONE]``), ``GET /health`` (no key needed; 503 while draining) and ``GET /metrics``
+(Prometheus; needs the key unless ``metrics_public``, see ``_metrics.py``).
 
 Scheduling: one generation at a time on the device, first come first served; up to
 ``max_queue`` more requests wait, beyond that 429. A client that disconnects (while queued or
@@ -36,10 +37,12 @@ from typing import Any
 from aiohttp import web
 
 from ondevice.common import bearer, jsonout
+from ondevice.common.metrics_http import METRICS_PATH, add_metrics_route
+from ondevice.common.seed import MAX_SEED
 from ondevice.llm.device import Device
+from ondevice.serve._metrics import RequestTimer, ServeMetrics
 from ondevice.serve.openai_api import (
     COMPLETION_DEFAULT_MAX_TOKENS,
-    MAX_SEED,
     ApiError,
     Kind,
     Request,
@@ -57,6 +60,7 @@ log = logging.getLogger("ondevice.serve")
 DISCONNECT_POLL_S = 0.1  # how often a request checks that its client is still there
 LOG_INFO = "coinfer.log"  # request key: fields for the request's log line
 CLIENT_GONE = 499  # logged status of a request whose client left (nginx's convention)
+GENERATION_PATHS = ("/v1/completions", "/v1/chat/completions")  # counted by status
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -65,7 +69,8 @@ class ServeConfig:
 
     ``device`` makes the (unopened) Device, once, at startup. ``model_name`` is the id
     clients send as ``model`` (default: the Device's ``model_id``, the draft's file name).
-    ``api_key``: when set, ``/v1/*`` needs ``Authorization: Bearer <api_key>``.
+    ``api_key``: when set, ``/v1/*`` and ``/metrics`` need ``Authorization: Bearer
+    <api_key>``; ``metrics_public`` serves ``/metrics`` without it.
     ``max_queue``: requests that may wait behind the one generating (then 429).
     ``log``: called with one line per request (default: INFO on the ``ondevice.serve``
     logger).
@@ -74,6 +79,7 @@ class ServeConfig:
     device: Callable[[], Device]
     model_name: str | None = None
     api_key: str | None = None
+    metrics_public: bool = False
     max_queue: int = 8
     log: Callable[[str], None] | None = None
 
@@ -81,9 +87,10 @@ class ServeConfig:
 class ServeState:
     """The app's running state: the open Device, the queue, the drain flag."""
 
-    def __init__(self, config: ServeConfig, device: Device) -> None:
+    def __init__(self, config: ServeConfig, device: Device, metrics: ServeMetrics) -> None:
         self.config = config
         self.device = device
+        self.metrics = metrics
         self.model_name = config.model_name or device.model_id
         self.gate = asyncio.Lock()  # one generation at a time; asyncio.Lock is FIFO
         self.admitted = 0  # generating + waiting
@@ -96,12 +103,14 @@ class ServeState:
 
 STATE = web.AppKey("state", ServeState)
 CONFIG = web.AppKey("config", ServeConfig)
+METRICS = web.AppKey("metrics", ServeMetrics)
 
 
 def create_app(config: ServeConfig) -> web.Application:
     """The application; the Device opens when it starts and closes when it stops."""
     app = web.Application(middlewares=[_log_requests, _errors, _auth])
     app[CONFIG] = config
+    metrics = app[METRICS] = ServeMetrics()
     app.cleanup_ctx.append(_device_ctx)
     app.on_shutdown.append(_drain)
     app.router.add_get("/health", health)
@@ -109,13 +118,17 @@ def create_app(config: ServeConfig) -> web.Application:
     app.router.add_get("/v1/models/{model}", model_info)
     app.router.add_post("/v1/completions", completions)
     app.router.add_post("/v1/chat/completions", chat_completions)
+    add_metrics_route(app, metrics.registry)
     return app
 
 
 async def _device_ctx(app: web.Application) -> AsyncIterator[None]:
     device = app[CONFIG].device()
     async with device:
-        state = app[STATE] = ServeState(app[CONFIG], device)
+        metrics = app[METRICS]
+        state = app[STATE] = ServeState(app[CONFIG], device, metrics)
+        metrics.bind(running=lambda: int(device.busy),
+                     waiting=lambda: max(state.admitted - int(device.busy), 0))
         assert device.model is not None
         state.max_token_bytes = await asyncio.to_thread(device.model.max_token_bytes)
         yield
@@ -146,6 +159,8 @@ async def _log_requests(request: web.Request, handler: Handler) -> web.StreamRes
     finally:
         if info.pop("client_gone", False):
             status = CLIENT_GONE
+        if request.path in GENERATION_PATHS:
+            request.app[METRICS].requests.labels(status=str(status)).inc()
         state = request.app.get(STATE)
         fields = "".join(f" {k}={v}" for k, v in info.items())
         line = (f'{request.remote or "-"} "{request.method} {request.path}" {status} '
@@ -177,8 +192,11 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 @web.middleware
 async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-    key = request.app[CONFIG].api_key
-    if key is not None and request.path.startswith("/v1/"):
+    config = request.app[CONFIG]
+    key = config.api_key
+    guarded = request.path.startswith("/v1/") or (
+        request.path == METRICS_PATH and not config.metrics_public)
+    if key is not None and guarded:
         given = request.headers.get("Authorization", "")
         if not bearer.authorized(given, key):
             raise ApiError(401, "Incorrect API key provided" if bearer.bearer_token(given) else
@@ -365,6 +383,7 @@ async def _generate(request: web.Request, kind: Kind) -> web.StreamResponse:
     its front, so that neither tokenizing nor templating runs beside a generation."""
     state = request.app[STATE]
     info = request[LOG_INFO]
+    timer = state.metrics.timer(time.monotonic())
     req = parse_request(kind, parse_body(await request.read()))
     _check_model(state, req.model)
     dev = state.device
@@ -395,9 +414,10 @@ async def _generate(request: web.Request, kind: Kind) -> web.StreamResponse:
             }
             info["prompt_tokens"] = len(ids)
             if req.stream:
-                return await _stream(request, state, req, rid, created, prompt, options, halt)
+                return await _stream(request, state, req, rid, created, prompt, options, halt,
+                                     timer)
             try:
-                report = await dev.complete(prompt, halt=halt, **options)
+                report = await _complete(dev, prompt, halt, options, timer)
             except Exception as exc:
                 err = _device_error(exc)
                 if err is None:
@@ -405,13 +425,27 @@ async def _generate(request: web.Request, kind: Kind) -> web.StreamResponse:
                 raise err from exc
     finally:
         watcher.cancel()
-    _log_report(state, info, report)
+    _log_report(state, info, report, timer)
     return web.json_response(
         dumps=jsonout.dumps,
         data=response_body(kind, rid, created, state.model_name, report))
 
 
-def _log_report(state: ServeState, info: dict[str, Any], report: Any) -> None:
+async def _complete(dev: Device, prompt: str, halt: asyncio.Event, options: dict[str, Any],
+                    timer: RequestTimer) -> Any:
+    """``Device.complete``, its pieces timed (``RequestTimer``); the generation's report."""
+    async with contextlib.aclosing(dev.stream(prompt, halt=halt, **options)) as pieces:
+        async for piece in pieces:
+            timer.piece(len(piece.tokens), time.monotonic())
+    assert dev.last_report is not None
+    return dev.last_report
+
+
+def _log_report(state: ServeState, info: dict[str, Any], report: Any,
+                timer: RequestTimer) -> None:
+    """Log and count one finished generation."""
+    timer.finish(time.monotonic())
+    state.metrics.observe_report(report)
     state.served += 1
     info.update(
         completion_tokens=usage(report)["completion_tokens"], tok_s=f"{report.tokens_per_s:.1f}",
@@ -423,8 +457,8 @@ def _log_report(state: ServeState, info: dict[str, Any], report: Any) -> None:
 
 
 async def _stream(request: web.Request, state: ServeState, req: Request, rid: str,
-                  created: int, prompt: str, options: dict[str, Any], halt: asyncio.Event
-                  ) -> web.StreamResponse:
+                  created: int, prompt: str, options: dict[str, Any], halt: asyncio.Event,
+                  timer: RequestTimer) -> web.StreamResponse:
     """Server-sent events, prepared on the first piece so that an error before any output
     still gets its proper status; an error after it is sent as an ``error`` event."""
     kind, name, dev = req.kind, state.model_name, state.device
@@ -444,6 +478,7 @@ async def _stream(request: web.Request, state: ServeState, req: Request, rid: st
         try:
             async with contextlib.aclosing(dev.stream(prompt, halt=halt, **options)) as pieces:
                 async for piece in pieces:
+                    timer.piece(len(piece.tokens), time.monotonic())
                     if piece.text:
                         await send(chunk_body(kind, rid, created, name, text=piece.text))
         except ConnectionResetError:  # the client's socket, not the device's
@@ -460,7 +495,7 @@ async def _stream(request: web.Request, state: ServeState, req: Request, rid: st
             return resp
         report = dev.last_report
         assert report is not None
-        _log_report(state, info, report)
+        _log_report(state, info, report, timer)
         final = chunk_body(kind, rid, created, name, finish=finish_reason(report))
         final["coinfer"] = coinfer_fields(report)
         await send(final)
@@ -472,5 +507,5 @@ async def _stream(request: web.Request, state: ServeState, req: Request, rid: st
     except ConnectionResetError:  # the client left mid-stream: the generation has been stopped
         info["client_gone"] = True
         if "completion_tokens" not in info and dev.last_report not in (None, before):
-            _log_report(state, info, dev.last_report)
+            _log_report(state, info, dev.last_report, timer)
     return resp

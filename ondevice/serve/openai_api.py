@@ -21,12 +21,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from ondevice.common import jsonout
+from ondevice.common.seed import seed_problem
 
 if TYPE_CHECKING:
     from ondevice.llm.report import Report
 
 Kind = Literal["completion", "chat"]
-MAX_SEED = 2**63 - 1
 MAX_STOPS = 4
 COMPLETION_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
 CHAT_ROLES = ("system", "developer", "user", "assistant")
@@ -231,9 +231,9 @@ def parse_request(kind: Kind, body: dict[str, Any]) -> Request:
         raise ApiError(400, f"'temperature' must be a number in [0, 2], got {temperature!r}",
                        param="temperature")
     seed = body.get("seed")
-    if seed is not None and (not _is_int(seed) or not 0 <= seed <= MAX_SEED):
-        raise ApiError(400, f"'seed' must be an integer in 0..2**63-1, got {seed!r}",
-                       param="seed")
+    problem = None if seed is None else seed_problem(seed)
+    if problem is not None:
+        raise ApiError(400, problem, param="seed")
     stream = body.get("stream")
     if stream is not None and not isinstance(stream, bool):
         raise ApiError(400, "'stream' must be a boolean", param="stream")

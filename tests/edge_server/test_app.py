@@ -76,13 +76,6 @@ async def _served_well(url: str, draft: Path, target_ref: Reference) -> None:
     assert report.tokens == target_ref.greedy("a well behaved client", 16)
 
 
-@pytest.fixture(scope="module")
-def target_ref(fixture_models: tuple[Path, Path]) -> Reference:
-    ref = Reference(fixture_models[0])
-    yield ref
-    ref.close()
-
-
 async def test_info(limited_edge: EdgeProc, vocab: tuple[str, int]) -> None:
     async with aiohttp.ClientSession() as http, http.get(limited_edge.url + wire.INFO_PATH) as resp:
         info = await resp.json()

@@ -127,7 +127,11 @@ async def test_early_stop_keeps_accuracy_within_the_curve(
     fraction = float(np.mean([t.fraction for t in answered]))
     assert len(stopped) > len(answered) / 3 and fraction < 0.9  # it did stop early, often
     accuracy = sum(t.prediction == t.label for t in answered) / len(answered)
-    assert accuracy >= curve.accuracy_at(fraction) - 0.02
+    # each answer against the curve at the fraction it saw (a busy machine spreads the
+    # fractions: tasks near their deadline stop earlier, and the curve's mean over spread
+    # fractions sits below its value at their mean)
+    on_curve = float(np.mean([curve.accuracy_at(t.fraction) for t in answered]))
+    assert accuracy >= on_curve - 0.02, (accuracy, on_curve, fraction)
     assert accuracy >= curve.accuracy[-1] - 0.01 - 0.03
     print(f"late {sum(not t.deadline_met for t in rep.tasks)} of {len(rep.tasks)} "
           "(a quiet machine: 0-2)")

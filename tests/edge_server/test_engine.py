@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from edge_server._engine import Engine
+from edge_server._llama_pool import LlamaPool, Part
 from ondevice.common import wire
-from ondevice.common.llama_pool import LlamaPool, Part
 from ondevice.common.llama_runtime import LlamaConfig, LlamaError, LlamaModel, LlamaRunner
 from ondevice.llm.draft import DraftStream
 

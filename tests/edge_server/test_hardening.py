@@ -1,8 +1,6 @@
 """Edge hardening against a real ``edge-server`` process over real sockets: session limits under
 concurrent opens, pre-auth input, out-of-range seeds, refusals that must not change state, slow
 and oversized request heads, the context size actually in force, and command-line errors.
-
-Each test names the item of the outside probe it covers (its number is in the docstring).
 """
 
 from __future__ import annotations
@@ -125,12 +123,12 @@ def _tally(replies: list[wire.Message], opened: type) -> tuple[int, list[str]]:
     return n_open, codes
 
 
-# -- item 1: session limits hold under concurrent opens ------------------------------------
+# -- session limits hold under concurrent opens --------------------------------------------
 
 
-async def test_item1_concurrent_opens_take_exactly_the_free_slots(
+async def test_concurrent_opens_take_exactly_the_free_slots(
         fixture_models: tuple[Path, Path], vocab: str) -> None:
-    """Item 1: eight opens sent at once from one address get exactly the per-client limit;
+    """Eight opens sent at once from one address get exactly the per-client limit;
     eight more from a second address get exactly what is left of the edge's total; refused
     and abandoned opens give their slots back, so the same bursts succeed again afterwards."""
     frame = _open_frame(vocab, n=160)  # a prefill long enough that the opens overlap
@@ -160,9 +158,9 @@ async def test_item1_concurrent_opens_take_exactly_the_free_slots(
         assert "Traceback" not in e.log(), e.log()
 
 
-async def test_item1_llm_and_dnn_opens_share_one_reservation(
+async def test_llm_and_dnn_opens_share_one_reservation(
         fixture_models: tuple[Path, Path], vocab: str, digits_dnn: Path) -> None:
-    """Item 1: LLM opens and DNN task opens sent at once from one address hold the one
+    """LLM opens and DNN task opens sent at once from one address hold the one
     per-client limit together."""
     profile = load_dnn(digits_dnn)
     with edge_server(fixture_models[0], "--dnn", str(digits_dnn),
@@ -183,7 +181,7 @@ async def test_item1_llm_and_dnn_opens_share_one_reservation(
         assert "Traceback" not in e.log(), e.log()
 
 
-# -- item 2: an Authorization header that is not UTF-8 ------------------------------------
+# -- an Authorization header that is not UTF-8 --------------------------------------------
 
 
 def _raw_http(url: str, request: bytes, timeout: float = 30.0) -> tuple[int, bytes]:
@@ -202,9 +200,9 @@ def _raw_http(url: str, request: bytes, timeout: float = 30.0) -> tuple[int, byt
     return (int(m.group(1)) if m else 0), data
 
 
-def test_item2_non_utf8_bearer_token_is_401(fixture_models: tuple[Path, Path],
-                                            tmp_path: Path) -> None:
-    """Item 2: raw bytes that are not UTF-8 in ``Authorization`` are a wrong token (401),
+def test_non_utf8_bearer_token_is_401(fixture_models: tuple[Path, Path],
+                                      tmp_path: Path) -> None:
+    """Raw bytes that are not UTF-8 in ``Authorization`` are a wrong token (401),
     not a server error, on /v1/info and on the WebSocket path alike."""
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN)
@@ -224,12 +222,12 @@ def test_item2_non_utf8_bearer_token_is_401(fixture_models: tuple[Path, Path],
         assert "Traceback" not in e.log(), e.log()
 
 
-# -- item 3: seeds outside what the target's random stream accepts -----------------------
+# -- seeds outside the wire's range (ondevice.common.seed) --------------------------------
 
 
-async def test_item3_seed_out_of_range_is_bad_frame(fixture_models: tuple[Path, Path],
-                                                    vocab: str) -> None:
-    """Item 3: an ``open`` whose seed is outside 0..2**64-1 is refused ``bad-frame`` naming
+async def test_seed_outside_the_wire_range_is_bad_frame(fixture_models: tuple[Path, Path],
+                                                        vocab: str) -> None:
+    """An ``open`` whose seed is outside 0..2**64-1 is refused ``bad-frame`` naming
     the seed; the ends of the range open."""
     with edge_server(fixture_models[0], "--n-ctx", "256") as e:
         async with _socks(e.url, 1) as (s,):
@@ -245,12 +243,12 @@ async def test_item3_seed_out_of_range_is_bad_frame(fixture_models: tuple[Path, 
         assert "Traceback" not in e.log(), e.log()
 
 
-# -- item 4: a refused open leaves the open session alone -----------------------------------
+# -- a refused open leaves the open session alone -------------------------------------------
 
 
-async def test_item4_refused_dnn_open_keeps_the_llm_session(
+async def test_refused_dnn_open_keeps_the_llm_session(
         fixture_models: tuple[Path, Path], vocab: str) -> None:
-    """Item 4: on an edge without --dnn, a ``dnn_open`` is refused ``unknown-model`` and the
+    """On an edge without --dnn, a ``dnn_open`` is refused ``unknown-model`` and the
     socket's LLM session goes on."""
     with edge_server(fixture_models[0], "--n-ctx", "256") as e:
         async with _socks(e.url, 1) as (s,):
@@ -264,9 +262,9 @@ async def test_item4_refused_dnn_open_keeps_the_llm_session(
             assert (await _info(e.url))["sessions"] == 1
 
 
-async def test_item4_refused_opens_keep_either_session(
+async def test_refused_opens_keep_either_session(
         fixture_models: tuple[Path, Path], vocab: str, digits_dnn: Path) -> None:
-    """Item 4: on an edge serving both, refused ``dnn_open`` frames leave an LLM session open
+    """On an edge serving both, refused ``dnn_open`` frames leave an LLM session open
     and refused ``open`` frames leave a DNN task (or an LLM session) open."""
     profile = load_dnn(digits_dnn)
     with edge_server(fixture_models[0], "--dnn", str(digits_dnn), "--n-ctx", "256") as e:
@@ -302,7 +300,7 @@ async def test_item4_refused_opens_keep_either_session(
         assert "Traceback" not in e.log(), e.log()
 
 
-# -- item 5: slow request heads and half-open connections ---------------------------------
+# -- slow request heads and half-open connections -----------------------------------------
 
 
 async def _trickle(url: str, head: bytes, every_s: float, limit_s: float,
@@ -346,8 +344,8 @@ async def _trickle(url: str, head: bytes, every_s: float, limit_s: float,
 SLOW_HEAD = b"GET /v1/info HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"s" * 200 + b"\r\n\r\n"
 
 
-async def test_item5_slow_request_head_is_cut_off(fixture_models: tuple[Path, Path]) -> None:
-    """Item 5: a connection that sends its request head one byte at a time is closed once
+async def test_slow_request_head_is_cut_off(fixture_models: tuple[Path, Path]) -> None:
+    """A connection that sends its request head one byte at a time is closed once
     --header-timeout passes (a kept-alive one once --keepalive-timeout passes), while a
     normal client is served meanwhile."""
     with edge_server(fixture_models[0], "--header-timeout", "2", "--keepalive-timeout", "3",
@@ -368,9 +366,9 @@ async def test_item5_slow_request_head_is_cut_off(fixture_models: tuple[Path, Pa
         assert "Traceback" not in e.log(), e.log()
 
 
-async def test_item5_half_open_connections_are_capped(
+async def test_half_open_connections_are_capped(
         fixture_models: tuple[Path, Path]) -> None:
-    """Item 5: beyond --max-pending-connections connections without a complete request head,
+    """Beyond --max-pending-connections connections without a complete request head,
     a new connection is closed at once (the pending ones stay until their timeout); once
     they go, a normal client is served."""
     with edge_server(fixture_models[0], "--header-timeout", "20",
@@ -402,12 +400,12 @@ async def test_item5_half_open_connections_are_capped(
         assert "Traceback" not in e.log(), e.log()
 
 
-# -- item 6: request heads over aiohttp's limits -------------------------------------------
+# -- request heads over aiohttp's limits ---------------------------------------------------
 
 
-def test_item6_oversized_heads_are_400_without_traceback(
+def test_oversized_heads_are_400_without_traceback(
         fixture_models: tuple[Path, Path]) -> None:
-    """Item 6: a header line over 8190 bytes, 200 headers or an overlong request line get
+    """A header line over 8190 bytes, 200 headers or an overlong request line get
     400 and at most one log line each, never a traceback."""
     requests = [
         b"GET /v1/info HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n",
@@ -429,12 +427,12 @@ def test_item6_oversized_heads_are_400_without_traceback(
         assert status == 200
 
 
-# -- item 7: the context size in force ---------------------------------------------------
+# -- the context size in force -----------------------------------------------------------
 
 
-async def test_item7_reports_the_context_in_force(
+async def test_reports_the_context_in_force(
         fixture_models: tuple[Path, Path], vocab: str) -> None:
-    """Item 7: /v1/info and ``opened`` report the context a session really gets and the
+    """/v1/info and ``opened`` report the context a session really gets and the
     advertised prompt limit fits in it; a prompt up to that limit opens, one more is refused.
     Since the serving engine (issue 12) a session's context is ``--n-ctx`` within the shared
     KV pool, whose size llama.cpp may round (llama-cpp-python's ``Llama`` is the reference)."""
@@ -460,7 +458,7 @@ async def test_item7_reports_the_context_in_force(
         assert info["n_ctx"] == 512 and info["limits"]["max_prompt_tokens"] == 511
 
 
-# -- items 8 and 16: command-line errors are one line ---------------------------------------
+# -- command-line errors are one line ----------------------------------------------------
 
 
 def _cli(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
@@ -477,9 +475,9 @@ def _cli(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
     ("--header-timeout", "0"), ("--keepalive-timeout", "inf"),
     ("--max-pending-connections", "0"), ("--max-sessions", "many"),
 ])
-def test_item8_bad_numeric_flags_are_usage_errors(
+def test_bad_numeric_flags_are_usage_errors(
         fixture_models: tuple[Path, Path], flag: str, value: str) -> None:
-    """Item 8: a numeric flag out of its range is an argparse usage error (exit 2) naming the
+    """A numeric flag out of its range is an argparse usage error (exit 2) naming the
     flag, never a traceback or a server that starts."""
     try:
         done = _cli("--model", str(fixture_models[0]), "--host", "127.0.0.1", flag, value,
@@ -491,8 +489,8 @@ def test_item8_bad_numeric_flags_are_usage_errors(
     assert "Traceback" not in done.stderr
 
 
-def test_item8_port_in_use_is_one_line(fixture_models: tuple[Path, Path]) -> None:
-    """Item 8: a port in use ends the edge with one line naming the port and --port."""
+def test_port_in_use_is_one_line(fixture_models: tuple[Path, Path]) -> None:
+    """A port in use ends the edge with one line naming the port and --port."""
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
@@ -505,8 +503,8 @@ def test_item8_port_in_use_is_one_line(fixture_models: tuple[Path, Path]) -> Non
     assert f"port {port} on 127.0.0.1 is in use" in lines[0] and "--port" in lines[0]
 
 
-def test_item16_model_directory_is_named(tmp_path: Path) -> None:
-    """Item 16: ``--model DIR`` says it is a directory and that a GGUF file is expected."""
+def test_model_directory_is_named(tmp_path: Path) -> None:
+    """``--model DIR`` says it is a directory and that a GGUF file is expected."""
     (tmp_path / "target.gguf").write_bytes(b"")
     done = _cli("--model", str(tmp_path))
     assert done.returncode == 2, done.stderr

@@ -17,12 +17,15 @@ import pytest
 
 from ondevice.bench import BenchConfig, BenchRow, CostModel, Trace, record_trace
 from ondevice.bench._hardware import SESSION_ID, DeviceProfile, EdgeProfile, load_profile
+from ondevice.bench.action_plan import (
+    leading_accepts,
+    simulate_oracle,
+    simulate_oracle_actions,
+    simulate_oracle_matches,
+)
 from ondevice.bench.gelato_sim import (
     acceptance_outcomes,
-    leading_accepts,
     run_sim_bench,
-    simulate_oracle,
-    simulate_oracle_matches,
     simulate_policy,
 )
 from ondevice.bench.report import evaluate_targets, tps_at_energy
@@ -442,7 +445,6 @@ def test_simulated_hits_head_the_next_round() -> None:
 
 def test_oracle_over_every_action_bounds_every_policy_and_the_old_oracle(
         fixture_trace: Trace) -> None:
-    from ondevice.bench.gelato_sim import simulate_oracle_actions
     from ondevice.llm.policies import EdgeOnlyPolicy
 
     for dev, edge in (("rpi5", "edge-gpu"), ("jetson-orin-nano", "edge-gpu-32k")):

@@ -1,8 +1,8 @@
-"""Faults and mistakes on the device's command line get an honest answer (issue 11).
+"""Faults and mistakes on the device's command line get an honest answer.
 
-Each test names the item of the outside probe it covers. Every command runs as a real
-subprocess (``python -m ondevice.cli``) against real files, real edges and real pseudo-
-terminals; usage errors must exit 2, runtime failures 1, Ctrl-C 130, never with a traceback.
+Every command runs as a real subprocess (``python -m ondevice.cli``) against real files, real
+edges and real pseudo-terminals; usage errors must exit 2, runtime failures 1, Ctrl-C 130,
+never with a traceback.
 """
 
 from __future__ import annotations
@@ -45,9 +45,9 @@ def gen(draft: str, *args: str, **kw: object) -> subprocess.CompletedProcess[str
     return cli("generate", "--draft", draft, "--n-ctx", "512", "--threads", "1", *args, **kw)
 
 
-# -- items 9 and 10: TLS pin and token over http ---------------------------------------------
+# -- TLS pin and token over http -------------------------------------------------------------
 
-def test_item9_pin_on_http_edge_is_refused(draft: str, edge: EdgeProc, tmp_path: Path) -> None:
+def test_pin_on_http_edge_is_refused(draft: str, edge: EdgeProc, tmp_path: Path) -> None:
     token = tmp_path / "token"
     token.write_text("secret")
     done = gen(draft, "--edge", edge.url, "--no-discover", "--edge-fingerprint", FP,
@@ -55,7 +55,7 @@ def test_item9_pin_on_http_edge_is_refused(draft: str, edge: EdgeProc, tmp_path:
     one_line_usage_error(done, "not https://")
 
 
-def test_item9_token_in_plaintext_only_to_loopback_or_when_allowed() -> None:
+def test_token_in_plaintext_only_to_loopback_or_when_allowed() -> None:
     assert transport_problem("http://192.168.1.20:8470", token="t", fingerprint=None)
     assert "plaintext" in transport_problem("http://edge.lan:8470", token="t", fingerprint=None)
     assert transport_problem("http://192.168.1.20:8470", token="t", fingerprint=None,
@@ -68,19 +68,19 @@ def test_item9_token_in_plaintext_only_to_loopback_or_when_allowed() -> None:
 
 
 @pytest.mark.parametrize("bad", ["zz", "ab" * 16, "ab" * 32 + "cd"])
-def test_item10_malformed_fingerprint_is_one_line(draft: str, bad: str) -> None:
+def test_malformed_fingerprint_is_one_line(draft: str, bad: str) -> None:
     done = gen(draft, "--edge", "https://127.0.0.1:9", "--no-discover", "--edge-fingerprint",
                bad, "--prompt", "hi")
     one_line_usage_error(done, "--edge-fingerprint", "64 hex digits")
 
 
-def test_item10_colons_and_upper_case_are_accepted() -> None:
+def test_fingerprint_colons_and_upper_case_are_accepted() -> None:
     from ondevice.common.argtypes import fingerprint
 
     assert fingerprint(":".join(["AB"] * 32)) == FP
 
 
-# -- item 14 (and 3 on the device): values accepted without a word ----------------------------
+# -- values accepted without a word -----------------------------------------------------------
 
 @pytest.mark.parametrize(("args", "flag"), [
     (("--max-tokens", "0"), "--max-tokens"),
@@ -91,23 +91,24 @@ def test_item10_colons_and_upper_case_are_accepted() -> None:
     (("--token-file", "/nonexistent/token"), "--token-file"),
     (("--interface", "10.99.99.99"), "--interface 10.99.99.99"),
 ])
-def test_item14_generate_values(draft: str, args: tuple[str, ...], flag: str) -> None:
+def test_generate_values_out_of_range_are_usage_errors(draft: str, args: tuple[str, ...],
+                                                       flag: str) -> None:
     done = gen(draft, "--no-discover", "--prompt", "hi", *args)
     one_line_usage_error(done, flag)
 
 
-def test_item14_empty_prompt(draft: str) -> None:
+def test_empty_prompt_is_a_usage_error(draft: str) -> None:
     one_line_usage_error(gen(draft, "--no-discover", "--prompt", "  "), "--prompt")
 
 
-def test_item14_other_commands() -> None:
+def test_other_commands_values_out_of_range_are_usage_errors() -> None:
     one_line_usage_error(cli("meter", "--meter", "sim", "--seconds", "-1"), "--seconds")
     one_line_usage_error(cli("discover", "--interface", "10.99.99.99", "--timeout", "0.5"),
                          "not an IPv4 address of this host")
     one_line_usage_error(cli("discover", "--timeout", "0"), "--timeout")
 
 
-# -- item 11: Ctrl-C ----------------------------------------------------------------------
+# -- Ctrl-C -------------------------------------------------------------------------------
 
 def _start(draft: str, *args: str, json_report: bool = True
            ) -> tuple[subprocess.Popen[str], list[str]]:
@@ -144,8 +145,8 @@ def _read_stdout(proc: subprocess.Popen[str], n_bytes: int) -> bytes:
 
 
 @pytest.mark.parametrize("policy", ["device-only", "fixed"])
-def test_item11_ctrl_c_keeps_the_text_and_exits_130(draft: str, edge: EdgeProc,
-                                                    policy: str) -> None:
+def test_ctrl_c_keeps_the_text_and_exits_130(draft: str, edge: EdgeProc,
+                                             policy: str) -> None:
     # SIGINT once the text has begun (events, not time: a busy machine is only slower), at
     # different points of the run, each a fresh process
     for n_bytes in (1, 40, 160):
@@ -163,7 +164,7 @@ def test_item11_ctrl_c_keeps_the_text_and_exits_130(draft: str, edge: EdgeProc,
         assert line[2] == "interrupted" and 0 < int(line[1]) < 4000, line[0]
 
 
-def test_item11_second_ctrl_c_aborts_without_a_crash(draft: str) -> None:
+def test_second_ctrl_c_aborts_without_a_crash(draft: str) -> None:
     for delay_s in (0.1, 0.5, 1.0):
         proc, _ = _start(draft, "--policy", "device-only", "--no-discover")
         time.sleep(delay_s)
@@ -174,9 +175,9 @@ def test_item11_second_ctrl_c_aborts_without_a_crash(draft: str) -> None:
         assert "Traceback" not in err, err
 
 
-# -- item 12: a meter that never answers ----------------------------------------------------
+# -- a meter that never answers -------------------------------------------------------------
 
-def test_item12_meter_without_reading_is_not_a_measurement(draft: str) -> None:
+def test_meter_without_reading_is_not_a_measurement(draft: str) -> None:
     done = gen(draft, "--no-discover", "--prompt", "hi", "--max-tokens", "4",
                "--meter", "um25c:/dev/nonexistent-meter", "--json")
     assert done.returncode == 1, done.stderr
@@ -191,7 +192,7 @@ def test_item12_meter_without_reading_is_not_a_measurement(draft: str) -> None:
     assert "energy        none:" in done.stderr
 
 
-def test_item12_meter_command_says_why_and_fails() -> None:
+def test_meter_command_says_why_and_fails() -> None:
     done = cli("meter", "--meter", "um25c:/dev/nonexistent-meter", "--seconds", "3.5")
     assert done.returncode == 1, done.stderr
     assert "no reading" in done.stdout and "nonexistent-meter" in done.stdout
@@ -203,9 +204,9 @@ def test_item12_meter_command_says_why_and_fails() -> None:
     assert done.stdout.count("retrying") >= 2
 
 
-# -- item 13: fallbacks that change the output's source -------------------------------------
+# -- fallbacks that change the output's source ----------------------------------------------
 
-def test_item13_gamma_is_clamped_to_the_edge_limit(fixture_models: tuple[Path, Path]) -> None:
+def test_gamma_is_clamped_to_the_edge_limit(fixture_models: tuple[Path, Path]) -> None:
     target, draft = fixture_models
     with edge_server(target, "--max-draft", "3", "--n-ctx", "512") as e:
         done = gen(str(draft), "--edge", e.url, "--no-discover", "--prompt", "Hello world",
@@ -221,7 +222,7 @@ def test_item13_gamma_is_clamped_to_the_edge_limit(fixture_models: tuple[Path, P
         ref.close()
 
 
-def test_item13_prompt_over_the_edge_limit(fixture_models: tuple[Path, Path]) -> None:
+def test_prompt_over_the_edge_limit(fixture_models: tuple[Path, Path]) -> None:
     target, draft = fixture_models
     prompt = "one two three four five six seven eight nine ten eleven twelve"
     with edge_server(target, "--max-prompt", "4", "--n-ctx", "512") as e:
@@ -239,8 +240,8 @@ def test_item13_prompt_over_the_edge_limit(fixture_models: tuple[Path, Path]) ->
             assert "Traceback" not in done.stderr
 
 
-def test_item13_http_to_an_https_edge(fixture_models: tuple[Path, Path],
-                                      tmp_path: Path) -> None:
+def test_http_to_an_https_edge(fixture_models: tuple[Path, Path],
+                               tmp_path: Path) -> None:
     from _tls import self_signed
 
     target, draft = fixture_models
@@ -258,9 +259,9 @@ def test_item13_http_to_an_https_edge(fixture_models: tuple[Path, Path],
         assert "https://" in report["degraded_reason"]
 
 
-# -- item 15: an explicit --edge does not browse zeroconf -----------------------------------
+# -- an explicit --edge does not browse zeroconf --------------------------------------------
 
-def test_item15_explicit_edge_does_not_browse(draft: str, edge: EdgeProc) -> None:
+def test_explicit_edge_does_not_browse(draft: str, edge: EdgeProc) -> None:
     """Without --discover, --edge URL opens no zeroconf socket at all: a join on any
     interface (lo included) would show in /proc/net/igmp while the command runs."""
     from _mdns_guard import mdns_memberships
@@ -283,7 +284,7 @@ def test_item15_explicit_edge_does_not_browse(draft: str, edge: EdgeProc) -> Non
     assert not json.loads(out.strip().splitlines()[-1])["degraded"]
 
 
-def test_item11_classify_ctrl_c_reports_the_tasks_done(digits_dnn: Path) -> None:
+def test_classify_ctrl_c_reports_the_tasks_done(digits_dnn: Path) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "ondevice.cli", "classify", "--dnn", str(digits_dnn),
          "--no-discover", "--policy", "device-only", "--dataset", "digits", "--limit", "200",

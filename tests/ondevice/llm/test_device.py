@@ -20,15 +20,17 @@ from _edge import EdgeProc, Reference, edge_server
 
 from ondevice import Device, DeviceSync
 from ondevice.common.llama_runtime import LlamaConfig
-from ondevice.llm.generate import GenerateRequest, generate
-from ondevice.llm.policies import FixedPolicy
+from ondevice.llm.generate import EdgePlan, GenerateRequest, generate
+from ondevice.llm.policies import FixedPolicy, PolicyConfig
 
 SMALL = {"n_ctx": 512, "n_threads": 1}
 PROMPT = "The quick brown fox jumps"
 
 
 def device(draft: Path, url: str | None, **kw: object) -> Device:
-    return Device(draft, edge=url, discover=False, **SMALL, **kw)  # type: ignore[arg-type]
+    """A Device on ``url`` only (None: the draft alone), with a small draft context."""
+    return Device(draft, edge=EdgePlan(url=url), llama_config=LlamaConfig(**SMALL),
+                  **kw)  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +52,7 @@ async def test_stream_pieces_make_the_report_text(
     fixture_models: tuple[Path, Path], edge: EdgeProc, target_ref: Reference
 ) -> None:
     draft = fixture_models[1]
-    async with device(draft, edge.url, policy="fixed", gamma=3) as dev:
+    async with device(draft, edge.url, policy=PolicyConfig("fixed", gamma=3)) as dev:
         pieces, busy_seen = [], []
         async for piece in dev.stream(PROMPT, max_tokens=40, seed=1):
             pieces.append(piece)
@@ -71,8 +73,8 @@ async def test_stream_pieces_make_the_report_text(
 async def test_state_lives_across_prompts(fixture_models: tuple[Path, Path],
                                           edge: EdgeProc) -> None:
     """GELATO's queue continues where the last prompt left it; one meter window; one socket."""
-    async with device(fixture_models[1], edge.url, policy="gelato",
-                      power_budget_w=1.0) as dev:
+    async with device(fixture_models[1], edge.url,
+                      policy=PolicyConfig("gelato", power_budget_w=1.0)) as dev:
         first = await dev.complete("Hello world", max_tokens=24, seed=1)
         second = await dev.complete(PROMPT, max_tokens=24, seed=2)
         assert dev.edges is not None and dev.edges.connects == 1
@@ -159,8 +161,8 @@ async def test_unreachable_edge_degrades_and_the_device_keeps_serving(
 
 def test_sync_wrapper_streams_and_keeps_the_meter(fixture_models: tuple[Path, Path],
                                                   edge: EdgeProc) -> None:
-    with DeviceSync(fixture_models[1], edge=edge.url, discover=False, policy="fixed",
-                    **SMALL) as dev:
+    with DeviceSync(fixture_models[1], edge=edge.url, policy="fixed",
+                    llama_config=LlamaConfig(**SMALL)) as dev:
         pieces = [p.text for p in dev.stream(PROMPT, max_tokens=30, seed=1)]
         first = dev.last_report
         time.sleep(0.3)  # between calls the loop thread keeps the meter sampling
@@ -174,12 +176,51 @@ def test_sync_wrapper_streams_and_keeps_the_meter(fixture_models: tuple[Path, Pa
 
 async def test_bad_arguments_are_value_errors(fixture_models: tuple[Path, Path]) -> None:
     with pytest.raises(ValueError, match="power_budget_w"):
-        Device(fixture_models[1], policy="fixed", power_budget_w=1.0)
+        Device(fixture_models[1], policy=PolicyConfig("fixed", power_budget_w=1.0))
     with pytest.raises(ValueError, match="plaintext"):
-        Device(fixture_models[1], edge="http://192.0.2.1:8470", token="t")
+        Device(fixture_models[1], edge=EdgePlan(url="http://192.0.2.1:8470", token="t"))
     async with device(fixture_models[1], None, policy="device-only") as dev:
         with pytest.raises(ValueError, match="max_tokens"):
             await dev.complete(PROMPT, max_tokens=0)
         with pytest.raises(ValueError, match="does not fit"):
             await dev.complete("word " * 600, max_tokens=4)
         assert (await dev.complete(PROMPT, max_tokens=4)).n_tokens == 4  # still usable
+
+
+def test_constructor_groups_edge_policy_and_draft(tmp_path: Path) -> None:
+    """The short path, and each group in its record; the constructor loads nothing (the draft
+    need not exist), so this runs without a model."""
+    from ondevice.llm.device import draft_config
+    from ondevice.llm.policies import GelatoPolicy
+
+    draft = tmp_path / "draft.gguf"
+    url = "http://127.0.0.1:8470"
+    dev = Device(draft, edge=url)
+    assert dev.plan == EdgePlan(url=url)  # that edge only, no discovery
+    assert type(dev.policy) is GelatoPolicy and dev.policy.budget is None
+    assert (dev.meter_spec, dev.require_meter, dev.top_k) == ("sim", True, 32)
+    assert dev.llama_config == draft_config(draft) == LlamaConfig()  # no sidecar: defaults
+    assert Device(draft).plan == EdgePlan(discover=True)  # no edge: discover, as the CLI
+    assert Device(draft, edge=EdgePlan()).plan == EdgePlan()  # the draft alone
+    plan = EdgePlan(url=url, discover=True, site="lab", timeout_s=3.0, require_edge=True)
+    assert Device(draft, edge=plan).plan is plan
+
+    fixed = Device(draft, policy=PolicyConfig("fixed", gamma=3, draft_ahead=2)).policy
+    assert type(fixed) is FixedPolicy and (fixed.gamma, fixed.ahead) == (3, 2)
+    gelato = Device(draft, policy=PolicyConfig(v=4.0, energy_per_token_j=0.5)).policy
+    assert type(gelato) is GelatoPolicy and gelato.budget is not None
+    assert gelato.budget.j_per_token == 0.5 and gelato.v == 4.0
+    assert type(Device(draft, policy="device-only").policy).__name__ == "DeviceOnlyPolicy"
+    own = FixedPolicy(5)
+    assert Device(draft, policy=own).policy is own  # an object is kept, not copied
+    config = LlamaConfig(n_ctx=256, n_threads=1)
+    assert Device(draft, llama_config=config).llama_config is config
+
+    with pytest.raises(ValueError, match="unknown policy"):
+        Device(draft, policy="nope")
+    with pytest.raises(ValueError, match="exactly one"):
+        Device(draft, policy=PolicyConfig(power_budget_w=1.0, energy_per_token_j=1.0))
+    with pytest.raises(ValueError, match="top_k"):
+        Device(draft, edge=url, top_k=0)
+    with pytest.raises(TypeError, match="EdgePlan"):
+        Device(draft, edge=8470)  # type: ignore[arg-type]

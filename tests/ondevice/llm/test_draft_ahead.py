@@ -23,13 +23,6 @@ SMALL = LlamaConfig(n_ctx=512, n_threads=1)
 PROMPT = "The quick brown fox jumps"
 
 
-@pytest.fixture(scope="module")
-def target_ref(fixture_models: tuple[Path, Path]) -> Reference:
-    ref = Reference(fixture_models[0])
-    yield ref
-    ref.close()
-
-
 @pytest.mark.parametrize("policy", [FixedPolicy(1, ahead=3), FixedPolicy(4, ahead=6),
                                     FixedPolicy(2, ahead=1), GelatoPolicy()],
                          ids=["fixed1+3", "fixed4+6", "fixed2+1", "gelato"])

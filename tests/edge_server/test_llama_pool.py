@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ondevice.common.llama_pool import LlamaPool, Part, PoolFull
+from edge_server._llama_pool import LlamaPool, Part, PoolFull
 from ondevice.common.llama_runtime import LlamaConfig, LlamaModel, LlamaRunner
 
 # Batch composition changes the order of float sums in the matmuls: equal up to ~1e-3.

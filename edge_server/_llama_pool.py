@@ -17,24 +17,23 @@ The output buffer holds one row per flagged token in batch order, so part k's lo
 rows after those of parts 0..k-1: ``[n_logits_k, n_vocab]``.
 
 Synchronous, one caller at a time (the edge runs it in its compute thread); every native call
-holds the model's lock, like ``LlamaRunner``.
+holds the model's lock, like ``LlamaRunner`` (both are ``LlamaContext``s).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from ondevice.common.llama_runtime import (
     LlamaConfig,
+    LlamaContext,
     LlamaError,
     LlamaModel,
-    _Closing,
-    _native,
     llama_cpp,
-    new_context,
+    native_call,
 )
 
 
@@ -52,7 +51,7 @@ class PoolFull(LlamaError):
     """The step needs more KV cells than the pool has free."""
 
 
-class LlamaPool(_Closing):
+class LlamaPool(LlamaContext):
     """``n_seq`` sequences over one model in one context with a ``kv_tokens`` KV pool.
 
     ``lengths[s]`` is how many positions sequence ``s`` holds. ``max_step_tokens`` is the most
@@ -61,30 +60,19 @@ class LlamaPool(_Closing):
 
     def __init__(self, model: LlamaModel, *, n_seq: int, kv_tokens: int,
                  config: LlamaConfig | None = None) -> None:
-        self._lock = model._lock
-        self._ctx = None
-        self.model = model
-        cfg = config or LlamaConfig()
-        self.config = LlamaConfig(n_ctx=kv_tokens, n_batch=cfg.n_batch, n_threads=cfg.n_threads,
-                                  n_gpu_layers=cfg.n_gpu_layers, kv_type=cfg.kv_type)
-        self.n_vocab = model.n_vocab
+        super().__init__(model, replace(config or LlamaConfig(), n_ctx=kv_tokens),
+                         n_seq_max=n_seq, unified_kv=True)
         self.n_seq = n_seq
-        self._ctx = new_context(model, self.config, n_seq_max=n_seq, unified_kv=True)
-        self.kv_tokens: int = llama_cpp.llama_n_ctx(self._ctx)
-        self.max_step_tokens: int = min(
-            llama_cpp.llama_n_batch(self._ctx), llama_cpp.llama_n_ubatch(self._ctx)
-        )
-        self._memory = llama_cpp.llama_get_memory(self._ctx)
-        self._batch = llama_cpp.llama_batch_init(self.max_step_tokens, 0, 1)
         self.lengths = [0] * n_seq
 
-    def _alive(self) -> bool:
-        return bool(getattr(self, "_ctx", None))
+    @property
+    def kv_tokens(self) -> int:
+        """KV cells of the pool, as llama.cpp made it."""
+        return self.n_ctx
 
-    def _free(self) -> None:
-        llama_cpp.llama_batch_free(self._batch)
-        llama_cpp.llama_free(self._ctx)
-        self._ctx = None
+    @property
+    def max_step_tokens(self) -> int:
+        return self.n_batch
 
     @property
     def used_tokens(self) -> int:
@@ -95,7 +83,7 @@ class LlamaPool(_Closing):
     def free_tokens(self) -> int:
         return self.kv_tokens - self.used_tokens
 
-    @_native
+    @native_call
     def truncate(self, seq: int, n: int) -> None:
         """Drop positions >= n of sequence ``seq`` (0 frees the whole sequence)."""
         if n >= self.lengths[seq]:
@@ -104,7 +92,7 @@ class LlamaPool(_Closing):
             raise LlamaError(f"llama.cpp could not remove positions {n}.. of sequence {seq}")
         self.lengths[seq] = n
 
-    @_native
+    @native_call
     def step(self, parts: Sequence[Part]) -> list[np.ndarray]:
         """Decode every part in one ``llama_decode``; return each part's logits, a read-only
         float32 view ``[n_logits, n_vocab]`` (``[0, n_vocab]`` when it asked none), valid
@@ -133,11 +121,7 @@ class LlamaPool(_Closing):
             for i, tok in enumerate(p.tokens):
                 if not 0 <= tok < self.n_vocab:
                     raise ValueError(f"token id {tok} outside the vocabulary of {self.n_vocab}")
-                b.token[row] = tok
-                b.pos[row] = base + i
-                b.n_seq_id[row] = 1
-                b.seq_id[row][0] = p.seq
-                b.logits[row] = i >= n - p.n_logits
+                self._set_row(row, tok, base + i, p.seq, i >= n - p.n_logits)
                 row += 1
         b.n_tokens = row
         rc = llama_cpp.llama_decode(self._ctx, b)
