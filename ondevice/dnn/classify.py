@@ -149,7 +149,7 @@ class Classifier:
         client = EdgeClient(self.edge_url, timeout_s=self.edge_timeout_s,
                             on_bytes=self._on_bytes, token=self.token)
         try:
-            await client.__aenter__()
+            await client.async_connect()
         except EdgeUnavailable as exc:
             self._lost(str(exc))
             return None

@@ -110,6 +110,12 @@ class EdgeClient:
         self._stop_sent = False
 
     async def __aenter__(self) -> EdgeClient:
+        return await self.async_connect()
+
+    async def async_connect(self) -> EdgeClient:
+        """Open the HTTP session and the WebSocket (``async with`` does this); a client kept
+        across tasks connects with this and ends with ``async_close``. Raises
+        EdgeUnavailable, or EdgeError for a refused token or certificate."""
         self._http = aiohttp.ClientSession()
         ws_url = self.url.replace("http://", "ws://", 1).replace("https://", "wss://", 1)
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
