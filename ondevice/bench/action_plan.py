@@ -4,7 +4,8 @@ probabilities are known before it starts. Pure: no I/O, no clock.
 Two references of the benchmark are this one dynamic program:
 
 - ``oracle (all actions)``: the probabilities are the outcomes themselves (0 or 1), so the
-  plan is the fastest schedule in hindsight (``gelato_sim.simulate_oracle_actions``);
+  plan is the fastest schedule in hindsight (``simulate_oracle_actions``; with drafting ahead
+  and streaming switched off, ``simulate_oracle``, the frontier of drafting lengths);
 - ``bayes (calibrated, in advance)``: the probabilities are the acceptance rate of each
   position's class of draft entropy and top-1 probability, calibrated on the very trace
   being replayed (``calibrated_acceptance``). The plan is then the Bayes-optimal schedule for
