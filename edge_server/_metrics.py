@@ -16,6 +16,7 @@ process (tests) never share or collide on a series.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -83,6 +84,9 @@ class EdgeMetrics:
             "coinfer_edge_draft_tokens_accepted_per_pos",
             "Drafted tokens accepted, by their position in the round (0 = first)",
             ["position"], registry=r)
+        # its children by position, made as a round first reaches one (a round's accepted
+        # positions are 0..accepted-1): no label lookup or string per accepted token
+        self._accepted_at: list[Any] = []
         self.round_tokens = Counter(
             "coinfer_edge_round_tokens",
             "Tokens committed by verification: accepted drafts plus the target's one",
@@ -131,8 +135,11 @@ class EdgeMetrics:
         self.draft_tokens_received.inc(drafted)
         self.draft_tokens_accepted.inc(accepted)
         self.round_tokens.inc(accepted + 1)
-        for pos in range(accepted):
-            self.draft_tokens_accepted_per_pos.labels(position=str(pos)).inc()
+        at = self._accepted_at
+        while len(at) < accepted:
+            at.append(self.draft_tokens_accepted_per_pos.labels(position=str(len(at))))
+        for child in at[:accepted]:
+            child.inc()
 
 
 __all__ = ["EdgeMetrics"]

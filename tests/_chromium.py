@@ -21,13 +21,13 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+from _waiting import wait_until
 
 START_S = 60.0  # for the browser to write its DevTools port (a cold start on a small box)
 CALL_S = 60.0  # for one CDP call
@@ -133,14 +133,14 @@ class Page:
 async def _port(profile: Path, proc: subprocess.Popen, log: Path) -> int:
     """The CDP port the browser wrote to its profile (waits for the file)."""
     active = profile / "DevToolsActivePort"
-    deadline = time.monotonic() + START_S
-    while not (active.is_file() and active.read_text().strip()):
+
+    def written() -> str:
         if proc.poll() is not None:
             raise RuntimeError(f"chromium exited with {proc.returncode}: {log.read_text()}")
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"chromium wrote no DevToolsActivePort in {START_S} s")
-        await asyncio.sleep(0.05)
-    return int(active.read_text().split()[0])
+        return active.read_text().strip() if active.is_file() else ""
+
+    text = await wait_until(written, START_S, "chromium's DevToolsActivePort", poll_s=0.05)
+    return int(text.split()[0])
 
 
 @contextlib.asynccontextmanager

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -15,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from _listening import listening
+
+from ondevice.common import jsonout
 
 
 @dataclass
@@ -88,3 +91,18 @@ def chat_twice(base_url: str, content: str, *, max_tokens: int, seed: int) -> tu
                                             stream=True))
     assert chunks[0].choices[0].delta.role == "assistant"
     return whole, "".join(ch.choices[0].delta.content or "" for ch in chunks)
+
+
+def post_completion(url: str, body: dict, *, key: str | None = None,
+                    timeout_s: float = 120.0) -> tuple[int, bytes]:
+    """POST ``body`` (strict JSON) to ``url``'s ``/v1/completions``, with ``key`` as the
+    bearer token if given: (HTTP status, raw body), error statuses included."""
+    req = urllib.request.Request(
+        url + "/v1/completions", data=jsonout.dumps(body).encode(), method="POST",
+        headers={"Content-Type": "application/json",
+                 **({"Authorization": f"Bearer {key}"} if key else {})})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout_s) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()

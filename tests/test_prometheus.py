@@ -13,17 +13,17 @@ from __future__ import annotations
 
 import contextlib
 import json
-import socket
 import subprocess
-import time
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from _edge import EdgeProc, edge_server
+from _listening import free_port
 from _prometheus import Samples, get, scrape, tool
-from _serve import serve
+from _serve import post_completion, serve
+from _waiting import wait_until_sync
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "prometheus"
 CONFIG = DOCS / "prometheus.yml"
@@ -105,30 +105,23 @@ def test_the_docs_name_every_metric_as_served() -> None:
     assert _documented() == served
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextlib.contextmanager
 def _prometheus(config: Path, data: Path) -> Iterator[str]:
     """A Prometheus on 127.0.0.1 (a free port) with ``config``; yields its URL once ready."""
-    port = _free_port()
+    port = free_port()
     log = (data.parent / "prometheus.log").open("w")
     proc = subprocess.Popen(
         [tool("prometheus"), f"--config.file={config}", f"--storage.tsdb.path={data}",
          f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
+    def ready() -> bool:
+        assert proc.poll() is None, (data.parent / "prometheus.log").read_text()
+        with contextlib.suppress(OSError):
+            return get(url + "/-/ready")[0] == 200
+        return False
+
     try:
-        deadline = time.monotonic() + STARTUP_S
-        while True:
-            assert proc.poll() is None, (data.parent / "prometheus.log").read_text()
-            with contextlib.suppress(OSError):
-                if get(url + "/-/ready")[0] == 200:
-                    break
-            assert time.monotonic() < deadline, "Prometheus did not get ready"
-            time.sleep(0.1)
+        wait_until_sync(ready, STARTUP_S, "Prometheus to get ready", poll_s=0.1)
         yield url
     finally:
         proc.terminate()
@@ -149,15 +142,19 @@ def _query(url: str, expr: str) -> list[dict]:
 
 
 def _wait_for(url: str, expr: str, want: float, log: Path) -> None:
-    """Poll ``expr`` until it is ``want`` (one series) or SCRAPED_S passed."""
-    deadline = time.monotonic() + SCRAPED_S
+    """Query ``expr`` until it is ``want`` (one series: a scrape took the new value), or fail
+    after SCRAPED_S with the last answer and Prometheus' log."""
     last: list[dict] = []
-    while time.monotonic() < deadline:
-        last = _query(url, expr)
-        if len(last) == 1 and float(last[0]["value"][1]) == want:
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"{expr} is {last}, not {want}; Prometheus log: {log.read_text()}")
+
+    def scraped() -> bool:
+        last[:] = _query(url, expr)
+        return len(last) == 1 and float(last[0]["value"][1]) == want
+
+    try:
+        wait_until_sync(scraped, SCRAPED_S, f"{expr} == {want}", poll_s=0.2)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}: {expr} is {last}; Prometheus log: {log.read_text()}"
+                             ) from None
 
 
 @pytest.mark.slow
@@ -204,12 +201,7 @@ def _port(proc: EdgeProc | object) -> int:
 
 
 def _complete(url: str, max_tokens: int, seed: int) -> tuple[int, str]:
-    import urllib.request
-
-    req = urllib.request.Request(
-        url + "/v1/completions", method="POST",
-        data=json.dumps({"model": "draft", "prompt": "Hello world", "max_tokens": max_tokens,
-                         "temperature": 0, "seed": seed}).encode(),
-        headers={"Content-Type": "application/json", "Authorization": f"Bearer {DEVICE_KEY}"})
-    with urllib.request.urlopen(req, timeout=120) as r:
-        return r.status, r.read().decode()
+    status, raw = post_completion(url, {"model": "draft", "prompt": "Hello world",
+                                        "max_tokens": max_tokens, "temperature": 0,
+                                        "seed": seed}, key=DEVICE_KEY)
+    return status, raw.decode()

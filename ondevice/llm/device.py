@@ -30,7 +30,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import threading
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -372,10 +372,15 @@ class Device:
                     self.last_report = task.result()
                 self._halt = None
 
-    async def complete(self, prompt: str, **options: Any) -> Report:
-        """Run ``stream`` to its end and return the report (``options`` as ``stream``)."""
+    async def complete(self, prompt: str, *,
+                       on_piece: Callable[[Piece], object] | None = None,
+                       **options: Any) -> Report:
+        """Run ``stream`` to its end and return the report (``options`` as ``stream``);
+        ``on_piece`` sees each piece as it comes (to time them, say)."""
         async with contextlib.aclosing(self.stream(prompt, **options)) as pieces:
-            [_ async for _ in pieces]  # the report is built as the stream ends
+            async for piece in pieces:  # the report is built as the stream ends
+                if on_piece is not None:
+                    on_piece(piece)
         assert self.last_report is not None
         return self.last_report
 

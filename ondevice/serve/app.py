@@ -417,7 +417,9 @@ async def _generate(request: web.Request, kind: Kind) -> web.StreamResponse:
                 return await _stream(request, state, req, rid, created, prompt, options, halt,
                                      timer)
             try:
-                report = await _complete(dev, prompt, halt, options, timer)
+                report = await dev.complete(
+                    prompt, halt=halt,
+                    on_piece=lambda p: timer.piece(len(p.tokens), time.monotonic()), **options)
             except Exception as exc:
                 err = _device_error(exc)
                 if err is None:
@@ -429,16 +431,6 @@ async def _generate(request: web.Request, kind: Kind) -> web.StreamResponse:
     return web.json_response(
         dumps=jsonout.dumps,
         data=response_body(kind, rid, created, state.model_name, report))
-
-
-async def _complete(dev: Device, prompt: str, halt: asyncio.Event, options: dict[str, Any],
-                    timer: RequestTimer) -> Any:
-    """``Device.complete``, its pieces timed (``RequestTimer``); the generation's report."""
-    async with contextlib.aclosing(dev.stream(prompt, halt=halt, **options)) as pieces:
-        async for piece in pieces:
-            timer.piece(len(piece.tokens), time.monotonic())
-    assert dev.last_report is not None
-    return dev.last_report
 
 
 def _log_report(state: ServeState, info: dict[str, Any], report: Any,

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from _edge import EdgeProc, edge_server
 from _prometheus import get
+from _waiting import wait_until
 from _ws_devices import DRAFT, PROMPT, RawDevice, round_frame, running_fleet
 
 from ondevice.common import wire
@@ -151,20 +151,22 @@ async def test_status_counts_what_a_session_did(guarded_edge: EdgeProc,
 async def test_status_shows_a_running_fleet(guarded_edge: EdgeProc, vocab_hash: str) -> None:
     devices = [RawDevice(guarded_edge.url, name, mode, vocab_hash, N_CTX, TOKEN)
                for name, mode in (("dev-a", "draft"), ("dev-b", "draft"), ("dev-c", "stream"))]
+    async def working() -> dict | None:
+        body = await asyncio.to_thread(status, guarded_edge)
+        rows = {s["draft_model"]: s for s in body["sessions"]}
+        return body if all(rows.get(d.name, {}).get("tokens", 0) > 0 for d in devices) else None
+
     async with running_fleet(devices):
-        deadline = time.monotonic() + DEADLINE_S
-        while True:  # until every device has a session that did work
-            body = await asyncio.to_thread(status, guarded_edge)
-            rows = {s["draft_model"]: s for s in body["sessions"]}
-            if all(rows.get(d.name, {}).get("tokens", 0) > 0 for d in devices):
-                break
-            assert time.monotonic() < deadline, body
-            await asyncio.sleep(0.05)
-        later = body
-        while later["engine"]["steps"] == body["engine"]["steps"]:
-            await asyncio.sleep(0.05)
-            later = await asyncio.to_thread(status, guarded_edge)
-            assert time.monotonic() < deadline, later
+        # until every device has a session that did work, then until the engine stepped on
+        body = await wait_until(working, DEADLINE_S, "every device's session at work",
+                                poll_s=0.05)
+        rows = {s["draft_model"]: s for s in body["sessions"]}
+
+        async def stepped() -> dict | None:
+            now = await asyncio.to_thread(status, guarded_edge)
+            return now if now["engine"]["steps"] != body["engine"]["steps"] else None
+
+        later = await wait_until(stepped, DEADLINE_S, "another engine step", poll_s=0.05)
     for d in devices:
         row = rows[d.name]
         assert row["sid"] in d.sessions

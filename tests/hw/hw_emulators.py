@@ -16,7 +16,6 @@ The INA219 chip and the Pico running the real firmware are in ``hw_ina219_chip.p
 
 from __future__ import annotations
 
-import asyncio
 import math
 import os
 import random
@@ -27,17 +26,6 @@ import time
 import tty
 from collections.abc import Callable
 from dataclasses import dataclass, field
-
-
-async def wait_until(pred: Callable[[], object], timeout_s: float = 5.0,
-                     what: str = "condition") -> None:
-    """Poll ``pred()`` on the event loop until it is true, or fail the test."""
-    deadline = time.monotonic() + timeout_s
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
-
 
 # -- power traces ----------------------------------------------------------------------------
 

@@ -8,7 +8,8 @@ import sys
 import time
 
 import pytest
-from hw_emulators import PtyPort, Trace, assert_energy_matches, wait_until
+from _waiting import wait_until
+from hw_emulators import PtyPort, Trace, assert_energy_matches
 from hw_ina219_chip import Ina219Chip, PicoBridgeDevice
 
 from hw import FrameError, open_meter

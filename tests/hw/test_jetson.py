@@ -6,7 +6,8 @@ import os
 import time
 
 import pytest
-from hw_emulators import FileWriter, Trace, assert_energy_matches, wait_until
+from _waiting import wait_until
+from hw_emulators import FileWriter, Trace, assert_energy_matches
 
 from hw import MeterError, open_meter
 from hw._jetson import Rail, combine_rails, discover_rails

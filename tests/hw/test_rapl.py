@@ -9,7 +9,8 @@ import tempfile
 import time
 
 import pytest
-from hw_emulators import FileWriter, Trace, assert_energy_matches, wait_until
+from _waiting import wait_until
+from hw_emulators import FileWriter, Trace, assert_energy_matches
 
 from hw import MeterError, open_meter
 from hw._rapl import RaplMeter, discover_packages

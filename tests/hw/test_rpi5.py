@@ -6,7 +6,8 @@ import os
 import time
 
 import pytest
-from hw_emulators import wait_until, write_atomic
+from _waiting import wait_until
+from hw_emulators import write_atomic
 
 from hw import FrameError, MeterError, open_meter
 from hw._rpi5 import decode_pmic, parse_pmic

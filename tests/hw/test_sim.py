@@ -7,7 +7,7 @@ import threading
 import time
 
 import pytest
-from hw_emulators import wait_until
+from _waiting import wait_until
 
 from hw import Activity, open_meter
 from hw._activity import MSS_BYTES

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
+from _waiting import wait_until
 from hw_emulators import (
     PolledDevice,
     PtyPort,
@@ -14,7 +15,6 @@ from hw_emulators import (
     junk,
     tc66c_corrupt,
     tc66c_frame,
-    wait_until,
 )
 
 from hw import FrameError, MeterError, open_meter

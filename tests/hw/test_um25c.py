@@ -6,6 +6,7 @@ import logging
 import time
 
 import pytest
+from _waiting import wait_until
 from hw_emulators import (
     PolledDevice,
     PtyPort,
@@ -13,7 +14,6 @@ from hw_emulators import (
     assert_energy_matches,
     um_corrupt,
     um_frame,
-    wait_until,
 )
 
 from hw import FrameError, MeterError, open_meter

@@ -55,4 +55,4 @@ def test_usage_errors_are_value_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ValueError, match="--policy gelato"):
         _device("--policy", "fixed", "--power-budget", "2")
     with pytest.raises(ValueError, match="TLS certificate pin"):
-        _device("--edge", "http://127.0.0.1:8470", "--edge-fingerprint", "ab" * 32)
+        _device("--no-discover", "--edge", "http://127.0.0.1:8470", "--edge-fingerprint", "ab" * 32)

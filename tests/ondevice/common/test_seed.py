@@ -10,15 +10,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import aiohttp
 import numpy as np
 import pytest
 from _edge import EdgeProc
-from _serve import serve
+from _serve import post_completion, serve
 
 from ondevice.common import wire
 from ondevice.common.llama_runtime import LlamaModel
@@ -78,27 +76,21 @@ async def test_device_refuses_out_of_range_and_takes_the_largest_seed(
 
 # -- ondevice serve: the OpenAI-compatible seed ----------------------------------------------
 
-def post_completion(url: str, seed: int) -> tuple[int, dict]:
-    body = json.dumps({"model": "draft", "prompt": "seeds", "max_tokens": 8,
-                       "temperature": 1.0, "seed": seed}).encode()
-    req = urllib.request.Request(url + "/v1/completions", data=body,
-                                 headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=60) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
+def complete_with_seed(url: str, seed: int) -> tuple[int, dict]:
+    status, raw = post_completion(url, {"model": "draft", "prompt": "seeds", "max_tokens": 8,
+                                        "temperature": 1.0, "seed": seed}, timeout_s=60)
+    return status, json.loads(raw)
 
 
 def test_serve_refuses_out_of_range_and_takes_the_largest_seed(
         fixture_models: tuple[Path, Path], edge: EdgeProc) -> None:
     with serve(fixture_models[1], *DEVICE_FLAGS, edge=edge.url) as s:
         for seed in OUT_OF_RANGE:
-            status, body = post_completion(s.url, seed)
+            status, body = complete_with_seed(s.url, seed)
             assert status == 400, body
             assert body["error"]["param"] == "seed"
             assert body["error"]["message"] == f"{REFUSAL}, got {seed}"
-        status, body = post_completion(s.url, MAX_SEED)
+        status, body = complete_with_seed(s.url, MAX_SEED)
     assert status == 200, body
     assert body["coinfer"]["seed"] == MAX_SEED and not body["coinfer"]["degraded"], body
 

@@ -12,8 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-import socket
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -21,6 +19,8 @@ from urllib.parse import urlsplit
 import numpy as np
 import pytest
 from _edge import EdgeProc, Reference, edge_server
+from _listening import free_port
+from _waiting import wait_until
 
 from ondevice.common import wire
 from ondevice.common.dnn_profile import DnnProfile, load_dnn
@@ -106,10 +106,8 @@ class Relay:
         writer.transport.abort()  # one side ended: end the other
 
     async def wait_closed(self, timeout_s: float = 10.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while self.open and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-        assert self.open == 0, f"{self.open} connections still open"
+        await wait_until(lambda: self.open == 0, timeout_s,
+                         "every relayed connection to close")
 
 
 @contextlib.asynccontextmanager
@@ -142,17 +140,10 @@ def binary_payloads(stream: bytes) -> list[bytes]:
 async def sessions_drop_to_zero(edge: EdgeProc, timeout_s: float = 10.0) -> None:
     """Wait until the edge counts no open session (it learns of a closed socket a moment
     after the device closed it)."""
-    deadline = time.monotonic() + timeout_s
-    while (n := await asyncio.to_thread(lambda: edge.info()["sessions"])) and (
-            time.monotonic() < deadline):
-        await asyncio.sleep(0.05)
-    assert n == 0, f"{n} sessions still open on the edge"
+    async def none_open() -> bool:
+        return await asyncio.to_thread(lambda: edge.info()["sessions"]) == 0
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    await wait_until(none_open, timeout_s, "the edge to count no open session", poll_s=0.05)
 
 
 def dnn_open(profile: DnnProfile, split: int) -> wire.DnnOpen:
@@ -266,8 +257,7 @@ async def test_pool_closes_a_failed_socket_instead_of_keeping_it(
 async def test_unreachable_edge_is_edge_unavailable() -> None:
     url = f"http://127.0.0.1:{free_port()}"
     with pytest.raises(EdgeUnavailable, match=f"cannot reach edge {url}"):
-        async with EdgeClient(url, timeout_s=5.0):
-            pass
+        await EdgeClient(url, timeout_s=5.0).async_connect()  # closes itself on failure
 
 
 def test_token_in_plaintext_is_refused_before_connecting() -> None:

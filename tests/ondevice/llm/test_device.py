@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from _edge import EdgeProc, Reference, edge_server
+from _listening import free_port
 
 from ondevice import Device, DeviceSync
 from ondevice.common.llama_runtime import LlamaConfig
@@ -120,19 +120,13 @@ async def test_leaving_early_stops_the_generation(fixture_models: tuple[Path, Pa
         assert (await fresh.complete(PROMPT, max_tokens=30, seed=1)).text == again.text
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 async def test_kept_socket_closed_by_the_edge_reconnects(
     fixture_models: tuple[Path, Path], target_ref: Reference
 ) -> None:
     """The edge drops the kept socket (its idle timeout, then a restart on the same port):
     the next prompt connects afresh, with no degradation and the target's text."""
     target, draft = fixture_models
-    port = str(_free_port())
+    port = str(free_port())
     args = ("--n-ctx", "512", "--idle-timeout", "1", "--port", port)
     with edge_server(target, *args) as e:
         async with device(draft, e.url, policy="fixed") as dev:

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import json
 import math
-import urllib.request
 from pathlib import Path
 
 import pytest
 from _edge import EdgeProc
 from _prometheus import Samples, check_metrics, get, scrape
-from _serve import ServeProc, serve
+from _serve import ServeProc, post_completion, serve
 
 from ondevice.llm.report import Report
 from ondevice.serve._metrics import ServeMetrics, failovers, tokens_by_source
@@ -22,15 +21,7 @@ FLAGS = ("--n-ctx", "512", "--threads", "1", "--policy", "gelato", "--power-budg
 
 
 def _post(s: ServeProc, body: dict, key: str | None = KEY) -> tuple[int, bytes]:
-    req = urllib.request.Request(
-        s.url + "/v1/completions", data=json.dumps(body).encode(), method="POST",
-        headers={"Content-Type": "application/json",
-                 **({"Authorization": f"Bearer {key}"} if key else {})})
-    try:
-        with urllib.request.urlopen(req, timeout=120) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
+    return post_completion(s.url, body, key=key)
 
 
 def _streamed(raw: bytes) -> list[dict]:

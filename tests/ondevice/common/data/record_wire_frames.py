@@ -104,6 +104,6 @@ def record() -> list[dict[str, Any]]:
 
 
 if __name__ == "__main__":
-    lines = (json.dumps(entry, ensure_ascii=False) for entry in record())
+    lines = (json.dumps(entry, ensure_ascii=False, allow_nan=False) for entry in record())
     OUT.write_text("[\n" + ",\n".join(lines) + "\n]\n")
     print(f"wrote {OUT}")
