@@ -12,6 +12,14 @@ The session's life is this class's alone (``async_open``, ``async_drop_session``
 built, registers the session in ``EdgeState.sessions`` (what ``/v1/info``, the advertised load
 and the shutdown count), and closes it on a ``close`` frame, a replacing open, a bug, or the
 device leaving (``async_close``).
+
+While the edge drains (``_drain``) a new session is refused with ``error/draining``. Once
+the drain's moves begin, the open session moves (``async_move``): the reader races the
+device's next frame against that moment, so ``move`` goes out at once when the device is
+between frames, or takes the place of the answer to a frame that just came, which is not acted
+on. The socket stays open for the device to read it; frames that still name the moved session
+are dropped unanswered (the device reads ``move`` first, and nothing stale is left on a socket
+it may keep), until the device closes the socket or the drain's end closes it.
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 
 from edge_server._dnn_session import DNN_HANDLERS
 from edge_server._limits import Slot
@@ -86,12 +94,20 @@ class Connection:
         self.slot: Slot | None = None
         self.dnn: DnnEndpoint | None = None  # the DNN side (``_dnn_session``), on first use
         self._on_close = contextlib.AsyncExitStack()
+        self._ended = asyncio.Event()  # set once ``async_close`` has run
+        self.moved: str | None = None  # the session this connection moved (``async_move``)
 
     async def __aenter__(self) -> Connection:
+        self.state.connections.add(self)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.async_close()
+
+    @property
+    def ended(self) -> bool:
+        """True once the connection is over (``async_close`` ran)."""
+        return self._ended.is_set()
 
     @property
     def streaming(self) -> bool:
@@ -152,12 +168,27 @@ class Connection:
 
     async def async_serve(self) -> None:
         """Read and answer frames until the socket ends, the device is idle for
-        ``idle_timeout_s`` (an ``idle`` error frame) or the connection is over."""
+        ``idle_timeout_s`` (an ``idle`` error frame), the open session moves (the edge
+        drains) or the connection is over."""
         cfg = self.state.config
         ws = self.ws
+        drain = self.state.drain
         while not ws.closed:
+            if drain.moving and self.session is not None:
+                await self.async_move()
+            # the next frame, or, while a session is open, the drain's moves if they come first
+            receiving = asyncio.ensure_future(ws.receive(timeout=cfg.idle_timeout_s))
             try:
-                msg = await ws.receive(timeout=cfg.idle_timeout_s)
+                await asyncio.wait((receiving, drain.moves()) if self.session is not None
+                                   else (receiving,), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                if not receiving.done():  # a frame not read yet stays unread: the socket closes
+                    receiving.cancel()
+                    await asyncio.wait((receiving,))
+            if receiving.cancelled():
+                continue  # the loop's top moves the session
+            try:
+                msg = receiving.result()
             except asyncio.TimeoutError:
                 if self.streaming:  # the device waits for the stream; it is not idle
                     continue
@@ -182,8 +213,17 @@ class Connection:
 
     async def handle(self, msg: wire.Message, t_in: float) -> None:
         """Dispatch one decoded frame to its handler. While the session streams only
-        ``stop`` and ``close`` are taken; a ``close`` ends the stream first."""
+        ``stop`` and ``close`` are taken; a ``close`` ends the stream first. Once the drain's
+        moves began, a frame for the open session other than ``stop`` and ``close`` is not
+        acted on: the session moves (``async_move``)."""
         session = self.session
+        sid = getattr(msg, "session", None)
+        if sid is not None and sid == self.moved:
+            return  # the device reads ``move`` before any answer: none is due
+        if (self.state.drain.moving and session is not None and sid == session.sid
+                and not isinstance(msg, wire.Close | wire.Stop)):
+            await self.async_move()
+            return
         if session is not None and session.streaming:
             if isinstance(msg, wire.Close):
                 await session.async_end_stream()
@@ -220,7 +260,13 @@ class Connection:
         it. The place is taken first; ``build`` raises a refusal, frees what it made when it
         fails, and may drop the open session itself when it needs its room
         (``async_drop_session``); otherwise the open one is closed once the new one is built.
-        Raises ConnectionResetError when the device left meanwhile."""
+        Raises ConnectionResetError when the device left meanwhile, and refuses with
+        ``draining`` while the edge drains."""
+        drain = self.state.drain
+        if drain.active:
+            left = drain.seconds_left(time.monotonic())
+            raise wire.WireError("draining", f"this edge is draining (going out of service in "
+                                 f"at most {left:.0f} s): open the session on another edge")
         with self._admit():
             session = await build()
             try:
@@ -257,11 +303,38 @@ class Connection:
         registered, first run)."""
         self._on_close.push_async_callback(callback)
 
+    async def async_move(self, reason: str = "draining") -> None:
+        """Move the open session to another edge: end its stream after its step, send
+        ``move`` (the device resumes elsewhere from what it committed; nothing it sent after
+        its last answer was acted on) and end the session; the socket stays open."""
+        session = self.session
+        if session is None:
+            return
+        await session.async_end_stream()
+        self.moved = session.sid
+        self.state.drain.moved += 1
+        with contextlib.suppress(ConnectionError):
+            await self.send(wire.Move(session.sid, reason))
+        await self.async_end_session()
+        log.info("session %s of %s moved (%s)", session.sid, self.peer, reason)
+
+    async def async_going_away(self) -> None:
+        """Close the socket with 1001 (the edge stops) and wait until the connection ended."""
+        if not self.ws.closed:
+            with contextlib.suppress(ConnectionError):
+                await self.ws.close(code=WSCloseCode.GOING_AWAY)
+        await self._ended.wait()
+
     async def async_close(self) -> None:
         """End the session, free its place, run the ``on_close`` callbacks and close the
         socket. Idempotent."""
-        await self.async_end_session()
-        await self._on_close.aclose()
-        if not self.ws.closed:
-            with contextlib.suppress(asyncio.TimeoutError, ConnectionError):
-                await asyncio.wait_for(self.ws.close(), self.state.config.send_timeout_s)
+        try:
+            await self.async_end_session()
+            await self._on_close.aclose()
+            if not self.ws.closed:
+                with contextlib.suppress(asyncio.TimeoutError, ConnectionError):
+                    await asyncio.wait_for(self.ws.close(), self.state.config.send_timeout_s)
+        finally:
+            self.state.connections.discard(self)
+            self._ended.set()
+            self.state.drain.changed.set()

@@ -171,6 +171,7 @@ def snapshot(state: EdgeState, now_s: float) -> dict[str, Any]:
         "t_s": now_s,  # perf_counter s: for differences between two polls
         "model": state.model.model_id if state.model is not None else None,
         "max_sessions": state.config.max_sessions,
+        "state": state.drain.state,  # serving or draining (``_drain``)
         "policy_on_wire": False,  # see ``mode``
         "sessions": sessions,
         "engine": _engine(state, stats) if stats is not None else None,

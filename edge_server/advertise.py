@@ -2,7 +2,8 @@
 
 ``EdgeAdvertiser`` registers ``_coinfer._tcp.local.`` once the server listens (its port is known
 only then), refreshes the TXT record when the load changes (debounced), and unregisters on
-exit, which ``edge-server`` reaches on SIGINT and SIGTERM.
+exit, which ``edge-server`` reaches at the end of a drain (SIGINT, SIGTERM). A drain announces
+its ``state=draining`` at once (``async_update_now``) and then unregisters (``async_close``).
 """
 
 from __future__ import annotations
@@ -108,6 +109,18 @@ class EdgeAdvertiser:
         if self._azc is None or (self._pending is not None and not self._pending.done()):
             return
         self._pending = asyncio.get_running_loop().create_task(self._refresh())
+
+    async def async_update_now(self) -> None:
+        """Refresh the TXT record now, past the debounce, and return once it is announced."""
+        if self._pending is not None:
+            self._pending.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pending
+            self._pending = None
+        if self._azc is None:
+            return
+        self._info = self._make_info()
+        await (await self._azc.async_update_service(self._info))
 
     async def _refresh(self) -> None:
         await asyncio.sleep(UPDATE_DEBOUNCE_S)

@@ -18,6 +18,11 @@ with ``error/internal``.
 ``EdgeState``); like every route it needs the token, unless ``config.metrics_public``.
 ``GET /status`` is a live status page polling ``GET /v1/status`` (``_status.py``); both follow
 the rule of ``/metrics`` and also take the token as ``?token=``.
+
+``POST /v1/drain`` (with the token) drains the edge as SIGTERM does (``_drain.py``).
+``GET /health`` (200 while the process serves, draining or not) and ``GET /ready`` (200 while
+serving, 503 while draining) answer without the token: load balancers and systemd probes have
+none, and they reveal only the edge's state (``OPEN_PATHS``).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
@@ -43,6 +49,10 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 PUBLIC_PATHS = frozenset({METRICS_PATH, *STATUS_PATHS})  # open with ``metrics_public``
+HEALTH_PATH = "/health"  # 200 while the process serves (draining or not)
+READY_PATH = "/ready"  # 200 while serving, 503 while draining
+DRAIN_PATH = "/v1/drain"  # POST: start draining (the token, like every other route)
+OPEN_PATHS = frozenset({HEALTH_PATH, READY_PATH})  # never need the token: state only
 
 
 def _query_token_ok(request: web.Request, token: str) -> bool:
@@ -55,11 +65,13 @@ def _query_token_ok(request: web.Request, token: str) -> bool:
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Require ``Authorization: Bearer TOKEN`` when the edge has a token (constant-time check),
-    on every route but ``/metrics`` and the status routes with ``metrics_public``; the status
-    routes also take ``?token=TOKEN``."""
+    on every route but ``OPEN_PATHS`` (``/health``, ``/ready``: the state alone, for probes
+    that hold no token) and, with ``metrics_public``, ``/metrics`` and the status routes; the
+    status routes also take ``?token=TOKEN``."""
     cfg = request.app[STATE].config
     token = cfg.token
-    if token is not None and not (cfg.metrics_public and request.path in PUBLIC_PATHS):
+    if token is not None and request.path not in OPEN_PATHS and not (
+            cfg.metrics_public and request.path in PUBLIC_PATHS):
         header = request.headers.get("Authorization", "")
         if not (bearer.authorized(header, token) or _query_token_ok(request, token)):
             reason = ("missing bearer token" if bearer.bearer_token(header) is None
@@ -121,7 +133,12 @@ def _tail_observer(state: EdgeState) -> Callable[[float], None]:
 
 
 async def _close_sessions(state: EdgeState) -> None:
-    """Close the sessions still open (the app is stopping)."""
+    """End a drain still running and close the sessions still open (the app is stopping)."""
+    task = state.drain.task
+    if task is not None and not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
     while state.sessions:
         _, session = state.sessions.popitem()
         await session.async_close()
@@ -179,6 +196,7 @@ async def handle_info(request: web.Request) -> web.Response:
             "sessions": state.open_sessions,
             "max_sessions": cfg.max_sessions,
             "auth": cfg.token is not None,
+            **_drain_state(state),
             "limits": {
                 "max_draft_tokens": cfg.max_draft_tokens,
                 "max_top_k": cfg.max_top_k,
@@ -193,6 +211,39 @@ async def handle_info(request: web.Request) -> web.Response:
             },
         }
     )
+
+
+def _drain_state(state: EdgeState) -> dict[str, object]:
+    """``state`` (serving or draining), and while draining ``drain_s_left``: seconds until
+    the drain's timeout."""
+    drain = state.drain
+    if not drain.active:
+        return {"state": drain.state}
+    return {"state": drain.state, "drain_s_left": round(drain.seconds_left(time.monotonic()), 2)}
+
+
+async def handle_health(request: web.Request) -> web.Response:
+    """200 while the process serves, draining or not (a liveness probe)."""
+    return web.json_response({"status": "ok", **_drain_state(request.app[STATE])},
+                             dumps=jsonout.dumps)
+
+
+async def handle_ready(request: web.Request) -> web.Response:
+    """200 while the edge takes new sessions, 503 while it drains (a readiness probe)."""
+    state = request.app[STATE]
+    return web.json_response({"ready": not state.drain.active, **_drain_state(state)},
+                             status=503 if state.drain.active else 200, dumps=jsonout.dumps)
+
+
+async def handle_drain(request: web.Request) -> web.Response:
+    """Start draining (idempotent): 202, the state, the sessions open and the drain's time."""
+    state = request.app[STATE]
+    if state.start_drain():
+        log.info("draining: POST %s from %s", DRAIN_PATH, request.remote)
+    return web.json_response(
+        {**_drain_state(state), "sessions": state.open_sessions,
+         "drain_timeout_s": state.config.drain_timeout_s},
+        status=202, dumps=jsonout.dumps)
 
 
 def _rss_mib() -> float | None:
@@ -224,6 +275,9 @@ def create_app(config: EdgeConfig) -> web.Application:
     app.cleanup_ctx.append(_model_ctx)
     app.router.add_get(wire.INFO_PATH, handle_info)
     app.router.add_get(wire.WS_PATH, handle_session)
+    app.router.add_get(HEALTH_PATH, handle_health)
+    app.router.add_get(READY_PATH, handle_ready)
+    app.router.add_post(DRAIN_PATH, handle_drain)
     add_metrics_route(app, state.metrics.registry)
     add_status_routes(app)
     return app

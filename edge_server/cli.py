@@ -1,4 +1,9 @@
-"""``edge-server``: parse arguments, build the app, serve until SIGINT/SIGTERM."""
+"""``edge-server``: parse arguments, build the app, serve until a drain ends.
+
+The first SIGTERM or SIGINT drains the edge (``_drain``: sessions finish or move, for up to
+``--drain-timeout``), as ``POST /v1/drain`` does; a second one stops at once. Either way the
+exit status is 0.
+"""
 
 from __future__ import annotations
 
@@ -11,10 +16,13 @@ import os
 import signal
 import ssl
 import sys
+import time
 from pathlib import Path
 
 from aiohttp import web
 
+from edge_server._drain import abort_connections
+from edge_server._state import EdgeState
 from edge_server._status import RedactingAccessLogger
 from edge_server.advertise import EdgeAdvertiser
 from edge_server.app import STATE, create_app
@@ -114,6 +122,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--send-timeout", type=argtypes.positive_float, default=d.send_timeout_s,
                    help="seconds a device has to take a frame before its connection is closed "
                    f"and its place freed (default {d.send_timeout_s:g})")
+    g.add_argument("--drain-timeout", type=argtypes.positive_float, default=d.drain_timeout_s,
+                   metavar="S",
+                   help="on SIGTERM/SIGINT or POST /v1/drain, refuse new sessions and let "
+                   "open ones finish for up to S seconds; just before S, tell the rest to "
+                   "move to another edge (they lose nothing), then exit 0 (default "
+                   f"{d.drain_timeout_s:g}; a second signal stops at once; a systemd unit's "
+                   "TimeoutStopSec must exceed it)")
     add_guard_flags(g)
     p.add_argument(
         "--emulate-delay-ms",
@@ -168,6 +183,7 @@ def config_from_args(args: argparse.Namespace) -> EdgeConfig:
         max_frame_bytes=args.max_frame_bytes,
         idle_timeout_s=args.idle_timeout,
         send_timeout_s=args.send_timeout,
+        drain_timeout_s=args.drain_timeout,
         header_timeout_s=args.header_timeout,
         max_pending_connections=args.max_pending_connections,
         keepalive_timeout_s=args.keepalive_timeout,
@@ -199,15 +215,56 @@ def _bind_error(config: EdgeConfig, exc: OSError) -> str:
     return f"cannot listen on {where}: {exc.strerror or exc}"
 
 
+def _sessions(n: int) -> str:
+    return f"{n} session{'' if n == 1 else 's'}"
+
+
+async def _until_drained(state: EdgeState, stop_now: asyncio.Event) -> None:
+    """Return once a drain has ended, or at once on ``stop_now`` (its sockets dropped)."""
+    drain = state.drain
+    now = asyncio.ensure_future(stop_now.wait())
+    begun = asyncio.ensure_future(drain.begun.wait())
+    finished = asyncio.ensure_future(drain.finished.wait())
+    try:
+        await asyncio.wait((begun, now), return_when=asyncio.FIRST_COMPLETED)
+        if not stop_now.is_set():
+            print(f"edge-server draining: {_sessions(state.open_sessions)} open; up to "
+                  f"{state.config.drain_timeout_s:g} s (signal again to stop now)", flush=True)
+            await asyncio.wait((finished, now), return_when=asyncio.FIRST_COMPLETED)
+            if drain.finished.is_set() and drain.started_s is not None:
+                print(f"edge-server drained in {time.monotonic() - drain.started_s:.1f} s: "
+                      f"{_sessions(drain.moved)} moved to other edges", flush=True)
+        if stop_now.is_set():
+            if drain.task is not None:
+                drain.task.cancel()
+            print(f"edge-server stopping now: {_sessions(state.open_sessions)} dropped",
+                  flush=True)
+            abort_connections(state)
+    finally:
+        for waiter in (now, begun, finished):
+            waiter.cancel()
+
+
 async def serve(config: EdgeConfig) -> None:
-    """Serve until SIGINT/SIGTERM; print the bound URL once listening and advertised."""
-    # Handlers first: a supervisor may signal us as soon as it reads the "listening" line.
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    """Serve until a drain ends (the first SIGINT/SIGTERM or ``POST /v1/drain`` starts one; a
+    second signal stops at once); print the bound URL once listening and advertised."""
     app = create_app(config)
     state = app[STATE]
+    # Handlers before serving: a supervisor may signal as soon as it reads "listening".
+    stop_now = asyncio.Event()
+    signals = 0
+
+    def on_signal() -> None:  # the first drains (or joins a drain begun by POST /v1/drain)
+        nonlocal signals
+        signals += 1
+        if signals == 1:
+            state.start_drain()
+        else:
+            stop_now.set()
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal)
     limit_accept_errors(loop)
     runner = web.AppRunner(app, handle_signals=False, logger=http_logger("edge_server.http"),
                            keepalive_timeout=config.keepalive_timeout_s,
@@ -238,6 +295,7 @@ async def serve(config: EdgeConfig) -> None:
                 auth=config.token is not None,
                 fingerprint=fingerprint,
                 site=config.site,
+                state="draining" if state.drain.active else "",
             )
 
         async with contextlib.AsyncExitStack() as stack:
@@ -249,13 +307,19 @@ async def serve(config: EdgeConfig) -> None:
                     )
                 )
                 state.on_load_change = adv.async_load_changed
+
+                async def announce_drain(adv: EdgeAdvertiser = adv) -> None:
+                    await adv.async_update_now()  # state=draining, at once
+                    await adv.async_close()  # then goodbye
+
+                state.on_drain = announce_drain
                 print(f"edge-server advertised as {adv.name}", flush=True)
             if fingerprint:
                 print(f"edge-server TLS certificate sha256 {fingerprint}", flush=True)
             print(f"edge-server listening on {scheme}://{host}:{port}", flush=True)
-            await stop.wait()
+            await _until_drained(state, stop_now)
             print("edge-server shutting down", flush=True)
-            state.on_load_change = None
+            state.on_load_change = state.on_drain = None
     finally:
         await runner.cleanup()
 

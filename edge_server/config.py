@@ -51,6 +51,9 @@ class EdgeConfig:
     # a frame the device does not take within this long (it stopped reading, its buffer is
     # full) ends the connection and frees its session's place
     send_timeout_s: float = 10.0
+    # a drain (SIGTERM, POST /v1/drain) lets open sessions run this long, moving the rest to
+    # other edges just before it ends (``_drain``); the edge has exited by then
+    drain_timeout_s: float = 60.0
 
     @property
     def kv_pool_tokens(self) -> int:

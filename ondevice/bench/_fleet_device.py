@@ -42,6 +42,11 @@ class DeviceResult:
     streamed: int = 0  # tokens the edge generated alone at the policy's choice (stream action)
     sessions: int = 0  # sessions opened (a new one per trace, real mode)
     b_history: list[int] = field(default_factory=list)  # gelato's budget per round
+    placed: list[int] = field(default_factory=list)  # the edge of each session it opened
+    # (monotonic s, tokens) per verdict or streamed chunk, where a run times its windows
+    token_log: list[tuple[float, int]] = field(default_factory=list)
+    lost: int = 0  # committed tokens not the trace's in order (lost, repeated, wrong)
+    moved: int = 0  # sessions resumed on another edge (a move, a refusal, a lost edge)
 
     @property
     def tokens(self) -> int:

@@ -7,14 +7,19 @@ Devices draft (the profile's time), send (half the RTT each way), wait. The mode
 advises its sessions as the real one does: every decode feeds the same ``StreamAdvisor``
 (``ondevice.common.stream_advice``) what the engine feeds it, and each verdict and streamed
 stretch carries its advice to the device's policy, as ``advise`` in the real frames does.
+
+Several edges (``edges`` > 1) are independent copies of that edge, each with its own queue,
+clock and advisor; each device's session is placed, as it opens, on the edge with the lowest
+expected wait by the devices' own rule (``place_session``, ``ondevice.edge.placement``).
 """
 
 from __future__ import annotations
 
 import heapq
 import math
+import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from ondevice.bench._fleet_device import (
@@ -29,6 +34,7 @@ from ondevice.bench._fleet_device import (
 from ondevice.bench._hardware import CostModel
 from ondevice.bench.action_plan import leading_accepts
 from ondevice.common.stream_advice import ACTIVE_S, StreamAdvisor
+from ondevice.edge.placement import EdgeLoad, rank
 from ondevice.llm.policies import Policy, make_policy
 
 
@@ -77,27 +83,54 @@ class _SimDevice:
     last_job_t: float = -math.inf  # when its session last had a job decoded
     stretch: _Stretch | None = None  # the stretch the edge streams to it, if one
     advice: bool | None = None  # the advice of its stretch's latest step
+    edge: int = 0  # the edge its session is placed on
+
+
+@dataclass(slots=True)
+class _SimEdge:
+    """One modelled edge: the jobs that reached it, when its decode ends, its advisor."""
+
+    pending: list[_Job] = field(default_factory=list)
+    free_at: float = 0.0
+    advisor: StreamAdvisor = field(default_factory=StreamAdvisor)  # a pure class, no I/O
+    sessions: int = 0  # sessions placed on it
+
+
+def place_session(sessions: Sequence[int], *, capacity: int, rtt_ms: float, step_ms: float,
+                  rng: random.Random) -> int:
+    """The edge (its index) a new session goes to by the devices' own rule
+    (``ondevice.edge.placement.rank``: the lowest expected wait, ``rtt + sessions x step``,
+    near ties shuffled by ``rng``), for modelled edges alike but for their ``sessions``."""
+    loads = [EdgeLoad(url=str(k), sessions=s, capacity=capacity, rtt_ms=rtt_ms,
+                      step_ms=step_ms) for k, s in enumerate(sessions)]
+    return int(rank(loads, rng=rng)[0].url)
 
 
 class _FleetSim:
     """The event loop of ``simulate_fleet``: a heap of (time, seq, kind, device) events,
     "draft" (a device decides what to do next) and "arrive"/"edge" (the edge may decode)."""
 
-    def __init__(self, devices: list[_SimDevice], cost: CostModel, scheduler: str) -> None:
+    def __init__(self, devices: list[_SimDevice], cost: CostModel, scheduler: str,
+                 edges: int = 1) -> None:
         self.devices, self.cost, self.scheduler = devices, cost, scheduler
         self.half_rtt = cost.device.rtt_ms / 2e3
         self.events: list[tuple[float, int, str, int]] = []
         self.seq = 0
-        self.pending: list[_Job] = []
-        self.edge_free_at = 0.0
-        self.advisor = StreamAdvisor()  # the edge's own, shared (a pure class, no I/O)
+        self.edges = [_SimEdge() for _ in range(edges)]
+        rng = random.Random(0)  # the placement's near-tie shuffle, seeded: a run repeats
+        for dev in devices:  # each device opens its session before its first round
+            dev.edge = place_session(
+                [e.sessions for e in self.edges], capacity=len(devices),
+                rtt_ms=cost.device.rtt_ms, step_ms=cost.edge.verify_ms(1), rng=rng)
+            self.edges[dev.edge].sessions += 1
+            dev.result.placed.append(dev.edge)
 
     def push(self, t: float, kind: str, dev: int) -> None:
         heapq.heappush(self.events, (t, self.seq, kind, dev))
         self.seq += 1
 
     def send(self, job: _Job) -> None:
-        self.pending.append(job)
+        self.edges[self.devices[job.dev].edge].pending.append(job)
         self.push(job.arrive_t, "arrive", job.dev)
 
     def run(self) -> list[DeviceResult]:
@@ -134,37 +167,39 @@ class _FleetSim:
         self.send(_Job(t + draft_s + self.half_rtt, i, len(ids), ids, ents, t))
 
     def edge_step(self, t: float, i: int) -> None:
-        """If the edge is free and jobs have arrived: one decode of every waiting job
-        (``batched``; the first in ``serial``), observed by the edge's advisor, then each
+        """If device ``i``'s edge is free and jobs have arrived: one decode of every waiting
+        job (``batched``; the first in ``serial``), observed by the edge's advisor, then each
         job's device gets its verdict or streamed token."""
-        ready = [job for job in self.pending if job.arrive_t <= t + 1e-12]
-        if not ready or self.edge_free_at > t + 1e-12:
+        e = self.devices[i].edge
+        edge = self.edges[e]
+        ready = [job for job in edge.pending if job.arrive_t <= t + 1e-12]
+        if not ready or edge.free_at > t + 1e-12:
             if ready:
-                self.push(self.edge_free_at, "edge", i)
+                self.push(edge.free_at, "edge", i)
             return
         take = sorted(ready)[: (1 if self.scheduler == "serial" else len(ready))]
         for job in take:
-            self.pending.remove(job)
+            edge.pending.remove(job)
         batch = sum(job.drafted + 1 for job in take)
         svc = self.cost.edge.verify_ms(batch) / 1e3
-        idle_s, self.edge_free_at = t - self.edge_free_at, t + svc
+        idle_s, edge.free_at = t - edge.free_at, t + svc
         # a round's accepted prefix, known to the edge once it has verified
         accepted = {}
         for job in take:
             dev = self.devices[job.dev]
             if dev.stretch is None and dev.policy.mode != "edge-only":
                 accepted[job.dev] = leading_accepts(dev.trace.match, dev.pos, job.drafted)
-            dev.last_job_t = self.edge_free_at
+            dev.last_job_t = edge.free_at
         # serial scheduling never batches: a streamed token is a step of its own
         active = 1 if self.scheduler == "serial" else sum(
             1 for d in self.devices
-            if not d.closed and self.edge_free_at - d.last_job_t < ACTIVE_S)
-        self.advisor.observe_step(
+            if d.edge == e and not d.closed and edge.free_at - d.last_job_t < ACTIVE_S)
+        edge.advisor.observe_step(
             compute_s=svc, idle_s=idle_s, tokens=batch, jobs=len(take), active=active,
             rounds=[(job.drafted + 1, accepted[job.dev] + 1) for job in take
                     if job.dev in accepted],
             fit=True)  # every job asks a logits row per token (no prefill here)
-        step = _Decode(t, self.edge_free_at, batch, svc, self.advisor.advise_stream)
+        step = _Decode(t, edge.free_at, batch, svc, edge.advisor.advise_stream)
         for job in take:
             dev = self.devices[job.dev]
             if dev.stretch is not None:
@@ -173,8 +208,8 @@ class _FleetSim:
                 self.edge_only_step(dev, job, step)
             else:
                 self.verdict(dev, job, accepted[job.dev], step)
-        if self.pending:
-            self.push(self.edge_free_at, "edge", i)
+        if edge.pending:
+            self.push(edge.free_at, "edge", i)
 
     def _streamed_token(self, dev: _SimDevice, job: _Job, step: _Decode) -> None:
         dev.pos += 1
@@ -186,7 +221,7 @@ class _FleetSim:
         self._streamed_token(dev, job, step)
         dev.advice = step.advise  # each streamed token's frame carries it
         if dev.pos < dev.stretch.end:
-            self.pending.append(job._replace(arrive_t=step.done_t))
+            self.edges[dev.edge].pending.append(job._replace(arrive_t=step.done_t))
             return
         done_t = step.done_t + self.half_rtt
         seconds, n_got = done_t - dev.stretch.start_t, dev.stretch.tokens
@@ -201,7 +236,7 @@ class _FleetSim:
         """One token of an edge-only device; the edge goes on at once, or it is done."""
         self._streamed_token(dev, job, step)
         if dev.pos < dev.limit:
-            self.pending.append(job._replace(arrive_t=step.done_t))
+            self.edges[dev.edge].pending.append(job._replace(arrive_t=step.done_t))
             return
         assert dev.start_t is not None
         seconds = step.done_t + self.half_rtt - dev.start_t
@@ -227,9 +262,10 @@ class _FleetSim:
 
 def simulate_fleet(traces: Sequence[PromptTrace], policy_name: str, n: int, cost: CostModel,
                    n_tokens: int, *, scheduler: str = "batched",
-                   power_budget_w: float | None = None,
+                   power_budget_w: float | None = None, edges: int = 1,
                    make: Callable[..., Policy] = make_policy) -> list[DeviceResult]:
-    """N devices and one edge on a virtual clock. The edge runs one decode at a time; a decode
+    """N devices and one edge (or ``edges`` alike, each session placed by
+    ``place_session``) on a virtual clock. The edge runs one decode at a time; a decode
     takes every pending job (``batched``; one in ``serial``) and lasts
     ``t0 + k * tokens``. Devices draft, send (half the RTT each way plus transfer), wait.
     After each decode the edge's ``StreamAdvisor`` observes it (as ``edge_server._engine``
@@ -240,7 +276,7 @@ def simulate_fleet(traces: Sequence[PromptTrace], policy_name: str, n: int, cost
         start_prompt(policy, cost)
         pt = traces[i % len(traces)]
         devices.append(_SimDevice(policy, DeviceResult(i), pt, min(n_tokens, len(pt.tokens) - 1)))
-    return _FleetSim(devices, cost, scheduler).run()
+    return _FleetSim(devices, cost, scheduler, edges).run()
 
 
-__all__ = ["simulate_fleet"]
+__all__ = ["place_session", "simulate_fleet"]

@@ -78,3 +78,39 @@ def two_hosts(*, rate_mbit: float | None = None, subnet: str = "10.231.77") -> I
     finally:
         for ns in made:
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+@contextlib.contextmanager
+def edge_hosts(n: int, *, subnet: str = "10.232") -> Iterator[list[Host]]:
+    """Yield ``n`` hosts, each a network namespace joined to this (the root) namespace by a
+    veth pair of its own: host ``k`` at ``subnet.k.2``, its root end ``subnet.k.1``, a /24 per
+    pair, so the root namespace routes those addresses, and only those, to them (the fleet
+    benchmark's edges; its devices stay in the root namespace). Everything is deleted on
+    exit, even when the run fails: the namespaces (and with them the veth ends inside) and
+    any root end left behind."""
+    check_available()
+    if not 1 <= n <= 250:
+        raise ValueError(f"edge_hosts: 1..250 hosts, not {n}")
+    tag = f"{os.getpid() % 100000}"
+    hosts = [Host(f"coinfer-e{k}-{tag}", f"{subnet}.{k}.2", f"cfn{tag}x{k}") for k in range(n)]
+    roots = [f"cfr{tag}x{k}" for k in range(n)]
+    made: list[str] = []
+    linked: list[str] = []
+    try:
+        for k, (h, root) in enumerate(zip(hosts, roots, strict=True)):
+            _ip("netns", "add", h.netns)
+            made.append(h.netns)
+            _ip("link", "add", root, "type", "veth", "peer", "name", h.dev)
+            linked.append(root)
+            _ip("link", "set", h.dev, "netns", h.netns)
+            _ip("addr", "add", f"{subnet}.{k}.1/24", "dev", root)
+            _ip("link", "set", root, "up")
+            _ip("-n", h.netns, "addr", "add", f"{h.ip}/24", "dev", h.dev)
+            _ip("-n", h.netns, "link", "set", h.dev, "up")
+            _ip("-n", h.netns, "link", "set", "lo", "up")
+        yield hosts
+    finally:
+        for ns in made:
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        for root in linked:  # gone with its peer's namespace, unless that step failed
+            subprocess.run(["ip", "link", "del", root], capture_output=True)

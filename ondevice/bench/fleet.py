@@ -1,4 +1,5 @@
-"""``ondevice bench fleet``: many devices, one edge; batched against serial edge scheduling.
+"""``ondevice bench fleet``: many devices, one edge; batched against serial edge scheduling;
+and a fleet across several edges.
 
 Eight real drafts cannot share two cores with the edge, so each device *replays* a recorded
 draft trace (``bench.trace``: along the target's greedy path, whether the draft's argmax
@@ -21,6 +22,11 @@ Per (N, policy, scheduler): aggregate tokens/s, per-device tokens/s (median, p5)
 J/token (modelled), mean edge batch (tokens per decode, from the verdicts), edge RSS. Here:
 the rows (``FleetRow``, ``summarize``), the runs (``run_fleet_real``, ``run_fleet_sim``) and
 the report (table, ratios, figure).
+
+Across edges: sim mode runs each (edges, N) with that many modelled edges, sessions placed by
+the devices' placement rule (``_fleet_sim``), and reports the scaling against one edge
+(``_fleet_edges_report``); real mode with ``--edges N`` runs N real edges and the phases of
+``_fleet_edges`` (steady, a drain, a kill).
 """
 
 from __future__ import annotations
@@ -39,6 +45,19 @@ from ondevice.bench._fleet_device import (
     draft_round,
     edge_only_energy_j,
     prompt_traces,
+)
+from ondevice.bench._fleet_edges import EdgesConfig, run_fleet_edges_real
+from ondevice.bench._fleet_edges_report import (
+    PHASE_HEADER,
+    PhaseRow,
+    build_scaling_figure,
+    build_timeline_figure,
+    format_phase,
+    format_scaling,
+    phase_rows,
+    phase_series,
+    scaling,
+    sim_mode,
 )
 from ondevice.bench._fleet_real import edge_rss_mib, run_real_device, run_real_fleet
 from ondevice.bench._fleet_sim import simulate_fleet
@@ -69,14 +88,16 @@ class FleetRow:
     replayed_devices: int = 0
     streamed_share: float | None = None  # of the tokens, those the edge streamed alone
     energy_source: str = "modelled"
+    edges: int = 1  # edges sharing the devices (sim mode: alike, sessions placed)
+    sessions_per_edge: list[int] | None = None  # the balance: sessions placed on each edge
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 def summarize(mode: str, n: int, policy: str, scheduler: str, results: Sequence[DeviceResult],
-              rss_mib: float | None) -> FleetRow:
-    """The row of one run from its devices' results."""
+              rss_mib: float | None, *, edges: int = 1) -> FleetRow:
+    """The row of one run from its devices' results; ``edges``: how many shared them."""
     tps = sorted(r.tokens_per_s for r in results)
     t0 = min(r.t_start_s for r in results)
     t1 = max(r.t_start_s + r.seconds for r in results)
@@ -98,7 +119,19 @@ def summarize(mode: str, n: int, policy: str, scheduler: str, results: Sequence[
         sessions=sum(r.sessions for r in results),
         replayed_devices=n,
         streamed_share=(sum(r.streamed for r in results) / max(sum(r.tokens for r in results), 1)),
+        edges=edges, sessions_per_edge=sessions_per_edge(results, edges),
     )
+
+
+def sessions_per_edge(results: Sequence[DeviceResult], edges: int) -> list[int] | None:
+    """Sessions placed on each of ``edges`` edges (None when the devices recorded none)."""
+    if not any(r.placed for r in results):
+        return None
+    counts = [0] * edges
+    for r in results:
+        for e in r.placed:
+            counts[e] += 1
+    return counts
 
 
 # -- the benchmark: orchestration --------------------------------------------------------------
@@ -118,6 +151,7 @@ class FleetConfig:
     edge_threads: int = 2
     join_every_s: float = 0.0  # > 0: one extra run where gelato devices join one by one
     join_tokens: int = 400  # per device in the joining run (the budget is a long-run one)
+    edges: tuple[int, ...] = (1,)  # sim: edge counts to compare; real: one count
 
 
 async def _info(url: str) -> dict[str, Any]:
@@ -201,14 +235,17 @@ def run_fleet_sim(cfg: FleetConfig, traces: Sequence[PromptTrace],
     device = load_profile(cfg.device_profile, "device")
     for edge in cfg.edge_profiles:
         cost = CostModel(device, load_profile(edge, "edge"))  # type: ignore[arg-type]
-        for sch in cfg.schedulers:
-            for n in cfg.devices:
-                for policy in cfg.policies:
-                    results = simulate_fleet(traces, policy, n, cost, cfg.max_tokens,
-                                             scheduler=sch, power_budget_w=cfg.power_budget_w)
-                    row = summarize(f"sim:{edge}", n, policy, sch, results, None)
-                    rows.append(row)
-                    on_row(row)
+        for k in cfg.edges:
+            for sch in cfg.schedulers:
+                for n in cfg.devices:
+                    for policy in cfg.policies:
+                        results = simulate_fleet(traces, policy, n, cost, cfg.max_tokens,
+                                                 scheduler=sch, edges=k,
+                                                 power_budget_w=cfg.power_budget_w)
+                        row = summarize(sim_mode(edge, k), n, policy, sch, results, None,
+                                        edges=k)
+                        rows.append(row)
+                        on_row(row)
     return rows
 
 
@@ -328,8 +365,10 @@ def write_png(rows: Sequence[FleetRow], path: Path) -> None:
     build_figure(rows).savefig(path)
 
 
-__all__ = ["FLEET_POLICIES", "HEADER", "DeviceResult", "FleetConfig", "FleetRow", "PromptTrace",
-           "build_figure", "draft_round", "edge_only_energy_j", "edge_rss_mib", "format_row",
-           "joining_summary", "prompt_traces", "ratios", "run_fleet_real", "run_fleet_sim",
-           "run_real_device", "run_real_fleet", "series_styles", "simulate_fleet",
-           "summarize", "write_png"]
+__all__ = ["FLEET_POLICIES", "HEADER", "PHASE_HEADER", "DeviceResult", "EdgesConfig",
+           "FleetConfig", "FleetRow", "PhaseRow", "PromptTrace", "build_figure",
+           "build_scaling_figure", "build_timeline_figure", "draft_round", "edge_only_energy_j",
+           "edge_rss_mib", "format_phase", "format_row", "format_scaling", "joining_summary",
+           "phase_rows", "phase_series", "prompt_traces", "ratios", "run_fleet_edges_real",
+           "run_fleet_real", "run_fleet_sim", "run_real_device", "run_real_fleet", "scaling",
+           "series_styles", "sessions_per_edge", "simulate_fleet", "summarize", "write_png"]

@@ -1,8 +1,8 @@
 """The flags ``ondevice generate`` and ``ondevice serve`` share, and the ``Device`` they make.
 
-Both commands run the same ``ondevice.llm.device.Device``: the draft, the edge (explicit or
-discovered), the drafting policy and the meter are set by the same flags with the same
-checks, so a mistake is the same usage error (exit 2) in both.
+Both commands run the same ``ondevice.llm.device.Device``: the draft, the edges (explicit,
+``--edge URL[,URL...]``, or discovered), the drafting policy and the meter are set by the same
+flags with the same checks, so a mistake is the same usage error (exit 2) in both.
 """
 
 from __future__ import annotations
@@ -22,8 +22,10 @@ def add_device_flags(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--draft", required=True, help="draft model, a GGUF file")
     p.add_argument(
-        "--edge", type=argtypes.edge_url,
-        help="edge URL, e.g. http://192.168.1.20:8470 (default: find one with zeroconf)",
+        "--edge", type=argtypes.edge_urls, metavar="URL[,URL...]",
+        help="edge URL, e.g. http://192.168.1.20:8470, or several separated by commas: each "
+        "generation goes to the one with the lowest expected wait and moves to another if its "
+        "edge dies or drains (default: find edges with zeroconf)",
     )
     add_edge_access(p)
     d = p.add_mutually_exclusive_group()
@@ -91,7 +93,7 @@ def device_from_args(args: argparse.Namespace) -> Any:
     if problem:
         raise ValueError(problem)
     edge = EdgePlan(
-        url=args.edge,
+        urls=args.edge or (),
         discover=(args.discover or args.edge is None) and not args.no_discover,
         interfaces=tuple(args.interface),
         site=args.site,

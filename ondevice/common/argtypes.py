@@ -120,6 +120,20 @@ def edge_url(text: str) -> str:
     return text.strip().rstrip("/")
 
 
+def edge_urls(text: str) -> tuple[str, ...]:
+    """One edge URL or several, comma-separated (``--edge URL1,URL2``), each as ``edge_url``
+    wants it; no empty piece, none twice."""
+    pieces = [p.strip() for p in text.split(",")]
+    if not text.strip() or any(not p for p in pieces):
+        raise argparse.ArgumentTypeError(
+            f"give one edge URL or several separated by commas, got {text!r}")
+    urls = tuple(edge_url(p) for p in pieces)
+    twice = sorted({u for u in urls if urls.count(u) > 1})
+    if twice:
+        raise argparse.ArgumentTypeError(f"edge {twice[0]} is given twice in {text!r}")
+    return urls
+
+
 _SITE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 
 

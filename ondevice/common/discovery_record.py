@@ -12,6 +12,7 @@ TXT key    value
 ``tls``    ``1`` when the edge serves HTTPS/WSS, else ``0``
 ``fp``     SHA-256 of the TLS certificate (DER), hex, when ``tls`` is ``1``
 ``site``   the site label the operator gave (``edge-server --site``), absent when none
+``state``  ``draining`` while the edge is being taken out of service, absent otherwise
 =========  =======================================================================
 
 A site label keeps fleets apart on one network: a device given a site (``--site``) uses only
@@ -44,6 +45,7 @@ class EdgeRecord:
     tls: bool
     fingerprint: str = ""
     site: str = ""
+    state: str = ""  # "draining", or "" while it serves
     rtt_ms: float | None = None
     extra: dict[str, str] = field(default_factory=dict)
 
@@ -74,6 +76,7 @@ def encode_txt(
     auth: bool,
     fingerprint: str = "",
     site: str = "",
+    state: str = "",
 ) -> dict[str, str]:
     """TXT properties of an edge (see the table above)."""
     txt = {
@@ -89,6 +92,8 @@ def encode_txt(
         txt["fp"] = fingerprint
     if site:
         txt["site"] = site
+    if state:
+        txt["state"] = state
     return txt
 
 
@@ -103,7 +108,7 @@ def decode_txt(name: str, host: str, port: int, props: dict[bytes, bytes | None]
     except ValueError as exc:
         raise ValueError(f"edge {name}: malformed TXT record {txt}") from exc
     split = lambda s: [x for x in s.split(",") if x]  # noqa: E731
-    known = {"v", "caps", "models", "vocab", "load", "auth", "tls", "fp", "site"}
+    known = {"v", "caps", "models", "vocab", "load", "auth", "tls", "fp", "site", "state"}
     return EdgeRecord(
         name=name,
         host=host,
@@ -118,5 +123,6 @@ def decode_txt(name: str, host: str, port: int, props: dict[bytes, bytes | None]
         tls=txt.get("tls") == "1",
         fingerprint=txt.get("fp", ""),
         site=txt.get("site", ""),
+        state=txt.get("state", ""),
         extra={k: v for k, v in txt.items() if k not in known},
     )

@@ -25,6 +25,12 @@ results of a task it already closed may still arrive and carry that task's ``ses
 ``feature`` frame with an empty ``packet`` only asks for an evaluation of what is in.
 
 Any frame may be answered by ``error`` (``code`` one of ``ERROR_CODES``).
+
+A draining edge (``edge-server`` on SIGTERM or ``POST /v1/drain``) refuses new sessions with
+``error/draining``; once its drain timeout is near, it answers a session's next frame with
+``move`` instead and ends the session. The frame that ``move`` answers was not acted on (a
+round answered by ``move`` commits nothing), so the device resumes on another edge from the
+sequence it had committed: nothing lost, nothing repeated. A ``move`` also ends a DNN task.
 """
 
 from __future__ import annotations
@@ -62,6 +68,7 @@ ERROR_CODES = frozenset(
         "unknown-model",  # a DNN model or split this edge does not serve
         "codec-mismatch",  # the device's feature codec (shape, order, scales) differs
         "bad-packet",  # a feature packet or input slice that does not fit the split
+        "draining",  # the edge is being taken out of service: open the session elsewhere
     }
 )
 
@@ -166,6 +173,12 @@ class Error:
 
 
 @dataclass(slots=True)
+class Move:
+    session: str
+    reason: str = field(default="")
+
+
+@dataclass(slots=True)
 class DnnOpen:
     model: str
     split: int  # 0 = raw input, the whole model on the edge
@@ -213,7 +226,7 @@ class Result:
 
 
 Message = (
-    Open | Opened | Round | Verdict | Generate | Tokens | Stop | Close | Error
+    Open | Opened | Round | Verdict | Generate | Tokens | Stop | Close | Error | Move
     | DnnOpen | DnnOpened | Feature | Input | Result
 )
 
@@ -383,6 +396,11 @@ _LAYOUTS = (
     Layout("error", Error, "edge->dev", (
         Key("code", "code", STR, "one of ERROR_CODES"),
         Key("message", "message", STR, "for a person"),
+    )),
+    Layout("move", Move, "edge->dev", (
+        Key("session", "session", STR, "the session the edge ended; the frame it answers was "
+            "not acted on: resume elsewhere from the committed sequence"),
+        Key("reason", "reason", STR, "for a person, e.g. draining"),
     )),
     Layout("dnn_open", DnnOpen, "dev->edge", (
         Key("version", "v", INT, "protocol version"),

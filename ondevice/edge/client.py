@@ -27,10 +27,23 @@ import numpy as np
 from ondevice.common import wire
 
 DEFAULT_TIMEOUT_S = 15.0  # s; a verify round on a loaded edge stays well under this
+MOVE_READ_S = 1.0  # s: after a failed send, how long to look for a ``move`` already received
 
 
 class EdgeUnavailable(ConnectionError):
     """The edge cannot be reached or stopped answering."""
+
+
+class EdgeMoved(EdgeUnavailable):
+    """The edge answered a frame with ``move`` (it is draining) and ended the session: the
+    frame was not acted on; resume on another edge from the committed sequence. A subclass
+    of EdgeUnavailable, so every cleanup of a lost edge applies; the caller tells the two
+    apart to go elsewhere without counting the edge as failed."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(f"edge {url} asked the session to move ({reason or 'no reason'})")
+        self.url = url
+        self.reason = reason
 
 
 def is_loopback_url(url: str) -> bool:
@@ -237,8 +250,25 @@ class EdgeClient:
         try:
             await self._ws.send_bytes(frame)
         except (aiohttp.ClientError, OSError, RuntimeError) as exc:
-            raise EdgeUnavailable(f"lost edge {self.url}: {exc}") from exc
+            raise await self._lost_or_moved(exc) from exc
         return len(frame)
+
+    async def _lost_or_moved(self, exc: BaseException) -> EdgeUnavailable:
+        """What a failed send means: EdgeMoved when the edge had answered ``move`` and closed
+        the socket before this frame went out (a draining edge does that to a device between
+        frames; the ``move`` waits in the socket's buffer), else a lost edge."""
+        ws = self._ws
+        if ws is not None and self.session_id is not None:
+            with contextlib.suppress(asyncio.TimeoutError, aiohttp.ClientError, OSError,
+                                     RuntimeError, wire.WireError):
+                msg = await ws.receive(timeout=MOVE_READ_S)
+                if msg.type == aiohttp.WSMsgType.BINARY:
+                    reply = wire.decode(msg.data)
+                    if isinstance(reply, wire.Move):
+                        self.session_id = None  # the edge ended it
+                        self._in_flight = self._stretch = False
+                        return EdgeMoved(self.url, reply.reason)
+        return EdgeUnavailable(f"lost edge {self.url}: {exc}")
 
     async def _receive(self) -> wire.Message:
         if self._ws is None:
@@ -258,6 +288,10 @@ class EdgeClient:
         reply = wire.decode(msg.data)
         if isinstance(reply, wire.Error):
             raise wire.EdgeError(reply.code, reply.message)
+        if isinstance(reply, wire.Move):
+            self.session_id = None  # the edge ended it
+            self._in_flight = self._stretch = False
+            raise EdgeMoved(self.url, reply.reason)
         return reply
 
     async def _request(self, msg: wire.Message, expect: type) -> wire.Message:

@@ -2,15 +2,16 @@
 
 ``async_discover`` browses ``_coinfer._tcp.local.`` on the given interfaces (python-zeroconf's
 asyncio API), resolves each edge's record, and measures its RTT with ``GET /v1/info`` (which
-also proves it reachable and the token accepted). ``rank_edges`` is pure: it drops edges the
-draft cannot use, saying why, and orders the rest by load, then RTT.
+also proves it reachable and the token accepted: ``placement.async_probe``). ``rank_edges`` is
+pure: it drops edges the draft cannot use (another protocol, vocabulary or site, full,
+draining, unreachable), saying why, and orders the rest by load, then RTT; choosing among
+those by expected wait is ``placement.rank``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -20,38 +21,18 @@ from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZerocon
 
 from ondevice.common import wire
 from ondevice.common.discovery_record import SERVICE_TYPE, EdgeRecord, decode_txt
-from ondevice.edge.client import client_ssl
+from ondevice.edge.placement import async_probe
 
 log = logging.getLogger(__name__)
 
 BROWSE_S = 2.0  # s: how long a browse listens for answers by default
 RESOLVE_MS = 1500  # ms: per-record resolution timeout
-PROBES = 3  # GET /v1/info per edge; the RTT is the minimum
 
 
 @dataclass(frozen=True, slots=True)
 class Rejected:
     record: EdgeRecord
     reason: str
-
-
-async def _probe_rtt(
-    http: aiohttp.ClientSession, rec: EdgeRecord, token: str | None, fingerprint: str | None
-) -> float:
-    """Minimum RTT in ms of ``PROBES`` info requests; raises on any failure."""
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    ssl = client_ssl(rec.url, fingerprint or rec.fingerprint or None)
-    best = float("inf")
-    for _ in range(PROBES):
-        t0 = time.perf_counter()
-        async with http.get(rec.url + wire.INFO_PATH, headers=headers, ssl=ssl) as resp:
-            await resp.read()
-            if resp.status != 200:
-                raise aiohttp.ClientResponseError(
-                    resp.request_info, (), status=resp.status, message=resp.reason or ""
-                )
-        best = min(best, (time.perf_counter() - t0) * 1e3)
-    return best
 
 
 class EdgeBrowser:
@@ -151,8 +132,12 @@ class EdgeBrowser:
 
                 async def probe_one(rec: EdgeRecord) -> None:
                     try:
-                        rec.rtt_ms = await _probe_rtt(http, rec, self.token, self.fingerprint)
-                    except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+                        load = await async_probe(
+                            http, rec.url, token=self.token,
+                            fingerprint=self.fingerprint or rec.fingerprint or None)
+                        rec.rtt_ms = load.rtt_ms
+                    except (aiohttp.ClientError, OSError, asyncio.TimeoutError,
+                            ValueError) as exc:
                         rec.extra["error"] = f"{type(exc).__name__}: {exc}"
 
                 await asyncio.gather(*(probe_one(r) for r in records))
@@ -201,6 +186,8 @@ def rank_edges(
         elif vocab_hash is not None and rec.vocab_hash != vocab_hash:
             rejected.append(Rejected(rec, f"vocabulary {rec.vocab_hash or '?'} differs from the "
                                           f"draft's {vocab_hash} (models {rec.models})"))
+        elif rec.state == "draining":
+            rejected.append(Rejected(rec, "draining"))
         elif rec.sessions >= rec.capacity:
             rejected.append(Rejected(rec, f"full ({rec.sessions}/{rec.capacity} sessions)"))
         elif rec.rtt_ms is None and "error" in rec.extra:

@@ -17,16 +17,17 @@ STARTUP_S = 120.0  # s: loading a large target can take this long on a slow disk
 STOP_S = 15.0  # s: SIGTERM, then SIGKILL after this long
 
 
-@contextlib.asynccontextmanager
-async def edge_child(
+async def spawn_edge(
     args: Sequence[str], *, core: int | None = None, quiet: bool = False,
     startup_s: float = STARTUP_S, prefix: Sequence[str] = (),
-) -> AsyncIterator[str]:
-    """Start ``edge-server ARGS``; yield the URL it prints once listening; stop it on exit.
+) -> tuple[asyncio.subprocess.Process, str]:
+    """Start ``edge-server ARGS``; return the process and the URL it prints once listening
+    (its stdout is then the caller's to read or drain).
 
     ``core`` pins the child (and every thread it starts) to one CPU; ``quiet`` drops its
     stderr; ``prefix`` runs it inside something that execs it (``ip netns exec NS``).
-    Raises RuntimeError if it exits or stays silent past ``startup_s``.
+    Raises RuntimeError if it exits or stays silent past ``startup_s`` (the child is then
+    killed).
     """
     code = ("import os, runpy, sys; "
             + (f"os.sched_setaffinity(0, {{{core}}}); " if core is not None else "")
@@ -39,8 +40,7 @@ async def edge_child(
     try:
         assert proc.stdout is not None
         deadline = time.monotonic() + startup_s
-        url = None
-        while url is None:
+        while True:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise RuntimeError(f"edge-server did not start within {startup_s:g} s")
@@ -49,7 +49,24 @@ async def edge_child(
                 raise RuntimeError(f"edge-server exited with status {await proc.wait()}")
             text = line.decode(errors="replace").strip()
             if "listening on" in text:
-                url = text.rsplit(" ", 1)[-1]
+                return proc, text.rsplit(" ", 1)[-1]
+    except BaseException:
+        if proc.returncode is None:
+            proc.kill()
+        await proc.wait()
+        raise
+
+
+@contextlib.asynccontextmanager
+async def edge_child(
+    args: Sequence[str], *, core: int | None = None, quiet: bool = False,
+    startup_s: float = STARTUP_S, prefix: Sequence[str] = (),
+) -> AsyncIterator[str]:
+    """Start ``edge-server ARGS`` (``spawn_edge``); yield the URL it prints once listening;
+    stop it on exit (SIGTERM, SIGKILL after ``STOP_S``)."""
+    proc, url = await spawn_edge(args, core=core, quiet=quiet, startup_s=startup_s,
+                                 prefix=prefix)
+    try:
         yield url
     finally:
         if proc.returncode is None:

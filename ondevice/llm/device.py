@@ -84,9 +84,11 @@ class Device:
     across prompts. Use ``async with Device(...) as dev`` (or ``await dev.open()`` and
     ``await dev.close()``); the common case is ``Device("draft.gguf", edge="http://...")``.
 
-    ``edge``: an edge URL (that edge only); None, find compatible edges with zeroconf (as
-    ``ondevice generate`` without ``--edge``); or an ``EdgePlan`` (``ondevice.llm.generate``)
-    for everything else: discovery beside a URL, interfaces, site, token, TLS pin, timeouts,
+    ``edge``: an edge URL (that edge only); a list of edge URLs (each generation, and each
+    resume, placed on the one with the lowest expected wait; a session moves to another when
+    its edge dies or drains); None, find compatible edges with zeroconf (as ``ondevice
+    generate`` without ``--edge``); or an ``EdgePlan`` (``ondevice.llm.generate``) for
+    everything else: discovery beside URLs, interfaces, site, token, TLS pin, timeouts,
     ``require_edge``. ``EdgePlan()`` runs the draft alone.
 
     ``policy``: a policy name with its defaults, a ``PolicyConfig`` (name and settings: gamma,
@@ -103,7 +105,7 @@ class Device:
         self,
         draft: str | Path,
         *,
-        edge: str | EdgePlan | None = None,
+        edge: str | Sequence[str] | EdgePlan | None = None,
         policy: str | PolicyConfig | Policy = "gelato",
         meter: str = "sim",
         require_meter: bool = True,
@@ -117,10 +119,13 @@ class Device:
             plan = edge
         elif edge is None or isinstance(edge, str):
             plan = EdgePlan(url=edge, discover=edge is None)
+        elif isinstance(edge, (list, tuple)) and edge and all(isinstance(u, str) for u in edge):
+            plan = EdgePlan(urls=tuple(edge))
         else:
-            raise TypeError(f"edge must be a URL, an EdgePlan or None, not {type(edge).__name__}")
-        if plan.url:
-            problem = transport_problem(plan.url, token=plan.token, fingerprint=plan.fingerprint,
+            raise TypeError("edge must be a URL, a non-empty list of URLs, an EdgePlan or None, "
+                            f"not {edge!r:.80}")
+        for url in plan.urls:
+            problem = transport_problem(url, token=plan.token, fingerprint=plan.fingerprint,
                                         allow_plaintext_token=plan.allow_plaintext_token)
             if problem:
                 raise ValueError(problem)

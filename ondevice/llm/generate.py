@@ -11,10 +11,11 @@ parts, each a module of its own:
   the meter;
 - ``_round``: the rounds on one edge session (draft, send, accept) and the edge's stretches,
   counted as the simulators count theirs (``round_account``);
-- ``_edge_session``: which edge, opening a session, failing over, and the draft alone in
-  between. Losing the edge never loses output: tokens already verified stay committed, the
-  unverified draft of the failed round is dropped, and the draft model finishes the
-  generation alone with ``degraded`` set;
+- ``_edge_session``: which edge (placement among several), opening a session, moving to
+  another edge when one dies or drains, and the draft alone when none is left. Losing an edge
+  never loses output: tokens already verified stay committed, the unverified draft of the
+  failed round is dropped, and the generation resumes on the next edge from the committed
+  sequence (or the draft model carries on alone with ``degraded`` set);
 - ``report.build_report``: the report, from what the parts recorded.
 """
 

@@ -76,6 +76,10 @@ class Report:
     near_ties: int | None = None
     ahead_drafted: int = 0  # tokens drafted ahead while rounds were in flight
     ahead_hits: int = 0  # rounds whose tokens drafted ahead headed the next round
+    # Each time the generation left an edge it had a session on (or that refused it as
+    # draining) for another: {"from", "to" (an edge URL, "draft", or None at the end),
+    # "at_token", "reason"}. A drained edge's move is no failure (``degraded`` stays false).
+    moves: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -146,6 +150,7 @@ def build_report(*, out: Output, rounds: Rounds, sessions: EdgeSessions, meter: 
         ahead_hits=tot.ahead_hits,
         near_ties=rounds.near_ties,
         edge_connects=edge_connects,
+        moves=sessions.moves,
     )
 
 
@@ -191,6 +196,8 @@ def format_report(report: dict[str, Any]) -> str:
                                                    if report["degraded"] else ""),
         *([f"degraded      {report['degraded_reason']}"]
           if report.get("degraded_reason") else []),
+        *(f"moved         {m['from']} -> {m['to'] or '-'} at token {m['at_token']}"
+          f" ({m['reason']})" for m in report.get("moves") or ()),
         f"tokens        {report['n_tokens']} in {report['elapsed_s']:.2f} s"
         f" = {report['tokens_per_s']:.1f} tokens/s ({report['stop_reason']})"
         + (f", {report['near_ties']} near-tie(s): greedy there may differ between policies"

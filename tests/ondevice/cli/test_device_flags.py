@@ -56,3 +56,30 @@ def test_usage_errors_are_value_errors(monkeypatch: pytest.MonkeyPatch) -> None:
         _device("--policy", "fixed", "--power-budget", "2")
     with pytest.raises(ValueError, match="TLS certificate pin"):
         _device("--no-discover", "--edge", "http://127.0.0.1:8470", "--edge-fingerprint", "ab" * 32)
+
+
+def test_several_edges(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("COINFER_TOKEN", raising=False)
+    dev = _device("--edge", "http://127.0.0.1:8470, http://127.0.0.1:8471/")
+    assert dev.plan.urls == ("http://127.0.0.1:8470", "http://127.0.0.1:8471")
+    assert dev.plan.url == "http://127.0.0.1:8470" and not dev.plan.discover
+    assert dev.plan == EdgePlan(urls=("http://127.0.0.1:8470", "http://127.0.0.1:8471"))
+    with pytest.raises(ValueError, match="pins one edge"):
+        _device("--edge", "https://127.0.0.1:1,https://127.0.0.1:2",
+                "--edge-fingerprint", "ab" * 32)
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("http://a:1,", "several separated by commas"),
+    ("http://a:1,,http://b:1", "several separated by commas"),
+    ("http://a:1,b:2", "did you mean http://b:2"),
+    ("http://a:1,http://a:1/", "http://a:1 is given twice"),
+])
+def test_bad_edge_lists_are_usage_errors(value: str, message: str,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    p = argparse.ArgumentParser()
+    add_device_flags(p)
+    with pytest.raises(SystemExit) as exc:
+        p.parse_args(["--draft", "d.gguf", "--edge", value])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err

@@ -140,8 +140,8 @@ def test_advice_key_is_optional_both_ways() -> None:
 
 FRAMES = Path(__file__).with_name("data") / "wire_frames.json"
 MESSAGE_TYPES = (wire.Open, wire.Opened, wire.Round, wire.Verdict, wire.Generate, wire.Tokens,
-                 wire.Stop, wire.Close, wire.Error, wire.DnnOpen, wire.DnnOpened, wire.Feature,
-                 wire.Input, wire.Result)
+                 wire.Stop, wire.Close, wire.Error, wire.Move, wire.DnnOpen, wire.DnnOpened,
+                 wire.Feature, wire.Input, wire.Result)
 
 
 
@@ -208,6 +208,7 @@ MESSAGES = {
     wire.Stop: st.builds(wire.Stop, texts),
     wire.Close: st.builds(wire.Close, texts),
     wire.Error: st.builds(wire.Error, st.sampled_from(sorted(wire.ERROR_CODES)), texts),
+    wire.Move: st.builds(wire.Move, texts, texts),
     wire.DnnOpen: st.builds(wire.DnnOpen, texts, ints, texts, texts, floats, ints, floats,
                             floats, ints),
     wire.DnnOpened: st.builds(wire.DnnOpened, texts, floats, ints, floats),

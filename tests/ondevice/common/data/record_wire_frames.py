@@ -77,6 +77,8 @@ def _samples() -> list[tuple[str, dict[str, Any]]]:
         ("Error", dict(code="draft-too-long", message="too long")),
         ("Error", dict(code="internal")),
         ("Error", dict(code="idle", message="no frame for 30 s — bye")),
+        ("Move", dict(session="0123456789abcdef", reason="draining")),
+        ("Move", dict(session="s")),
         ("DnnOpen", dict(model="digits-cnn", split=2, codec="f00dfeed", device="dev-1",
                          queue_j=0.75, bits=8192, spectral_eff=3.5, deadline_ms=250.0)),
         ("DnnOpen", dict(model="m", split=0, codec="", device="", queue_j=0.0, bits=0,
