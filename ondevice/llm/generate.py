@@ -140,7 +140,9 @@ class Generation:
                                 on_bytes=self._on_bytes)
                 stack.push_async_callback(pool.async_close)
             rounds = Rounds(out, policy, self.meter)
-            sessions = EdgeSessions(plan, out, rounds, req, pool=pool, browser=browser)
+            sessions = EdgeSessions(plan, out, rounds, req,  # no edge at all without use_edge
+                                    pool=pool if use_edge else None,
+                                    browser=browser if use_edge else None)
             targets = await sessions.first_targets() if use_edge else []
             log.info("generating up to %d tokens with policy %s", out.budget, policy.name)
             policy.begin_prompt()

@@ -105,3 +105,30 @@ async def test_status_page_in_chromium(fixture_models: tuple[Path, Path], tmp_pa
     assert all(before[n] != after[n] for n in names), (before, after)  # they moved
     assert " / " in second["batch"] and not second["step_ms"].startswith("\u2013")
     assert any(r["sparkline"] for r in second["rows"])
+
+
+async def test_status_page_says_draining(fixture_models: tuple[Path, Path], tmp_path: Path
+                                         ) -> None:
+    """While the edge drains (SIGTERM with a session open), the page's header says so."""
+    import signal
+
+    from ondevice.edge.client import EdgeClient
+
+    chromium_path()
+    with LlamaModel(fixture_models[1]) as m:
+        vocab_hash = m.vocab_hash()
+    with edge_server(fixture_models[0], "--drain-timeout", "60") as edge:
+        async with EdgeClient(edge.url) as device, chromium_page(tmp_path) as page:
+            await device.async_open([1, 2, 3], vocab_hash=vocab_hash, draft_model="d",
+                                    temperature=0.0, seed=0, top_k=1)
+            await page.goto(f"{edge.url}/status")
+            serving = await _until(page, lambda r: r["polls"] > 0, "the page never polled")
+            assert "DRAINING" not in serving["state"]
+            edge.proc.send_signal(signal.SIGTERM)
+            draining = await _until(page, lambda r: "DRAINING" in r["state"],
+                                    "the page never showed the drain")
+            warn = await page.evaluate('document.getElementById("state").className')
+            errors = list(page.errors)
+        assert edge.proc.wait(30) == 0  # the session closed: the drain ends
+    assert warn == "warn" and "1 of 8 sessions open" in draining["state"]
+    assert errors == []
