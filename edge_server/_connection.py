@@ -14,12 +14,13 @@ and the shutdown count), and closes it on a ``close`` frame, a replacing open, a
 device leaving (``async_close``).
 
 While the edge drains (``_drain``) a new session is refused with ``error/draining``. Once
-the drain's moves begin, the open session moves (``async_move``): the reader races the
-device's next frame against that moment, so ``move`` goes out at once when the device is
-between frames, or takes the place of the answer to a frame that just came, which is not acted
-on. The socket stays open for the device to read it; frames that still name the moved session
-are dropped unanswered (the device reads ``move`` first, and nothing stale is left on a socket
-it may keep), until the device closes the socket or the drain's end closes it.
+the drain's moves begin, the open session moves (``async_move``): the drain wakes the reader
+from its wait for the device's next frame (``wake``), so ``move`` goes out at once when the
+device is between frames, or takes the place of the answer to a frame that just came, which
+is not acted on. The socket stays open for the device to read it; frames that still name the
+moved session are dropped unanswered (the device reads ``move`` first, and nothing stale is
+left on a socket it may keep), until the device closes the socket or the drain's end closes
+it.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING
 
-from aiohttp import WSCloseCode, WSMsgType, web
+from aiohttp import WSCloseCode, WSMessage, WSMsgType, web
 
 from edge_server._dnn_session import DNN_HANDLERS
 from edge_server._limits import Slot
@@ -44,6 +45,10 @@ if TYPE_CHECKING:
     from edge_server._state import EdgeState
 
 log = logging.getLogger(__name__)
+
+class _Woken(Exception):
+    """``Connection.wake`` cut the wait for the next frame short."""
+
 
 ERROR_CHARS = 300  # an error frame's message at most (client data quoted in it is cut)
 
@@ -96,6 +101,8 @@ class Connection:
         self._on_close = contextlib.AsyncExitStack()
         self._ended = asyncio.Event()  # set once ``async_close`` has run
         self.moved: str | None = None  # the session this connection moved (``async_move``)
+        self._receiver: asyncio.Task[object] | None = None  # waiting in ``_receive``
+        self._woken = False  # ``wake`` cancelled that wait
 
     async def __aenter__(self) -> Connection:
         self.state.connections.add(self)
@@ -176,19 +183,10 @@ class Connection:
         while not ws.closed:
             if drain.moving and self.session is not None:
                 await self.async_move()
-            # the next frame, or, while a session is open, the drain's moves if they come first
-            receiving = asyncio.ensure_future(ws.receive(timeout=cfg.idle_timeout_s))
             try:
-                await asyncio.wait((receiving, drain.moves()) if self.session is not None
-                                   else (receiving,), return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                if not receiving.done():  # a frame not read yet stays unread: the socket closes
-                    receiving.cancel()
-                    await asyncio.wait((receiving,))
-            if receiving.cancelled():
-                continue  # the loop's top moves the session
-            try:
-                msg = receiving.result()
+                msg = await self._receive(cfg.idle_timeout_s)
+            except _Woken:
+                continue  # the drain's moves began: the loop's top moves the session
             except asyncio.TimeoutError:
                 if self.streaming:  # the device waits for the stream; it is not idle
                     continue
@@ -204,6 +202,31 @@ class Connection:
                 return
             else:  # CLOSE, CLOSING, CLOSED
                 return
+
+    async def _receive(self, timeout_s: float) -> WSMessage:
+        """The device's next frame, as ``ws.receive``; raises ``_Woken`` when ``wake`` cut
+        the wait short (a frame not read yet stays unread). No extra task per frame: the
+        drain interrupts this one wait instead of every read racing it."""
+        self._receiver = asyncio.current_task()
+        try:
+            return await self.ws.receive(timeout=timeout_s)
+        except asyncio.CancelledError:
+            if not self._woken:
+                raise
+            self._woken = False
+            task = asyncio.current_task()
+            if hasattr(task, "uncancel"):  # Python 3.11+ counts cancellations; 3.10 does not
+                task.uncancel()
+            raise _Woken from None
+        finally:
+            self._receiver = None
+
+    def wake(self) -> None:
+        """Cut short the wait for the device's next frame, if the connection is waiting and
+        has a session open (the drain's moves began: ``_drain.Drain.begin_moves``)."""
+        if self._receiver is not None and self.session is not None and not self._woken:
+            self._woken = True
+            self._receiver.cancel()
 
     async def handle_frame(self, data: bytes | str, t_in: float) -> None:
         """One frame as it came (``t_in`` its arrival, perf_counter s)."""

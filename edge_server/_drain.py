@@ -10,7 +10,8 @@ start ``t0``, with ``T`` the drain timeout (``EdgeConfig.drain_timeout_s``):
    ``state=draining`` and then unregisters;
 2. the open sessions go on until they end;
 3. at ``move_at = t0 + T - grace`` (``grace = min(MOVE_GRACE_S, T / 4)``) every session still
-   open moves (``moves()`` resolves): its connection ends a ``generate`` stretch after its step
+   open moves (``begin_moves``: each connection is woken from its wait for the next frame):
+   its connection ends a ``generate`` stretch after its step
    (the last ``tokens`` frame has ``done``), sends ``move`` (at once when the device is between
    frames, else in place of acting on the frame that came) and ends the session
    (``Connection.async_move``); the socket stays open for the device to read ``move``;
@@ -56,7 +57,7 @@ class Drain:
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None  # ``async_drain``, while it runs
     moved: int = 0  # sessions told to move (``Connection.async_move``)
-    _moves: asyncio.Future[None] | None = field(default=None, init=False, repr=False)
+    moving: bool = False  # the open sessions are to move (step 3)
 
     @property
     def active(self) -> bool:
@@ -91,22 +92,13 @@ class Drain:
             return None
         return max(self.started_s + self.timeout_s - now_s, 0.0)
 
-    @property
-    def moving(self) -> bool:
-        """True once the open sessions are to move (step 3)."""
-        return self._moves is not None and self._moves.done()
-
-    def moves(self) -> asyncio.Future[None]:
-        """A future that resolves when the open sessions are to move (a reader races its
-        next frame against it)."""
-        if self._moves is None:
-            self._moves = asyncio.get_running_loop().create_future()
-        return self._moves
-
-    def begin_moves(self) -> None:
-        fut = self.moves()
-        if not fut.done():
-            fut.set_result(None)
+    def begin_moves(self, state: EdgeState) -> None:
+        """Step 3: from now on every open session moves; wake the connections waiting for
+        their device's next frame (``Connection.wake``), so that those between frames move
+        at once."""
+        self.moving = True
+        for conn in list(state.connections):
+            conn.wake()
 
 
 async def async_drain(state: EdgeState) -> None:
@@ -119,7 +111,7 @@ async def async_drain(state: EdgeState) -> None:
     try:
         await _until(state, drain.move_at, lambda: not state.sessions)
         if state.sessions:
-            drain.begin_moves()
+            drain.begin_moves(state)
             await _until(state, drain.end_at, lambda: not state.sessions and not any(
                 c.moved is not None for c in state.connections))
         if announcing is not None:  # the goodbye goes out before the edge stops

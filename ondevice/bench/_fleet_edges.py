@@ -39,12 +39,11 @@ from ondevice.bench._hardware import CostModel
 from ondevice.bench._netns import Host, NetnsUnavailable, edge_hosts
 from ondevice.common import wire
 from ondevice.edge.client import EdgeClient, EdgeUnavailable
-from ondevice.edge.local import spawn_edge
+from ondevice.edge.local import STOP_S, spawn_edge, stop_edge
 from ondevice.edge.placement import EdgeLoad, async_probe, rank
 from ondevice.llm.policies import Policy, make_policy
 
 DRAIN_PATH = "/v1/drain"  # edge-server: POST here to start draining
-STOP_S = 15.0  # s: SIGTERM (an idle edge's drain ends at once), then SIGKILL
 PROBE_S = 2.0  # s: a /v1/info probe slower than this counts the edge as unreachable
 PLACE_S = 30.0  # s: a session no edge takes in this long fails the device
 START_STAGGER_S = 0.15  # s between devices' first sessions, so each placement sees the last
@@ -63,17 +62,11 @@ class EdgeProc:
     slot: int
     url: str
     proc: asyncio.subprocess.Process
-    drain: asyncio.Task[None] | None = None  # reads its stdout to the end
+    drain: asyncio.Task[bytes] | None = None  # reads its stdout to the end (a few lines)
 
     async def async_stop(self) -> int:
-        """SIGTERM, SIGKILL after ``STOP_S``; its exit status. Idempotent."""
-        if self.proc.returncode is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self.proc.wait(), STOP_S)
-            except asyncio.TimeoutError:
-                self.proc.kill()
-        status = await self.proc.wait()
+        """``ondevice.edge.local.stop_edge``; its exit status. Idempotent."""
+        status = await stop_edge(self.proc)
         if self.drain is not None:
             await self.drain
         return status
@@ -87,13 +80,8 @@ async def async_start_edge(slot: int, args: Sequence[str], host: Host | None) ->
                                  prefix=host.prefix if host is not None else ())
     assert proc.stdout is not None
     edge = EdgeProc(slot, url, proc)
-    edge.drain = asyncio.create_task(_read_to_eof(proc.stdout))
+    edge.drain = asyncio.create_task(proc.stdout.read())
     return edge
-
-
-async def _read_to_eof(stream: asyncio.StreamReader) -> None:
-    while await stream.readline():
-        pass
 
 
 @contextlib.contextmanager

@@ -84,17 +84,13 @@ def interface_error(interfaces: list[str]) -> str | None:
 
 def edge_access_error(args: argparse.Namespace, token: str | None) -> str | None:
     """Why the edge flags cannot be used as given, or None: an --interface this host lacks, a
-    TLS pin on an http:// --edge or on several edges, a token that would travel in plaintext
-    to another host. ``args.edge`` is a URL or a tuple of them (``argtypes.edge_urls``)."""
+    TLS pin on an http:// --edge, a token that would travel in plaintext to another host.
+    ``args.edge`` is a tuple of URLs (``argtypes.edge_urls``) or None; a pin with several
+    is refused by ``EdgePlan`` itself."""
     from ondevice.edge.client import transport_problem
 
     problem = interface_error(args.interface)
-    edge = getattr(args, "edge", None)
-    urls = (edge,) if isinstance(edge, str) else tuple(edge or ())
-    if problem is None and args.edge_fingerprint and len(urls) > 1:
-        problem = ("--edge-fingerprint pins one edge's certificate; with several --edge URLs "
-                   "pin none (each edge has its own certificate)")
-    for url in urls:
+    for url in getattr(args, "edge", None) or ():
         problem = problem or transport_problem(
             url, token=token, fingerprint=args.edge_fingerprint,
             allow_plaintext_token=args.allow_plaintext_token)

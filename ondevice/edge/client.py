@@ -265,9 +265,7 @@ class EdgeClient:
                 if msg.type == aiohttp.WSMsgType.BINARY:
                     reply = wire.decode(msg.data)
                     if isinstance(reply, wire.Move):
-                        self.session_id = None  # the edge ended it
-                        self._in_flight = self._stretch = False
-                        return EdgeMoved(self.url, reply.reason)
+                        return self._moved(reply)
         return EdgeUnavailable(f"lost edge {self.url}: {exc}")
 
     async def _receive(self) -> wire.Message:
@@ -289,10 +287,14 @@ class EdgeClient:
         if isinstance(reply, wire.Error):
             raise wire.EdgeError(reply.code, reply.message)
         if isinstance(reply, wire.Move):
-            self.session_id = None  # the edge ended it
-            self._in_flight = self._stretch = False
-            raise EdgeMoved(self.url, reply.reason)
+            raise self._moved(reply)
         return reply
+
+    def _moved(self, reply: wire.Move) -> EdgeMoved:
+        """The edge ended the session with ``move``: forget it; what to raise."""
+        self.session_id = None
+        self._in_flight = self._stretch = False
+        return EdgeMoved(self.url, reply.reason)
 
     async def _request(self, msg: wire.Message, expect: type) -> wire.Message:
         self._in_flight = True

@@ -57,22 +57,28 @@ async def spawn_edge(
         raise
 
 
+async def stop_edge(proc: asyncio.subprocess.Process) -> int:
+    """SIGTERM (the edge drains: at once when no session is open), SIGKILL after ``STOP_S``;
+    its exit status. Idempotent."""
+    if proc.returncode is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), timeout=STOP_S)
+        except asyncio.TimeoutError:
+            proc.kill()
+    return await proc.wait()
+
+
 @contextlib.asynccontextmanager
 async def edge_child(
     args: Sequence[str], *, core: int | None = None, quiet: bool = False,
     startup_s: float = STARTUP_S, prefix: Sequence[str] = (),
 ) -> AsyncIterator[str]:
     """Start ``edge-server ARGS`` (``spawn_edge``); yield the URL it prints once listening;
-    stop it on exit (SIGTERM, SIGKILL after ``STOP_S``)."""
+    stop it on exit (``stop_edge``)."""
     proc, url = await spawn_edge(args, core=core, quiet=quiet, startup_s=startup_s,
                                  prefix=prefix)
     try:
         yield url
     finally:
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), timeout=STOP_S)
-            except asyncio.TimeoutError:
-                proc.kill()
-                await proc.wait()
+        await stop_edge(proc)

@@ -104,8 +104,8 @@ class EdgePlan:
         if len(set(urls)) != len(urls):
             raise ValueError(f"an edge is given twice in {list(urls)}")
         if self.fingerprint and len(urls) > 1:
-            raise ValueError("a pinned TLS fingerprint is for one edge; with several edges "
-                             "pin none (each edge's certificate differs)")
+            raise ValueError("a TLS fingerprint pins one edge's certificate; with several "
+                             "edges pin none (each edge has its own certificate)")
         object.__setattr__(self, "urls", urls)
         object.__setattr__(self, "url", self.url if self.url is not None else
                            (urls[0] if urls else None))

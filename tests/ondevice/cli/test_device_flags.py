@@ -60,12 +60,12 @@ def test_usage_errors_are_value_errors(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_several_edges(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("COINFER_TOKEN", raising=False)
-    dev = _device("--edge", "http://127.0.0.1:8470, http://127.0.0.1:8471/")
+    dev = _device("--no-discover", "--edge", "http://127.0.0.1:8470, http://127.0.0.1:8471/")
     assert dev.plan.urls == ("http://127.0.0.1:8470", "http://127.0.0.1:8471")
     assert dev.plan.url == "http://127.0.0.1:8470" and not dev.plan.discover
     assert dev.plan == EdgePlan(urls=("http://127.0.0.1:8470", "http://127.0.0.1:8471"))
     with pytest.raises(ValueError, match="pins one edge"):
-        _device("--edge", "https://127.0.0.1:1,https://127.0.0.1:2",
+        _device("--no-discover", "--edge", "https://127.0.0.1:1,https://127.0.0.1:2",
                 "--edge-fingerprint", "ab" * 32)
 
 
@@ -80,6 +80,6 @@ def test_bad_edge_lists_are_usage_errors(value: str, message: str,
     p = argparse.ArgumentParser()
     add_device_flags(p)
     with pytest.raises(SystemExit) as exc:
-        p.parse_args(["--draft", "d.gguf", "--edge", value])
+        p.parse_args(["--draft", "d.gguf", "--no-discover", "--edge", value])
     assert exc.value.code == 2
     assert message in capsys.readouterr().err

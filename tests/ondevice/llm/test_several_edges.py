@@ -244,7 +244,8 @@ def test_generate_cli_on_two_edges(fixture_models: tuple[Path, Path],
                                    pair: tuple[EdgeProc, EdgeProc]) -> None:
     a, b = pair
     base = [sys.executable, "-m", "ondevice.cli", "generate", "--draft", str(fixture_models[1]),
-            "--prompt", "Hello world", "--max-tokens", "12", "--policy", "fixed", "--gamma", "3"]
+            "--prompt", "Hello world", "--max-tokens", "12", "--policy", "fixed", "--gamma", "3",
+            "--no-discover"]
     done = subprocess.run([*base, "--edge", f"{a.url},{b.url}", "--json"], capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 0, done.stderr
